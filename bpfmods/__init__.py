@@ -1,0 +1,1 @@
+"""BPF modules (bcc) for latency heat maps and profiling."""

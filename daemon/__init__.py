@@ -1,0 +1,1 @@
+"""hostscope's per-host daemon: aiohttp server, websocket stream, REST API, CLI."""

@@ -1,0 +1,1 @@
+"""Collectors, one module per source. Nothing here runs at import."""

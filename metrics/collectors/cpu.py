@@ -1,0 +1,223 @@
+"""CPU, load and scheduler metrics from ``/proc/stat`` and ``/proc/loadavg``.
+
+This module is the pattern every collector follows: pure ``parse_<file>(text)``
+functions that know the file's layout (unit-tested on captured and crafted content),
+a collector class whose ``collect`` does the I/O through :mod:`..sources`, descriptors
+declared once, and derived metrics computed from cooked (rate-converted) values.
+
+``/proc/stat`` cpu lines (fields per proc(5); trailing ones appeared over kernel
+versions and default to 0 when absent)::
+
+    cpu  user nice system idle iowait irq softirq steal guest guest_nice   (USER_HZ ticks)
+
+PCP reports CPU time in milliseconds, so ticks are scaled by 1000 / USER_HZ. As in the
+kernel and PCP, ``user`` and ``nice`` include ``guest`` and ``guest_nice``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from ..collector import Collector, Derivation, Raw, ratio
+from ..model import (
+    COUNT,
+    MSEC,
+    NONE,
+    SEC,
+    SINGULAR,
+    UTILIZATION,
+    MetricDesc,
+    ValueType,
+    counter,
+    discrete,
+    instant,
+)
+from ..sources import Roots, read_text
+
+#: (PCP leaf name, /proc/stat column index, help)
+CPU_FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("user", 0, "time in user mode, including guest time"),
+    ("nice", 1, "time in user mode at low priority (nice), including guest_nice"),
+    ("sys", 2, "time in kernel mode"),
+    ("idle", 3, "time idle, not waiting for I/O"),
+    ("wait.total", 4, "time idle while I/O was outstanding (iowait)"),
+    ("irq.hard", 5, "time servicing hardware interrupts"),
+    ("irq.soft", 6, "time servicing soft interrupts"),
+    ("steal", 7, "time stolen by the hypervisor for other guests"),
+    ("guest", 8, "time running a virtual CPU for guests"),
+    ("guest_nice", 9, "time running a niced virtual CPU for guests"),
+)
+
+#: Utilisation components shown stacked on the dashboard: (derived leaf, source leaves)
+UTIL_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("user", ("user",)),
+    ("nice", ("nice",)),
+    ("sys", ("sys",)),
+    ("wait", ("wait.total",)),
+    ("irq", ("irq.hard", "irq.soft")),
+    ("steal", ("steal",)),
+    ("idle", ("idle",)),
+)
+_BUSY = ("user", "nice", "sys", "irq.hard", "irq.soft", "steal")
+
+
+def parse_stat(text: str, hz: int) -> dict[str, object]:
+    """Parse /proc/stat into totals, per-CPU times (ms) and scheduler counters."""
+    scale = 1000.0 / hz
+    out: dict[str, object] = {"percpu": {}}
+    percpu: dict[str, list[int]] = out["percpu"]  # type: ignore[assignment]
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        key = parts[0]
+        if key.startswith("cpu"):
+            ticks = [int(v) for v in parts[1:11]]
+            ticks += [0] * (10 - len(ticks))
+            ms = [int(t * scale) for t in ticks]
+            if key == "cpu":
+                out["all"] = ms
+            else:
+                percpu[key] = ms
+        elif key in ("ctxt", "processes", "procs_running", "procs_blocked", "btime"):
+            out[key] = int(parts[1])
+        elif key == "intr":
+            out["intr"] = int(parts[1])
+    return out
+
+
+def parse_loadavg(text: str) -> dict[str, float | int]:
+    """Parse /proc/loadavg: ``0.31 0.19 0.07 1/79 2698``."""
+    parts = text.split()
+    running, _, total = parts[3].partition("/")
+    return {
+        "1 minute": float(parts[0]),
+        "5 minute": float(parts[1]),
+        "15 minute": float(parts[2]),
+        "runnable": int(running),
+        "nprocs": int(total),
+    }
+
+
+class CpuCollector(Collector):
+    """``kernel.all.*``, ``kernel.percpu.*`` and ``hinv.ncpu``."""
+
+    name = "cpu"
+
+    def __init__(self, roots: Roots, *, hz: int | None = None) -> None:
+        self.roots = roots
+        self.hz = hz or os.sysconf("SC_CLK_TCK")
+
+    def descriptors(self) -> list[MetricDesc]:
+        descs: list[MetricDesc] = []
+        for leaf, _, text in CPU_FIELDS:
+            descs.append(counter(f"kernel.all.cpu.{leaf}", MSEC, f"CPU {text}, summed over all CPUs"))
+            descs.append(
+                counter(f"kernel.percpu.cpu.{leaf}", MSEC, f"CPU {text}, per CPU",
+                        indom="kernel.cpu", labels=("cpu",))
+            )
+        descs += [
+            discrete("hinv.ncpu", COUNT, "number of online CPUs", type=ValueType.U32),
+            instant("kernel.all.load", NONE, "load average over 1, 5 and 15 minutes",
+                    indom="kernel.loadavg", labels=("interval",)),
+            instant("kernel.all.runnable", COUNT, "runnable (running or queued) tasks",
+                    type=ValueType.U32),
+            instant("kernel.all.blocked", COUNT, "tasks blocked in uninterruptible I/O wait",
+                    type=ValueType.U32),
+            instant("kernel.all.nprocs", COUNT, "number of tasks (threads) that exist",
+                    type=ValueType.U32),
+            counter("kernel.all.pswitch", COUNT, "context switches"),
+            counter("kernel.all.intr", COUNT, "interrupts serviced, all sources"),
+            counter("kernel.all.sysfork", COUNT, "tasks created (fork and clone)"),
+            discrete("kernel.all.boottime", SEC, "system boot time, seconds since epoch"),
+        ]
+        return descs
+
+    def derivations(self) -> list[Derivation]:
+        derivs = [
+            Derivation(
+                instant(f"kernel.all.cpu.util.{leaf}", UTILIZATION,
+                        f"fraction of all CPUs' time spent {leaf} (0-1)", derived=True),
+                _all_util(sources),
+            )
+            for leaf, sources in UTIL_PARTS
+        ]
+        derivs.append(
+            Derivation(
+                instant("kernel.all.cpu.util.busy", UTILIZATION,
+                        "fraction of all CPUs' time not idle or waiting for I/O (0-1)",
+                        derived=True),
+                _all_util(_BUSY),
+            )
+        )
+        derivs.append(
+            Derivation(
+                instant("kernel.percpu.cpu.util.busy", UTILIZATION,
+                        "fraction of each CPU's time not idle or waiting for I/O (0-1)",
+                        indom="kernel.cpu", labels=("cpu",), derived=True),
+                _percpu_busy,
+            )
+        )
+        for leaf in ("user", "sys"):
+            derivs.append(
+                Derivation(
+                    instant(f"kernel.percpu.cpu.util.{leaf}", UTILIZATION,
+                            f"fraction of each CPU's time spent {leaf} (0-1)",
+                            indom="kernel.cpu", labels=("cpu",), derived=True),
+                    _percpu_util(leaf),
+                )
+            )
+        return derivs
+
+    def collect(self) -> Raw:
+        stat = parse_stat(read_text(self.roots.proc / "stat"), self.hz)
+        load = parse_loadavg(read_text(self.roots.proc / "loadavg"))
+        raw: Raw = {}
+        percpu: dict[str, list[int]] = stat["percpu"]  # type: ignore[assignment]
+        all_ms: list[int] = stat["all"]  # type: ignore[assignment]
+        for leaf, idx, _ in CPU_FIELDS:
+            raw[f"kernel.all.cpu.{leaf}"] = {SINGULAR: all_ms[idx]}
+            raw[f"kernel.percpu.cpu.{leaf}"] = {cpu: ms[idx] for cpu, ms in percpu.items()}
+        raw["hinv.ncpu"] = {SINGULAR: len(percpu)}
+        raw["kernel.all.load"] = {k: load[k] for k in ("1 minute", "5 minute", "15 minute")}
+        raw["kernel.all.runnable"] = {SINGULAR: int(stat.get("procs_running", load["runnable"]))}
+        raw["kernel.all.blocked"] = {SINGULAR: int(stat.get("procs_blocked", 0))}
+        raw["kernel.all.nprocs"] = {SINGULAR: load["nprocs"]}
+        for name, key in (("pswitch", "ctxt"), ("intr", "intr"), ("sysfork", "processes")):
+            if key in stat:
+                raw[f"kernel.all.{name}"] = {SINGULAR: int(stat[key])}  # type: ignore[call-overload]
+        if "btime" in stat:
+            raw["kernel.all.boottime"] = {SINGULAR: int(stat["btime"])}  # type: ignore[call-overload]
+        return raw
+
+
+CookedView = Mapping[str, Mapping[str, float | str | None]]
+Compute = Callable[[CookedView], dict[str, float | None]]
+
+
+def _all_util(sources: tuple[str, ...]) -> Compute:
+    def compute(c: CookedView) -> dict[str, float | None]:
+        ncpu = c.get("hinv.ncpu", {}).get(SINGULAR)
+        parts = [c.get(f"kernel.all.cpu.{s}", {}).get(SINGULAR) for s in sources]
+        if any(p is None for p in parts):
+            return {SINGULAR: None}
+        # rate is ms of CPU time per second; / 1000 -> CPUs busy; / ncpu -> fraction
+        return {SINGULAR: ratio(sum(parts), ncpu, 1e-3)}  # type: ignore[arg-type]
+
+    return compute
+
+
+def _percpu_util(leaf: str) -> Compute:
+    def compute(c: CookedView) -> dict[str, float | None]:
+        return {cpu: ratio(v, 1000.0) for cpu, v in c.get(f"kernel.percpu.cpu.{leaf}", {}).items()}
+
+    return compute
+
+
+def _percpu_busy(c: CookedView) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for cpu in c.get("kernel.percpu.cpu.user", {}):
+        parts = [c.get(f"kernel.percpu.cpu.{s}", {}).get(cpu) for s in _BUSY]
+        out[cpu] = None if any(p is None for p in parts) else sum(parts) / 1000.0  # type: ignore[arg-type,misc]
+    return out

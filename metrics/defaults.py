@@ -1,0 +1,38 @@
+"""The default collector set and a one-call sampler factory for the daemon and CLI."""
+
+from __future__ import annotations
+
+from .collector import Collector
+from .collectors.cpu import CpuCollector
+from .history import History
+from .model import MetricRegistry
+from .sampler import Clock, Sampler
+from .sources import Roots
+
+
+def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list[Collector]:
+    """Every collector hostscope runs by default, reading under ``roots``."""
+    del process_interval_s  # used once the process collector lands
+    return [
+        CpuCollector(roots),
+    ]
+
+
+def build_sampler(
+    roots: Roots | None = None,
+    *,
+    interval_s: float = 1.0,
+    process_interval_s: float = 2.0,
+    history: History | None = None,
+    clock: Clock | None = None,
+    registry: MetricRegistry | None = None,
+) -> Sampler:
+    """A sampler over the default collectors with a fresh registry."""
+    roots = roots or Roots()
+    return Sampler(
+        default_collectors(roots, process_interval_s=process_interval_s),
+        registry=registry or MetricRegistry(),
+        interval_s=interval_s,
+        clock=clock,
+        history=history,
+    )

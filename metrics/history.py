@@ -1,0 +1,264 @@
+"""Bounded in-memory history: what lets someone opening the dashboard mid-incident see
+what happened before they opened it (Vector's most requested missing feature, #183).
+
+Layout. Series are grouped by the collector that produced them, because each collector
+has its own cadence (processes are refreshed less often than CPU). A group holds one
+ring of timestamps and, per series (metric, instance), a parallel ring of values.
+
+* Fine tier: every sample at the collector's cadence, ``retention_s`` long (default one
+  hour).
+* Coarse tier: per-minute means over ``coarse_retention_s`` (default 24 hours), for
+  groups that enable it (processes do not: their instances come and go too fast for a
+  day-long record to be worth its memory).
+
+Memory. Values are stored as 32-bit floats in :class:`array.array` (``'f'``): cooked
+values are rates and levels shown to people, for which seven significant digits are
+plenty, and it halves the footprint of doubles. Rings grow as data arrives and stop at
+capacity, so memory is proportional to what has been seen, and bounded by::
+
+    bytes per series = 4 * (retention_s / interval_s) + 4 * (coarse_retention_s / 60)
+                     = 14,400 + 5,760 = 20,160 bytes at the defaults (1 s, 1 h, 24 h)
+
+plus about 200 bytes of bookkeeping. The total number of series is capped by
+``max_series``; series beyond it are not recorded (and counted in ``dropped_series``),
+and series whose instance has been absent for a whole fine window are evicted.
+
+Missing values (no rate yet, instance absent at that tick) are NaN inside the rings and
+None when returned.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .collector import Cooked
+
+SeriesKey = tuple[str, str]
+NAN = float("nan")
+
+
+@dataclass(slots=True)
+class HistorySlice:
+    """Values of some series over a time range, columnar (uPlot's ``[xs, ...ys]``)."""
+
+    group: str
+    step_s: float
+    timestamps: list[float]
+    series: dict[SeriesKey, list[float | None]]
+
+
+@dataclass(slots=True)
+class _Series:
+    fine: array
+    coarse: array
+    last_seen: int  # group append count when this series last had a value
+    acc_sum: float = 0.0
+    acc_n: int = 0
+
+
+@dataclass(slots=True)
+class _Group:
+    name: str
+    interval_s: float
+    capacity: int
+    coarse: bool
+    times: array = field(default_factory=lambda: array("d"))
+    head: int = 0  # index of the next write once the ring is full
+    appended: int = 0
+    coarse_times: array = field(default_factory=lambda: array("d"))
+    coarse_head: int = 0
+    coarse_bucket: int | None = None
+    series: dict[SeriesKey, _Series] = field(default_factory=dict)
+
+
+def _put(ring: array, idx: int, value: float) -> None:
+    """Write at ``idx``; ``idx == len(ring)`` appends (the ring is still growing)."""
+    if idx == len(ring):
+        ring.append(value)
+    else:
+        ring[idx] = value
+
+
+def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
+    if len(ring) < capacity:
+        ring.append(value)
+    else:
+        ring[head] = value
+
+
+def _ring_ordered(ring: array, capacity: int, head: int) -> list[float]:
+    """Oldest-first contents of a ring."""
+    if len(ring) < capacity:
+        return ring.tolist()
+    return ring[head:].tolist() + ring[:head].tolist()
+
+
+class History:
+    """Fine and coarse ring buffers per series; see the module docstring for sizes."""
+
+    def __init__(
+        self,
+        *,
+        retention_s: float = 3600.0,
+        coarse_step_s: float = 60.0,
+        coarse_retention_s: float = 86400.0,
+        max_series: int = 20000,
+    ) -> None:
+        if retention_s <= 0 or coarse_step_s <= 0 or coarse_retention_s < 0:
+            raise ValueError("history retention and step must be positive")
+        self.retention_s = retention_s
+        self.coarse_step_s = coarse_step_s
+        self.coarse_capacity = int(coarse_retention_s // coarse_step_s)
+        self.max_series = max_series
+        self.dropped_series = 0
+        self._groups: dict[str, _Group] = {}
+        self._nseries = 0
+
+    # -- writing -------------------------------------------------------------------
+
+    def add_group(self, name: str, interval_s: float, *, coarse: bool = True) -> None:
+        """Declare a group (one per collector) with its sampling cadence."""
+        if name in self._groups:
+            return
+        capacity = max(2, int(math.ceil(self.retention_s / interval_s)))
+        self._groups[name] = _Group(name, interval_s, capacity, coarse and self.coarse_capacity > 0)
+
+    def append(self, group_name: str, timestamp: float, values: Cooked) -> None:
+        """Record one collection of a group taken at wall-clock ``timestamp``."""
+        group = self._groups[group_name]
+        cap = group.capacity
+        full = len(group.times) >= cap
+        idx = group.head if full else len(group.times)
+        _put(group.times, idx, timestamp)
+        length = len(group.times)
+        count = group.appended + 1
+        seen: list[_Series] = []
+        bucket = int(timestamp // self.coarse_step_s) if group.coarse else None
+
+        for metric, instances in values.items():
+            for inst, value in instances.items():
+                if value is None or isinstance(value, str):
+                    continue
+                key = (metric, inst)
+                series = group.series.get(key)
+                if series is None:
+                    if self._nseries >= self.max_series:
+                        self.dropped_series += 1
+                        continue
+                    # Pad so every ring in a group stays aligned with the time ring.
+                    series = _Series(
+                        array("f", [NAN]) * length,
+                        array("f", [NAN]) * len(group.coarse_times),
+                        count,
+                    )
+                    group.series[key] = series
+                    self._nseries += 1
+                _put(series.fine, idx, value)
+                series.last_seen = count
+                seen.append(series)
+
+        stale: list[SeriesKey] = []
+        for key, series in group.series.items():
+            if series.last_seen != count:
+                _put(series.fine, idx, NAN)
+                if count - series.last_seen >= cap:
+                    stale.append(key)
+        for key in stale:
+            del group.series[key]
+            self._nseries -= 1
+
+        if group.coarse:
+            if group.coarse_bucket is not None and bucket != group.coarse_bucket:
+                self._flush_coarse(group)
+            for series in seen:
+                series.acc_sum += series.fine[idx]
+                series.acc_n += 1
+            group.coarse_bucket = bucket
+
+        group.appended = count
+        if full:
+            group.head = (idx + 1) % cap
+
+    def _flush_coarse(self, group: _Group) -> None:
+        assert group.coarse_bucket is not None
+        cap = self.coarse_capacity
+        head = group.coarse_head
+        full = len(group.coarse_times) >= cap
+        _ring_write(group.coarse_times, cap, head, group.coarse_bucket * self.coarse_step_s)
+        for series in group.series.values():
+            mean = series.acc_sum / series.acc_n if series.acc_n else NAN
+            _ring_write(series.coarse, cap, head, mean)
+            series.acc_sum = 0.0
+            series.acc_n = 0
+        if full:
+            group.coarse_head = (head + 1) % cap
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def series_count(self) -> int:
+        return self._nseries
+
+    def groups(self) -> list[str]:
+        return list(self._groups)
+
+    def keys(self) -> list[SeriesKey]:
+        return [key for group in self._groups.values() for key in group.series]
+
+    def nbytes(self) -> int:
+        """Bytes held by the value and time rings (the part that scales with series)."""
+        total = 0
+        for group in self._groups.values():
+            total += group.times.itemsize * len(group.times)
+            total += group.coarse_times.itemsize * len(group.coarse_times)
+            for series in group.series.values():
+                total += series.fine.itemsize * len(series.fine)
+                total += series.coarse.itemsize * len(series.coarse)
+        return total
+
+    def query(
+        self, metrics: Iterable[str], seconds: float, *, now: float | None = None,
+        instances: Mapping[str, set[str]] | None = None,
+    ) -> list[HistorySlice]:
+        """History of the named metrics over the last ``seconds``.
+
+        Returns one slice per group that holds any of them. A range longer than the
+        fine tier is served from the coarse tier (per-minute means) where the group
+        has one. ``instances`` optionally restricts the instances per metric.
+        """
+        wanted = set(metrics)
+        out: list[HistorySlice] = []
+        for group in self._groups.values():
+            keys = [
+                k for k in group.series
+                if k[0] in wanted and (instances is None or k[0] not in instances
+                                       or k[1] in instances[k[0]])
+            ]
+            if not keys:
+                continue
+            use_coarse = (
+                group.coarse and seconds > group.capacity * group.interval_s and group.coarse_times
+            )
+            if use_coarse:
+                cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
+                step = self.coarse_step_s
+            else:
+                cap, head, times = group.capacity, group.head, group.times
+                step = group.interval_s
+            ts = _ring_ordered(times, cap, head)
+            end = now if now is not None else (ts[-1] if ts else 0.0)
+            start = end - seconds
+            first = 0
+            while first < len(ts) and ts[first] < start:
+                first += 1
+            series: dict[SeriesKey, list[float | None]] = {}
+            for key in sorted(keys):
+                s = group.series[key]
+                ring = s.coarse if use_coarse else s.fine
+                vals = _ring_ordered(ring, cap, head)[first:]
+                series[key] = [None if v != v else v for v in vals]
+            out.append(HistorySlice(group.name, step, ts[first:], series))
+        return out

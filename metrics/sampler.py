@@ -1,0 +1,220 @@
+"""The sampler: runs collectors on schedule, converts counters, computes derived metrics.
+
+Data flows sampler -> hub -> clients. The sampler is synchronous on purpose: the daemon
+runs :meth:`Sampler.collect` in a worker thread (reading /proc for a thousand processes
+must not block the event loop) and hands the resulting :class:`Tick` to
+:meth:`Sampler.publish` on the loop, which updates the latest values and the history.
+The CLI calls both directly. One sampler serves every client, so the cost of sampling
+never grows with the number of viewers.
+
+Fault isolation: a collector that raises is counted and marked stale in
+:class:`CollectorStatus` while the others keep going; its metrics simply have no new
+values that tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .collector import Collector, Cooked, Derivation, Raw
+from .history import History
+from .model import MetricDesc, MetricRegistry
+from .rates import RateConverter
+
+log = logging.getLogger("hostscope.metrics")
+
+
+class Clock(Protocol):
+    """Source of wall-clock time (for display) and monotonic time (for rates)."""
+
+    def wall(self) -> float: ...
+
+    def mono(self) -> float: ...
+
+
+class SystemClock:
+    def wall(self) -> float:
+        return time.time()
+
+    def mono(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(slots=True)
+class CollectorStatus:
+    name: str
+    interval_s: float
+    collections: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_ok_wall: float | None = None
+    last_duration_s: float = 0.0
+    stale: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "interval_s": self.interval_s,
+            "collections": self.collections,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_ok": self.last_ok_wall,
+            "last_duration_ms": round(self.last_duration_s * 1000, 3),
+            "stale": self.stale,
+        }
+
+
+@dataclass(slots=True)
+class GroupSample:
+    """One collector's output for one tick."""
+
+    raw: Raw
+    cooked: Cooked
+
+
+@dataclass(slots=True)
+class Tick:
+    """Everything one sampling tick produced, for the hub and the history."""
+
+    seq: int
+    timestamp: float
+    mono: float
+    groups: dict[str, GroupSample] = field(default_factory=dict)
+
+    def cooked(self) -> Cooked:
+        merged: Cooked = {}
+        for sample in self.groups.values():
+            merged.update(sample.cooked)
+        return merged
+
+
+class Sampler:
+    """Schedules collectors at multiples of a base interval and keeps the latest values."""
+
+    def __init__(
+        self,
+        collectors: Iterable[Collector],
+        *,
+        registry: MetricRegistry,
+        interval_s: float = 1.0,
+        clock: Clock | None = None,
+        history: History | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = interval_s
+        self.registry = registry
+        self.clock: Clock = clock or SystemClock()
+        self.history = history
+        self.collectors = list(collectors)
+        self._rates = RateConverter()
+        self._descs: dict[str, dict[str, MetricDesc]] = {}
+        self._derivations: dict[str, list[Derivation]] = {}
+        self._every: dict[str, int] = {}
+        self.status: dict[str, CollectorStatus] = {}
+        self.seq = 0
+        self.latest: Cooked = {}
+        self.latest_raw: Raw = {}
+        self.latest_time: dict[str, float] = {}
+        self.latest_timestamp: float | None = None
+        self.metric_group: dict[str, str] = {}
+        names = [c.name for c in self.collectors]
+        if len(names) != len(set(names)) or not all(names):
+            raise ValueError(f"collector names must be unique and non-empty: {names}")
+        for collector in self.collectors:
+            descs = collector.descriptors()
+            derivs = collector.derivations()
+            registry.register_all(descs)
+            registry.register_all(d.desc for d in derivs)
+            self._descs[collector.name] = {d.name: d for d in descs}
+            self._derivations[collector.name] = derivs
+            every = max(1, round((collector.interval_s or interval_s) / interval_s))
+            self._every[collector.name] = every
+            self.status[collector.name] = CollectorStatus(collector.name, every * interval_s)
+            for desc in [*descs, *(d.desc for d in derivs)]:
+                self.metric_group[desc.name] = collector.name
+            if history is not None:
+                history.add_group(
+                    collector.name, every * interval_s, coarse=collector.interval_s is None
+                )
+
+    def group_interval_s(self, group: str) -> float:
+        return self._every[group] * self.interval_s
+
+    def collect(self, *, force_all: bool = False) -> Tick:
+        """Run the collectors due this tick. Blocking; safe to run in a worker thread."""
+        seq = self.seq
+        self.seq += 1
+        tick = Tick(seq=seq, timestamp=self.clock.wall(), mono=self.clock.mono())
+        for collector in self.collectors:
+            if not force_all and seq % self._every[collector.name]:
+                continue
+            status = self.status[collector.name]
+            start = time.perf_counter()
+            try:
+                raw = collector.collect()
+                mono = self.clock.mono()
+                descs = self._descs[collector.name]
+                unknown = set(raw) - set(descs)
+                if unknown:
+                    raise RuntimeError(f"undeclared metrics {sorted(unknown)}")
+                cooked = self._rates.convert(descs, raw, mono)
+                for derivation in self._derivations[collector.name]:
+                    cooked[derivation.desc.name] = dict(derivation.compute(cooked))
+            except Exception as exc:  # noqa: BLE001 - isolate any collector failure
+                status.errors += 1
+                status.stale = True
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                if status.errors == 1 or status.errors % 60 == 0:
+                    log.warning(
+                        "collector failed",
+                        extra={"collector": collector.name, "error": status.last_error,
+                               "errors": status.errors},
+                    )
+                continue
+            finally:
+                status.last_duration_s = time.perf_counter() - start
+            status.collections += 1
+            status.stale = False
+            status.last_ok_wall = tick.timestamp
+            tick.groups[collector.name] = GroupSample(raw, cooked)
+        return tick
+
+    def publish(self, tick: Tick) -> None:
+        """Make a tick's values current and record them in the history."""
+        for group, sample in tick.groups.items():
+            # Replace the whole group's metrics, so vanished metrics and instances go.
+            for name in self._descs[group]:
+                self.latest.pop(name, None)
+                self.latest_raw.pop(name, None)
+            for derivation in self._derivations[group]:
+                self.latest.pop(derivation.desc.name, None)
+            self.latest.update(sample.cooked)
+            self.latest_raw.update(sample.raw)
+            for name in sample.cooked:
+                self.latest_time[name] = tick.timestamp
+            if self.history is not None:
+                self.history.append(group, tick.timestamp, sample.cooked)
+        self.latest_timestamp = tick.timestamp
+
+    def sample(self, *, force_all: bool = False) -> Tick:
+        """Collect and publish in one call (CLI, tests, benchmarks)."""
+        tick = self.collect(force_all=force_all)
+        self.publish(tick)
+        return tick
+
+    def instances(self, name: str) -> list[str]:
+        """Instance names the metric had at its latest collection."""
+        self.registry.get(name)
+        return sorted(self.latest.get(name, {}))
+
+    def close(self) -> None:
+        for collector in self.collectors:
+            try:
+                collector.close()
+            except Exception:  # noqa: BLE001 - shutdown must reach every collector
+                log.exception("collector close failed", extra={"collector": collector.name})

@@ -1,0 +1,119 @@
+"""Where collectors read from, and the one place OS errors become domain outcomes.
+
+Every collector takes a :class:`Roots` instead of hard-coding ``/proc`` and ``/sys``, so
+tests run the real parsers over captured fixture trees (``tests/fixtures/...``) and a
+containerised daemon can point at a host's ``/proc`` mounted elsewhere.
+
+Reading files under ``/proc`` fails in ordinary ways: a process exits between listing
+and reading (``ENOENT``/``ESRCH``), another user's file is unreadable (``EACCES``), a
+kernel lacks a feature (no ``/proc/pressure``). Those are *normal*: collectors treat
+them as "no value", never as errors. :func:`read_bytes` is the single place that
+translates them, so no collector writes its own ``except OSError: pass``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Roots:
+    """Filesystem roots the collectors read (injected; defaults are the live system)."""
+
+    proc: Path = Path("/proc")
+    sys: Path = Path("/sys")
+    #: Root for files such as /etc/machine-id and /etc/os-release.
+    etc: Path = Path("/etc")
+
+    @classmethod
+    def under(cls, base: str | os.PathLike[str]) -> Roots:
+        """Roots of a captured tree laid out as ``base/proc``, ``base/sys``, ``base/etc``."""
+        base = Path(base)
+        return cls(proc=base / "proc", sys=base / "sys", etc=base / "etc")
+
+
+class SourceUnavailable(Exception):
+    """A source file could not be read for an expected reason.
+
+    ``reason`` is one of ``"missing"`` (file or feature absent, or the process
+    vanished), ``"denied"`` (permission) or ``"vanished"`` (process exited mid-read).
+    """
+
+    def __init__(self, path: Path, reason: str, detail: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
+
+
+_EXPECTED = {
+    errno.ENOENT: "missing",
+    errno.ENOTDIR: "missing",
+    errno.ENODEV: "missing",
+    errno.EOPNOTSUPP: "missing",
+    errno.EINVAL: "missing",
+    errno.ESRCH: "vanished",
+    errno.EACCES: "denied",
+    errno.EPERM: "denied",
+}
+
+
+def translate(exc: OSError, path: Path) -> SourceUnavailable:
+    """Map an expected OSError to :class:`SourceUnavailable`; re-raise anything else."""
+    reason = _EXPECTED.get(exc.errno or 0)
+    if reason is None:
+        raise exc
+    return SourceUnavailable(path, reason, exc.strerror or "")
+
+
+def read_bytes(path: Path, limit: int = 4 << 20) -> bytes:
+    """Read a whole (pseudo) file in one ``read`` as procfs wants, at most ``limit`` bytes.
+
+    One ``os.read`` per file keeps procfs snapshots consistent (the kernel fills the
+    buffer in one go) and is measurably cheaper than ``open().read()`` with its text
+    decoding layer. ``limit`` bounds memory when a fixture or a hostile FUSE file is huge.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise translate(exc, path) from None
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            try:
+                chunk = os.read(fd, min(65536, limit - size))
+            except OSError as exc:
+                raise translate(exc, path) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path, limit: int = 4 << 20) -> str:
+    """:func:`read_bytes` decoded leniently (kernel strings are not guaranteed UTF-8)."""
+    return read_bytes(path, limit).decode("utf-8", "replace")
+
+
+def read_optional(path: Path, limit: int = 4 << 20) -> str | None:
+    """:func:`read_text`, or None when the file is absent, unreadable or vanished."""
+    try:
+        return read_text(path, limit)
+    except SourceUnavailable:
+        return None
+
+
+def list_dir(path: Path) -> list[str]:
+    """Directory entries, or an empty list when the directory is absent or unreadable."""
+    try:
+        return os.listdir(path)
+    except OSError as exc:
+        translate(exc, path)
+        return []
