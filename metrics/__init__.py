@@ -13,8 +13,8 @@ from .model import (
     MetricError,
     MetricRegistry,
     Semantics,
-    UnknownMetricError,
     Units,
+    UnknownMetricError,
     ValueType,
 )
 from .rates import RateConverter
@@ -40,7 +40,7 @@ __all__ = [
     "Semantics",
     "SystemClock",
     "Tick",
-    "UnknownMetricError",
     "Units",
+    "UnknownMetricError",
     "ValueType",
 ]

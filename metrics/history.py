@@ -123,7 +123,7 @@ class History:
         """Declare a group (one per collector) with its sampling cadence."""
         if name in self._groups:
             return
-        capacity = max(2, int(math.ceil(self.retention_s / interval_s)))
+        capacity = max(2, math.ceil(self.retention_s / interval_s))
         self._groups[name] = _Group(name, interval_s, capacity, coarse and self.coarse_capacity > 0)
 
     def append(self, group_name: str, timestamp: float, values: Cooked) -> None:
@@ -259,6 +259,6 @@ class History:
                 s = group.series[key]
                 ring = s.coarse if use_coarse else s.fine
                 vals = _ring_ordered(ring, cap, head)[first:]
-                series[key] = [None if v != v else v for v in vals]
+                series[key] = [None if math.isnan(v) else v for v in vals]
             out.append(HistorySlice(group.name, step, ts[first:], series))
         return out

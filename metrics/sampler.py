@@ -216,5 +216,5 @@ class Sampler:
         for collector in self.collectors:
             try:
                 collector.close()
-            except Exception:  # noqa: BLE001 - shutdown must reach every collector
+            except Exception:
                 log.exception("collector close failed", extra={"collector": collector.name})

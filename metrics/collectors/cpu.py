@@ -112,7 +112,9 @@ class CpuCollector(Collector):
     def descriptors(self) -> list[MetricDesc]:
         descs: list[MetricDesc] = []
         for leaf, _, text in CPU_FIELDS:
-            descs.append(counter(f"kernel.all.cpu.{leaf}", MSEC, f"CPU {text}, summed over all CPUs"))
+            descs.append(
+                counter(f"kernel.all.cpu.{leaf}", MSEC, f"CPU {text}, summed over all CPUs")
+            )
             descs.append(
                 counter(f"kernel.percpu.cpu.{leaf}", MSEC, f"CPU {text}, per CPU",
                         indom="kernel.cpu", labels=("cpu",))
