@@ -1,0 +1,116 @@
+"""The rate layer: first sample, wrap, reset, instances coming and going (incl. properties)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hostscope.metrics.model import COUNT, NONE, ValueType, counter, instant
+from hostscope.metrics.rates import RateConverter, counter_delta
+
+U64 = counter("a.c64", COUNT, "64-bit counter", indom="x")
+U32 = counter("a.c32", COUNT, "32-bit counter", indom="x", type=ValueType.U32)
+LEVEL = instant("a.level", NONE, "a level", indom="x")
+DESCS = {d.name: d for d in (U64, U32, LEVEL)}
+
+
+def test_first_sample_has_no_rate_then_rates_per_second() -> None:
+    conv = RateConverter()
+    assert conv.convert(DESCS, {"a.c64": {"i": 100}}, 10.0) == {"a.c64": {"i": None}}
+    assert conv.convert(DESCS, {"a.c64": {"i": 300}}, 12.0) == {"a.c64": {"i": 100.0}}
+
+
+def test_non_counters_pass_through() -> None:
+    conv = RateConverter()
+    assert conv.convert(DESCS, {"a.level": {"i": 3.5}}, 1.0) == {"a.level": {"i": 3.5}}
+
+
+def test_u32_wrap_is_continuous() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c32": {"i": 2**32 - 50}}, 0.0)
+    out = conv.convert(DESCS, {"a.c32": {"i": 50}}, 1.0)
+    assert out["a.c32"]["i"] == 100.0
+
+
+def test_u64_wrap_is_continuous() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c64": {"i": 2**64 - 10}}, 0.0)
+    assert conv.convert(DESCS, {"a.c64": {"i": 30}}, 2.0)["a.c64"]["i"] == 20.0
+
+
+def test_reset_yields_no_rate_never_a_spike_and_recovers() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c32": {"i": 5_000_000}}, 0.0)
+    assert conv.convert(DESCS, {"a.c32": {"i": 10}}, 1.0)["a.c32"]["i"] is None
+    assert conv.convert(DESCS, {"a.c32": {"i": 30}}, 2.0)["a.c32"]["i"] == 20.0
+
+
+def test_instances_appear_and_vanish() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c64": {"eth0": 10}}, 0.0)
+    out = conv.convert(DESCS, {"a.c64": {"eth0": 20, "eth1": 5}}, 1.0)
+    assert out["a.c64"] == {"eth0": 10.0, "eth1": None}
+    # eth0 vanishes, then returns with a lower counter: a fresh first sample, no rate.
+    conv.convert(DESCS, {"a.c64": {"eth1": 15}}, 2.0)
+    out = conv.convert(DESCS, {"a.c64": {"eth0": 3, "eth1": 25}}, 3.0)
+    assert out["a.c64"] == {"eth0": None, "eth1": 10.0}
+
+
+def test_non_increasing_monotonic_time_gives_no_rate() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c64": {"i": 1}}, 5.0)
+    assert conv.convert(DESCS, {"a.c64": {"i": 2}}, 5.0)["a.c64"]["i"] is None
+
+
+def test_missed_collection_rates_over_the_real_interval() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c64": {"i": 0}}, 0.0)
+    # the collector failed at t=1; at t=2 the rate covers both seconds
+    assert conv.convert(DESCS, {"a.c64": {"i": 40}}, 2.0)["a.c64"]["i"] == 20.0
+
+
+counters = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@given(old=counters, new=counters)
+def test_delta_is_never_negative_and_exact_when_increasing(old: int, new: int) -> None:
+    delta = counter_delta(old, new, 64)
+    if new >= old:
+        assert delta == float(new - old)
+    elif delta is not None:
+        assert delta > 0
+        # only a top-quarter -> bottom-quarter decrease counts as a wrap
+        assert old >= 0.75 * 2**64 and new < 0.25 * 2**64
+
+
+@given(
+    start=st.integers(min_value=0, max_value=2**32 - 1),
+    steps=st.lists(st.integers(min_value=0, max_value=2**29), min_size=1, max_size=50),
+    dts=st.lists(st.floats(min_value=0.01, max_value=10.0), min_size=50, max_size=50),
+)
+def test_u32_counter_rates_recover_true_increments_across_wraps(
+    start: int, steps: list[int], dts: list[float]
+) -> None:
+    """Increments below a quarter of the range are always recovered exactly, wrapped or not."""
+    conv = RateConverter()
+    value, t = start, 0.0
+    conv.convert(DESCS, {"a.c32": {"i": value}}, t)
+    for step, dt in zip(steps, dts, strict=False):
+        value = (value + step) % 2**32
+        t += dt
+        rate = conv.convert(DESCS, {"a.c32": {"i": value}}, t)["a.c32"]["i"]
+        prev = (value - step) % 2**32
+        wrapped = prev + step >= 2**32
+        if wrapped and not (prev >= 0.75 * 2**32 and value < 0.25 * 2**32):
+            assert rate is None  # indistinguishable from a reset: gap, never a spike
+        else:
+            assert rate == pytest.approx(step / dt)
+
+
+@given(values=st.lists(st.integers(min_value=0, max_value=2**40), min_size=2, max_size=40))
+def test_rates_are_never_negative_whatever_the_sequence(values: list[int]) -> None:
+    conv = RateConverter()
+    for i, v in enumerate(values):
+        rate = conv.convert(DESCS, {"a.c64": {"i": v}}, float(i))["a.c64"]["i"]
+        assert rate is None or rate >= 0
