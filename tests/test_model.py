@@ -56,7 +56,9 @@ def test_counter_value_units_are_rate_units() -> None:
     assert doc["indom"] == "disk.dev"
 
 
-@pytest.mark.parametrize("name", ["Kernel.all", "kernel", "kernel..x", "kernel.all-cpu", ".a.b", "a.b."])
+@pytest.mark.parametrize(
+    "name", ["Kernel.all", "kernel", "kernel..x", "kernel.all-cpu", ".a.b", "a.b."]
+)
 def test_descriptor_rejects_bad_names(name: str) -> None:
     with pytest.raises(ValueError, match="PCP name"):
         instant(name, NONE, "x")
