@@ -29,6 +29,7 @@ None when returned.
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections.abc import Iterable, Mapping
@@ -251,9 +252,7 @@ class History:
             ts = _ring_ordered(times, cap, head)
             end = now if now is not None else (ts[-1] if ts else 0.0)
             start = end - seconds
-            first = 0
-            while first < len(ts) and ts[first] < start:
-                first += 1
+            first = bisect.bisect_right(ts, start)
             series: dict[SeriesKey, list[float | None]] = {}
             for key in sorted(keys):
                 s = group.series[key]

@@ -163,8 +163,7 @@ class Sampler:
                 if unknown:
                     raise RuntimeError(f"undeclared metrics {sorted(unknown)}")
                 cooked = self._rates.convert(descs, raw, mono)
-                for derivation in self._derivations[collector.name]:
-                    cooked[derivation.desc.name] = dict(derivation.compute(cooked))
+                self._derive(collector.name, cooked, status)
             except Exception as exc:  # noqa: BLE001 - isolate any collector failure
                 status.errors += 1
                 status.stale = True
@@ -183,6 +182,19 @@ class Sampler:
             status.last_ok_wall = tick.timestamp
             tick.groups[collector.name] = GroupSample(raw, cooked)
         return tick
+
+    def _derive(self, group: str, cooked: Cooked, status: CollectorStatus) -> None:
+        """Compute derived metrics; a failing derivation loses only its own metric."""
+        for derivation in self._derivations[group]:
+            try:
+                cooked[derivation.desc.name] = dict(derivation.compute(cooked))
+            except Exception as exc:  # noqa: BLE001 - one bad formula must not hide the rest
+                status.errors += 1
+                name = derivation.desc.name
+                status.last_error = f"derivation {name}: {type(exc).__name__}: {exc}"
+                if status.errors == 1 or status.errors % 60 == 0:
+                    log.warning("derivation failed",
+                                extra={"collector": group, "error": status.last_error})
 
     def publish(self, tick: Tick) -> None:
         """Make a tick's values current and record them in the history."""

@@ -1,0 +1,142 @@
+"""History rings: alignment, wrap-around, eviction, coarse tier, bounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hostscope.metrics.history import History
+
+
+def _fill(history: History, group: str, n: int) -> None:
+    for i in range(n):
+        history.append(group, float(i), {"m.a": {"": float(i)}})
+
+
+def test_query_returns_columnar_slice_oldest_first() -> None:
+    h = History(retention_s=10)
+    h.add_group("g", 1.0)
+    _fill(h, "g", 5)
+    [sl] = h.query(["m.a"], 60)
+    assert sl.group == "g" and sl.step_s == 1.0
+    assert sl.timestamps == [0, 1, 2, 3, 4]
+    assert sl.series[("m.a", "")] == [0, 1, 2, 3, 4]
+
+
+def test_ring_wraps_and_keeps_the_newest_window() -> None:
+    h = History(retention_s=10)
+    h.add_group("g", 1.0)
+    _fill(h, "g", 25)
+    [sl] = h.query(["m.a"], 3600)
+    assert sl.timestamps == [float(t) for t in range(15, 25)]
+    assert sl.series[("m.a", "")] == [float(v) for v in range(15, 25)]
+
+
+def test_seconds_limits_the_range() -> None:
+    h = History(retention_s=100)
+    h.add_group("g", 1.0)
+    _fill(h, "g", 50)
+    [sl] = h.query(["m.a"], 4.5)
+    assert sl.timestamps == [45, 46, 47, 48, 49]
+
+
+def test_series_appearing_later_and_after_wrap_stay_aligned() -> None:
+    h = History(retention_s=5)
+    h.add_group("g", 1.0)
+    for i in range(12):
+        vals: dict[str, dict[str, float | None]] = {"m.a": {"x": float(i)}}
+        if i >= 3:
+            vals["m.a"]["late"] = 100.0 + i
+        if i >= 9:  # appears after the ring has wrapped
+            vals["m.a"]["later"] = 200.0 + i
+        h.append("g", float(i), vals)
+    [sl] = h.query(["m.a"], 3600)
+    assert sl.timestamps == [7, 8, 9, 10, 11]
+    assert sl.series[("m.a", "x")] == [7, 8, 9, 10, 11]
+    assert sl.series[("m.a", "late")] == [107, 108, 109, 110, 111]
+    assert sl.series[("m.a", "later")] == [None, None, 209, 210, 211]
+
+
+def test_missing_values_are_none_and_vanished_series_are_evicted() -> None:
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {"p1": 1.0, "p2": 2.0}})
+    h.append("g", 1.0, {"m.a": {"p1": None, "p2": 3.0}})
+    [sl] = h.query(["m.a"], 60)
+    assert sl.series[("m.a", "p1")] == [1.0, None]
+    assert h.series_count == 2
+    for t in range(2, 8):
+        h.append("g", float(t), {"m.a": {"p2": 1.0}})
+    assert h.series_count == 1  # p1 absent for a whole window
+    assert ("m.a", "p1") not in set(h.keys())
+
+
+def test_strings_are_not_stored() -> None:
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.s": {"": "text"}, "m.a": {"": 1.0}})
+    assert h.keys() == [("m.a", "")]
+
+
+def test_max_series_bounds_memory_and_counts_drops() -> None:
+    h = History(retention_s=4, max_series=3)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {str(i): 1.0 for i in range(10)}})
+    assert h.series_count == 3
+    assert h.dropped_series == 7
+
+
+def test_memory_per_series_matches_the_documented_figure() -> None:
+    h = History(retention_s=3600, coarse_step_s=60, coarse_retention_s=86400)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {"": 1.0}})
+    base = h.nbytes()
+    for t in range(1, 3600 + 24 * 60 * 60, 1):
+        if t % 3 == 0 or t < 3600:  # keep the test fast: sparse after the first hour
+            h.append("g", float(t), {"m.a": {"": 1.0}})
+    per_series = h.nbytes() - 8 * (3600 + 1440)  # minus the shared time rings
+    assert base > 0
+    assert per_series == 4 * 3600 + 4 * 1440  # 20,160 bytes, as documented
+
+
+def test_coarse_tier_holds_minute_means_for_long_ranges() -> None:
+    h = History(retention_s=120, coarse_step_s=60, coarse_retention_s=3600)
+    h.add_group("g", 1.0)
+    for t in range(0, 600):
+        h.append("g", float(t), {"m.a": {"": float(t // 60)}})
+    [fine] = h.query(["m.a"], 60)
+    assert fine.step_s == 1.0 and len(fine.timestamps) == 60
+    [coarse] = h.query(["m.a"], 3600)
+    assert coarse.step_s == 60
+    # complete minutes 0..8 flushed; each minute's mean equals its constant value
+    assert coarse.timestamps == [60.0 * m for m in range(9)]
+    assert coarse.series[("m.a", "")] == [float(m) for m in range(9)]
+
+
+def test_groups_without_coarse_tier_and_instance_filter() -> None:
+    h = History(retention_s=10)
+    h.add_group("fast", 1.0)
+    h.add_group("proc", 2.0, coarse=False)
+    for t in range(10):
+        h.append("fast", float(t), {"m.a": {"": 1.0}})
+        if t % 2 == 0:
+            h.append("proc", float(t), {"p.cpu": {"1:10": 0.5, "2:20": 0.25}})
+    slices = {s.group: s for s in h.query(["m.a", "p.cpu"], 3600, instances={"p.cpu": {"2:20"}})}
+    assert slices["proc"].timestamps == [0, 2, 4, 6, 8]
+    assert list(slices["proc"].series) == [("p.cpu", "2:20")]
+    assert h.query(["p.cpu"], 86400)[0].step_s == 2.0  # no coarse tier: fine data
+
+
+def test_invalid_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        History(retention_s=0)
+
+
+def test_float32_precision_is_enough_for_display() -> None:
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {"": 123456.789}})
+    [sl] = h.query(["m.a"], 10)
+    value = sl.series[("m.a", "")][0]
+    assert value is not None and math.isclose(value, 123456.789, rel_tol=1e-6)

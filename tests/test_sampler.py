@@ -1,0 +1,115 @@
+"""The sampler: cadences, fault isolation, publishing and history wiring."""
+
+from __future__ import annotations
+
+import pytest
+
+from hostscope.metrics.collector import Collector, Derivation, Raw, ratio
+from hostscope.metrics.history import History
+from hostscope.metrics.model import COUNT, NONE, MetricDesc, MetricRegistry, counter, instant
+from hostscope.metrics.sampler import Sampler
+from tests.support import FakeClock
+
+
+class ScriptedCollector(Collector):
+    """A collector replaying scripted raw values (the sampler under test is real)."""
+
+    def __init__(self, name: str, script: list[Raw | Exception], interval_s: float | None = None,
+                 descs: list[MetricDesc] | None = None) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.script = script
+        self.calls = 0
+        self._descs = descs or [
+            counter(f"{name}.ops", COUNT, "operations", indom="dev"),
+            instant(f"{name}.level", NONE, "a level"),
+        ]
+
+    def descriptors(self) -> list[MetricDesc]:
+        return self._descs
+
+    def derivations(self) -> list[Derivation]:
+        ops = f"{self.name}.ops"
+        return [Derivation(
+            instant(f"{self.name}.double", NONE, "twice the ops rate", indom="dev", derived=True),
+            lambda c: {k: ratio(v, 0.5) for k, v in c.get(ops, {}).items()},
+        )]
+
+    def collect(self) -> Raw:
+        item = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def test_cadence_runs_slow_collectors_every_nth_tick() -> None:
+    fast = ScriptedCollector("fast", [{"fast.level": {"": 1.0}}])
+    slow = ScriptedCollector("slow", [{"slow.level": {"": 2.0}}], interval_s=3.0)
+    sampler = Sampler([fast, slow], registry=MetricRegistry(), clock=FakeClock())
+    ran = [sorted(sampler.sample().groups) for _ in range(6)]
+    assert ran == [["fast", "slow"], ["fast"], ["fast"], ["fast", "slow"], ["fast"], ["fast"]]
+    assert sampler.group_interval_s("slow") == 3.0
+
+
+def test_failing_collector_is_isolated_marked_stale_and_recovers() -> None:
+    ok = ScriptedCollector("ok", [{"ok.level": {"": 1.0}}])
+    bad = ScriptedCollector("bad", [OSError("disk on fire"), {"bad.level": {"": 5.0}}])
+    sampler = Sampler([bad, ok], registry=MetricRegistry(), clock=FakeClock())
+    tick = sampler.sample()
+    assert list(tick.groups) == ["ok"]
+    assert sampler.status["bad"].stale and sampler.status["bad"].errors == 1
+    assert "disk on fire" in (sampler.status["bad"].last_error or "")
+    sampler.sample()
+    assert not sampler.status["bad"].stale
+    assert sampler.latest["bad.level"] == {"": 5.0}
+
+
+def test_undeclared_metric_is_a_collector_error() -> None:
+    rogue = ScriptedCollector("rogue", [{"rogue.level": {"": 1.0}, "other.x": {"": 1.0}}])
+    sampler = Sampler([rogue], registry=MetricRegistry(), clock=FakeClock())
+    sampler.sample()
+    assert "undeclared" in (sampler.status["rogue"].last_error or "")
+
+
+def test_rates_derivations_and_vanished_instances_in_latest() -> None:
+    clock = FakeClock()
+    col = ScriptedCollector("d", [
+        {"d.ops": {"vda": 10, "vdb": 0}},
+        {"d.ops": {"vda": 30}},
+    ])
+    history = History(retention_s=60)
+    sampler = Sampler([col], registry=MetricRegistry(), clock=clock, history=history)
+    sampler.sample()
+    assert sampler.latest["d.ops"] == {"vda": None, "vdb": None}
+    clock.advance(2.0)
+    sampler.sample()
+    assert sampler.latest["d.ops"] == {"vda": 10.0}  # vdb vanished
+    assert sampler.latest["d.double"] == {"vda": 20.0}
+    assert sampler.latest_raw["d.ops"] == {"vda": 30}
+    assert sampler.instances("d.ops") == ["vda"]
+    [sl] = history.query(["d.ops"], 60)
+    assert sl.series[("d.ops", "vda")] == [None, 10.0]
+
+
+def test_registry_is_filled_at_construction_and_duplicates_rejected() -> None:
+    registry = MetricRegistry()
+    Sampler([ScriptedCollector("a", [{}])], registry=registry, clock=FakeClock())
+    assert {"a.ops", "a.level", "a.double"} <= set(registry.names())
+    with pytest.raises(ValueError):
+        Sampler([ScriptedCollector("b", [{}]), ScriptedCollector("b", [{}])],
+                registry=MetricRegistry(), clock=FakeClock())
+
+
+def test_failing_derivation_loses_only_its_own_metric() -> None:
+    class Broken(ScriptedCollector):
+        def derivations(self) -> list[Derivation]:
+            return [Derivation(instant("x.broken", NONE, "always fails", derived=True),
+                               lambda c: {"": 1 / 0})]
+
+    sampler = Sampler([Broken("x", [{"x.level": {"": 3.0}}])], registry=MetricRegistry(),
+                      clock=FakeClock())
+    sampler.sample()
+    assert sampler.latest["x.level"] == {"": 3.0}
+    assert "x.broken" not in sampler.latest
+    assert "ZeroDivisionError" in (sampler.status["x"].last_error or "")
