@@ -56,8 +56,6 @@ class _Series:
     fine: array
     coarse: array
     last_seen: int  # group append count when this series last had a value
-    acc_sum: float = 0.0
-    acc_n: int = 0
 
 
 @dataclass(slots=True)
@@ -72,15 +70,8 @@ class _Group:
     coarse_times: array = field(default_factory=lambda: array("d"))
     coarse_head: int = 0
     coarse_bucket: int | None = None
+    bucket_n: int = 0  # appends so far in the current coarse bucket
     series: dict[SeriesKey, _Series] = field(default_factory=dict)
-
-
-def _put(ring: array, idx: int, value: float) -> None:
-    """Write at ``idx``; ``idx == len(ring)`` appends (the ring is still growing)."""
-    if idx == len(ring):
-        ring.append(value)
-    else:
-        ring[idx] = value
 
 
 def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
@@ -128,72 +119,106 @@ class History:
         self._groups[name] = _Group(name, interval_s, capacity, coarse and self.coarse_capacity > 0)
 
     def append(self, group_name: str, timestamp: float, values: Cooked) -> None:
-        """Record one collection of a group taken at wall-clock ``timestamp``."""
-        group = self._groups[group_name]
-        cap = group.capacity
-        full = len(group.times) >= cap
-        idx = group.head if full else len(group.times)
-        _put(group.times, idx, timestamp)
-        length = len(group.times)
-        count = group.appended + 1
-        seen: list[_Series] = []
-        bucket = int(timestamp // self.coarse_step_s) if group.coarse else None
+        """Record one collection of a group taken at wall-clock ``timestamp``.
 
+        This runs every tick for every series, so it is written for speed: one dict
+        lookup and one array store per value, and a pass over absent series only when
+        some series had no value this tick.
+        """
+        group = self._groups[group_name]
+        if group.coarse:
+            bucket = int(timestamp // self.coarse_step_s)
+            if group.coarse_bucket is not None and bucket != group.coarse_bucket:
+                self._flush_coarse(group)
+            if bucket != group.coarse_bucket:
+                group.coarse_bucket = bucket
+                group.bucket_n = 0
+            group.bucket_n += 1
+        cap = group.capacity
+        times = group.times
+        growing = len(times) < cap
+        if growing:
+            idx = len(times)
+            times.append(timestamp)
+        else:
+            idx = group.head
+            times[idx] = timestamp
+            group.head = (idx + 1) % cap
+        count = group.appended + 1
+        group.appended = count
+        series_map = group.series
+        nseen = 0
         for metric, instances in values.items():
             for inst, value in instances.items():
-                if value is None or isinstance(value, str):
+                if value is None or value.__class__ is str:
                     continue
-                key = (metric, inst)
-                series = group.series.get(key)
+                series = series_map.get((metric, inst))
                 if series is None:
-                    if self._nseries >= self.max_series:
-                        self.dropped_series += 1
+                    series = self._new_series(group, (metric, inst), idx if growing else cap)
+                    if series is None:
                         continue
-                    # Pad so every ring in a group stays aligned with the time ring.
-                    series = _Series(
-                        array("f", [NAN]) * length,
-                        array("f", [NAN]) * len(group.coarse_times),
-                        count,
-                    )
-                    group.series[key] = series
-                    self._nseries += 1
-                _put(series.fine, idx, value)
+                if growing:
+                    series.fine.append(value)  # type: ignore[arg-type]
+                else:
+                    series.fine[idx] = value  # type: ignore[assignment]
                 series.last_seen = count
-                seen.append(series)
-
+                nseen += 1
+        if nseen == len(series_map):
+            return
         stale: list[SeriesKey] = []
-        for key, series in group.series.items():
+        for key, series in series_map.items():
             if series.last_seen != count:
-                _put(series.fine, idx, NAN)
+                if growing:
+                    series.fine.append(NAN)
+                else:
+                    series.fine[idx] = NAN
                 if count - series.last_seen >= cap:
                     stale.append(key)
         for key in stale:
-            del group.series[key]
+            del series_map[key]
             self._nseries -= 1
 
-        if group.coarse:
-            if group.coarse_bucket is not None and bucket != group.coarse_bucket:
-                self._flush_coarse(group)
-            for series in seen:
-                series.acc_sum += series.fine[idx]
-                series.acc_n += 1
-            group.coarse_bucket = bucket
-
-        group.appended = count
-        if full:
-            group.head = (idx + 1) % cap
+    def _new_series(self, group: _Group, key: SeriesKey, length: int) -> _Series | None:
+        if self._nseries >= self.max_series:
+            self.dropped_series += 1
+            return None
+        # Padded with NaN so every ring in a group stays aligned with the time ring.
+        series = _Series(
+            array("f", [NAN]) * length,
+            array("f", [NAN]) * len(group.coarse_times),
+            group.appended,
+        )
+        group.series[key] = series
+        self._nseries += 1
+        return series
 
     def _flush_coarse(self, group: _Group) -> None:
+        """Append the mean of the finished minute, read back from the fine ring.
+
+        Computing means at flush time (once a minute) instead of accumulating every
+        tick keeps the per-tick path minimal; the fine ring always still holds the
+        minute whenever retention is at least one coarse step (with a shorter retention,
+        the mean covers the points still retained).
+        """
         assert group.coarse_bucket is not None
         cap = self.coarse_capacity
         head = group.coarse_head
         full = len(group.coarse_times) >= cap
         _ring_write(group.coarse_times, cap, head, group.coarse_bucket * self.coarse_step_s)
+        n = min(group.bucket_n, len(group.times))
+        fine_cap = group.capacity
+        last = (group.head - 1) % fine_cap if len(group.times) >= fine_cap else len(group.times) - 1
+        positions = [(last - i) % fine_cap for i in range(n)]
         for series in group.series.values():
-            mean = series.acc_sum / series.acc_n if series.acc_n else NAN
-            _ring_write(series.coarse, cap, head, mean)
-            series.acc_sum = 0.0
-            series.acc_n = 0
+            fine = series.fine
+            total, k = 0.0, 0
+            for pos in positions:
+                if pos < len(fine):
+                    v = fine[pos]
+                    if not math.isnan(v):
+                        total += v
+                        k += 1
+            _ring_write(series.coarse, cap, head, total / k if k else NAN)
         if full:
             group.coarse_head = (head + 1) % cap
 

@@ -20,6 +20,8 @@ some NIC statistics) continuous.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .collector import Cooked, Raw
 from .model import MetricDesc
 
@@ -44,49 +46,49 @@ def counter_delta(old: int | float, new: int | float, wrap_bits: int | None) -> 
 class RateConverter:
     """Turns raw collections into cooked values, keeping the previous raw per instance.
 
-    Not thread-safe: one sampler thread owns it.
+    Raw dicts handed to :meth:`convert` are kept by reference as the next interval's
+    base, so collectors must not mutate a dict after returning it (none do: each
+    collection builds fresh dicts). Not thread-safe: one sampler thread owns it.
     """
 
     def __init__(self) -> None:
         # metric -> (monotonic time of previous collection, instance -> raw value)
-        self._prev: dict[str, tuple[float, dict[str, int | float]]] = {}
+        self._prev: dict[str, tuple[float, Mapping[str, int | float | str]]] = {}
 
-    def convert(self, descs: dict[str, MetricDesc], raw: Raw, mono: float) -> Cooked:
+    @staticmethod
+    def counters_of(descs: Mapping[str, MetricDesc]) -> dict[str, int | None]:
+        """Counter metric -> wrap width; computed once per collector, not per value."""
+        return {name: d.type.wrap_bits for name, d in descs.items() if d.is_counter}
+
+    def convert(self, counters: Mapping[str, int | None], raw: Raw, mono: float) -> Cooked:
         """Cooked values for ``raw`` collected at monotonic time ``mono``.
 
-        ``descs`` maps every metric name in ``raw`` to its descriptor. Non-counters pass
-        through unchanged.
+        ``counters`` maps each counter metric to its wrap width (:meth:`counters_of`);
+        other metrics pass through unchanged (the same dict objects).
         """
         cooked: Cooked = {}
+        prev_all = self._prev
         for name, instances in raw.items():
-            desc = descs[name]
-            if not desc.is_counter:
-                cooked[name] = dict(instances)
+            if name not in counters:
+                cooked[name] = instances  # type: ignore[assignment]
                 continue
-            wrap_bits = desc.type.wrap_bits
-            prev = self._prev.get(name)
-            current: dict[str, int | float] = {}
+            prev = prev_all.get(name)
+            prev_all[name] = (mono, instances)
+            if prev is None or mono <= prev[0]:
+                cooked[name] = dict.fromkeys(instances)
+                continue
+            prev_mono, prev_values = prev
+            inv_dt = 1.0 / (mono - prev_mono)
             out: dict[str, float | str | None] = {}
-            if prev is None:
-                for inst, value in instances.items():
-                    if isinstance(value, str):
-                        continue
-                    current[inst] = value
+            for inst, value in instances.items():
+                old = prev_values.get(inst)
+                if old is None:
                     out[inst] = None
-            else:
-                prev_mono, prev_values = prev
-                dt = mono - prev_mono
-                for inst, value in instances.items():
-                    if isinstance(value, str):
-                        continue
-                    current[inst] = value
-                    old = prev_values.get(inst)
-                    if old is None or dt <= 0:
-                        out[inst] = None
-                        continue
-                    delta = counter_delta(old, value, wrap_bits)
-                    out[inst] = None if delta is None else delta / dt
-            self._prev[name] = (mono, current)
+                elif value >= old:  # type: ignore[operator]
+                    out[inst] = (value - old) * inv_dt  # type: ignore[operator]
+                else:
+                    delta = counter_delta(old, value, counters[name])  # type: ignore[arg-type]
+                    out[inst] = None if delta is None else delta * inv_dt
             cooked[name] = out
         return cooked
 

@@ -114,6 +114,7 @@ class Sampler:
         self._rates = RateConverter()
         self._descs: dict[str, dict[str, MetricDesc]] = {}
         self._derivations: dict[str, list[Derivation]] = {}
+        self._counters: dict[str, dict[str, int | None]] = {}
         self._every: dict[str, int] = {}
         self.status: dict[str, CollectorStatus] = {}
         self.seq = 0
@@ -131,6 +132,7 @@ class Sampler:
             registry.register_all(descs)
             registry.register_all(d.desc for d in derivs)
             self._descs[collector.name] = {d.name: d for d in descs}
+            self._counters[collector.name] = RateConverter.counters_of(self._descs[collector.name])
             self._derivations[collector.name] = derivs
             every = max(1, round((collector.interval_s or interval_s) / interval_s))
             self._every[collector.name] = every
@@ -162,7 +164,7 @@ class Sampler:
                 unknown = set(raw) - set(descs)
                 if unknown:
                     raise RuntimeError(f"undeclared metrics {sorted(unknown)}")
-                cooked = self._rates.convert(descs, raw, mono)
+                cooked = self._rates.convert(self._counters[collector.name], raw, mono)
                 self._derive(collector.name, cooked, status)
             except Exception as exc:  # noqa: BLE001 - isolate any collector failure
                 status.errors += 1

@@ -12,7 +12,7 @@ from hostscope.metrics.rates import RateConverter, counter_delta
 U64 = counter("a.c64", COUNT, "64-bit counter", indom="x")
 U32 = counter("a.c32", COUNT, "32-bit counter", indom="x", type=ValueType.U32)
 LEVEL = instant("a.level", NONE, "a level", indom="x")
-DESCS = {d.name: d for d in (U64, U32, LEVEL)}
+DESCS = RateConverter.counters_of({d.name: d for d in (U64, U32, LEVEL)})
 
 
 def test_first_sample_has_no_rate_then_rates_per_second() -> None:
