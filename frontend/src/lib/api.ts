@@ -1,0 +1,65 @@
+/** REST calls to a daemon, with its error answers turned into messages for people. */
+import { DaemonError } from './protocol'
+
+/** Normalise what a person typed ("host:7470", "http://host:7470/") into a base URL. */
+export function normaliseBase(input: string): string {
+  const text = input.trim().replace(/\/+$/, '')
+  if (text === '' || text === 'self') return ''
+  return /^https?:\/\//i.test(text) ? text : `http://${text}`
+}
+
+/** Is `base` another origin than this page's (so its allowed_origins matters)? */
+export function isCrossOrigin(base: string): boolean {
+  if (!base) return false
+  try {
+    return new URL(base).origin !== location.origin
+  } catch {
+    return true
+  }
+}
+
+export function apiUrl(base: string, path: string): string {
+  return base ? new URL(path, base + '/').toString() : path
+}
+
+export function streamUrl(base: string): string {
+  const url = new URL('/api/v1/stream', base || location.href)
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
+  return url.toString()
+}
+
+/** Why a daemon could not be reached, in terms a person can act on. */
+export function unreachableMessage(base: string): string {
+  const where = base || location.origin
+  if (!isCrossOrigin(base)) return `Cannot reach the hostscope daemon at ${where}: is it running?`
+  const mixed = location.protocol === 'https:' && base.startsWith('http:')
+  return mixed
+    ? `Cannot reach ${where}: this page is served over HTTPS and the browser blocks plain-HTTP daemons (mixed content). Serve that daemon over HTTPS.`
+    : `Cannot reach ${where}. If the daemon is running there, it must allow this page's origin: add "${location.origin}" to its allowed_origins.`
+}
+
+export async function getJson<T>(base: string, path: string, signal?: AbortSignal): Promise<T> {
+  let res: Response
+  try {
+    res = await fetch(apiUrl(base, path), { signal, headers: { Accept: 'application/json' } })
+  } catch (e) {
+    if ((e as Error).name === 'AbortError') throw e
+    throw new DaemonError('unreachable', unreachableMessage(base))
+  }
+  let body: unknown = null
+  try {
+    body = await res.json()
+  } catch {
+    body = null
+  }
+  if (!res.ok) {
+    const err = (body as { error?: { code?: string; message?: string } } | null)?.error
+    throw new DaemonError(
+      err?.code ?? 'http_' + res.status,
+      err?.message ? `${err.message} (HTTP ${res.status})` : `The daemon answered HTTP ${res.status} ${res.statusText}`,
+      res.status,
+    )
+  }
+  if (body === null) throw new DaemonError('bad_answer', `The daemon's answer to ${path} was not JSON`)
+  return body as T
+}

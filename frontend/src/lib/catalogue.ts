@@ -1,0 +1,85 @@
+/**
+ * The panel catalogue: daemon/panels.json, shared with the server-side SVG renderer so a
+ * panel looks the same in the dashboard and in a wiki's static render.
+ */
+import raw from '../../../daemon/panels.json'
+
+export type PanelKind = 'timeseries' | 'processes' | 'bpf' | 'flamegraph'
+
+export interface SeriesSpec {
+  metric: string
+  /** Legend label; `{instance}` is replaced by the instance name. */
+  label: string
+  /** The metric's values are 0-100 percentages: shown as a utilisation. */
+  percent?: boolean
+}
+
+export interface PanelSpec {
+  id: string
+  group: string
+  title: string
+  help?: string
+  kind?: PanelKind
+  stack?: boolean
+  requires?: string
+  series: SeriesSpec[]
+}
+
+export interface GroupSpec {
+  id: string
+  title: string
+}
+
+interface Catalogue {
+  version: number
+  groups: GroupSpec[]
+  default: string[]
+  panels: PanelSpec[]
+}
+
+const catalogue = raw as unknown as Catalogue
+
+export const GROUPS: readonly GroupSpec[] = catalogue.groups
+export const PANELS: readonly PanelSpec[] = catalogue.panels
+export const DEFAULT_PANELS: readonly string[] = catalogue.default
+const byId = new Map(PANELS.map((p) => [p.id, p]))
+
+export const CUSTOM_PREFIX = 'custom:'
+
+/** A custom widget: any metric from the descriptor list, one line per instance. */
+export function customPanel(metric: string): PanelSpec {
+  return {
+    id: CUSTOM_PREFIX + metric,
+    group: 'custom',
+    title: metric,
+    series: [{ metric, label: '{instance}' }],
+  }
+}
+
+/** The panel for a widget id (catalogue id or `custom:METRIC`), or undefined. */
+export function panelById(id: string): PanelSpec | undefined {
+  if (id.startsWith(CUSTOM_PREFIX)) {
+    const metric = id.slice(CUSTOM_PREFIX.length)
+    return /^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$/.test(metric) ? customPanel(metric) : undefined
+  }
+  return byId.get(id)
+}
+
+export function panelKind(p: PanelSpec): PanelKind {
+  return p.kind ?? 'timeseries'
+}
+
+/** Metric names a panel streams (BPF and flame graph panels stream none yet). */
+export function panelMetrics(p: PanelSpec): string[] {
+  return [...new Set(p.series.map((s) => s.metric))]
+}
+
+export function seriesLabel(spec: SeriesSpec, instance: string): string {
+  const text = spec.label.replaceAll('{instance}', instance)
+  return text.trim() || spec.metric
+}
+
+/** Panels that stream process or cgroup metrics, i.e. the ones a container filter scopes. */
+export function isContainerScoped(p: PanelSpec): boolean {
+  return p.series.some((s) => s.metric.startsWith('proc.') || s.metric.startsWith('cgroup.'))
+}

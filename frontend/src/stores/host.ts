@@ -1,0 +1,501 @@
+/**
+ * One store per host connection: it owns the websocket to that host's daemon, the
+ * subscription (reference-counted by the widgets on screen), the columnar buffers the
+ * charts draw from, and the connection's state as people should see it.
+ *
+ * Nothing happens until `start()`. Data arrives in frames; charts are told at most once
+ * per animation frame (`version`), so 20 charts at 1 Hz cost 20 redraws a second, not
+ * one per message. On a reconnect (daemon restart, network blip, tab shown again) the
+ * gap is backfilled from the daemon's history and merged by timestamp.
+ */
+import { shallowRef, type ShallowRef } from 'vue'
+import { getJson, isCrossOrigin, streamUrl, unreachableMessage } from '../lib/api'
+import {
+  DaemonError,
+  PROTOCOL_VERSION,
+  parseServerMsg,
+  type Descriptor,
+  type ErrorMsg,
+  type HelloMsg,
+  type HistoryAnswer,
+  type HostInfo,
+  type MetaMsg,
+  type SamplesMsg,
+  type SubscribeMsg,
+} from '../lib/protocol'
+import { Timeline, seriesKey } from '../lib/timeline'
+
+export type ConnState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'suspended' | 'closed'
+
+/** Process series come and go by the hundred: keep only a short history of them. */
+export const SHORT_RETENTION_S = 120
+const MAX_BACKFILL_S = 3600
+const MAX_BACKOFF_S = 15
+
+/** Metrics a container filter scopes (per-process and per-cgroup). */
+export function isScoped(metric: string): boolean {
+  return metric.startsWith('proc.') || metric.startsWith('cgroup.')
+}
+
+function isShort(metric: string): boolean {
+  return metric.startsWith('proc.')
+}
+
+interface Layout {
+  main: { keys: string[]; idx: number[]; scale: number[] }
+  short: { keys: string[]; idx: number[]; scale: number[] }
+}
+
+export interface Notice {
+  at: number
+  code: string
+  message: string
+}
+
+/** Scheduling hooks, replaceable in tests. */
+export interface Env {
+  WebSocket: typeof WebSocket
+  now: () => number
+  frame: (cb: () => void) => void
+  setTimeout: (cb: () => void, ms: number) => unknown
+  clearTimeout: (id: unknown) => void
+}
+
+const browserEnv = (): Env => ({
+  WebSocket: globalThis.WebSocket,
+  now: () => Date.now() / 1000,
+  frame: (cb) => (typeof requestAnimationFrame === 'function' ? requestAnimationFrame(() => cb()) : setTimeout(cb, 16)),
+  setTimeout: (cb, ms) => setTimeout(cb, ms),
+  clearTimeout: (id) => clearTimeout(id as ReturnType<typeof setTimeout>),
+})
+
+export class HostConnection {
+  readonly state: ShallowRef<ConnState> = shallowRef('idle')
+  /** What is wrong with the connection right now, for people (null when fine). */
+  readonly problem: ShallowRef<string | null> = shallowRef(null)
+  /** Recent error messages from the daemon (bad subscription etc.). */
+  readonly notices: ShallowRef<Notice[]> = shallowRef([])
+  readonly hello: ShallowRef<HelloMsg | null> = shallowRef(null)
+  readonly info: ShallowRef<HostInfo | null> = shallowRef(null)
+  /** Every metric the daemon knows (GET /api/v1/metrics); null until loaded. */
+  readonly catalogue: ShallowRef<Map<string, Descriptor> | null> = shallowRef(null)
+  /** Descriptors of subscribed metrics, from `meta`. */
+  readonly descriptors: ShallowRef<Map<string, Descriptor>> = shallowRef(new Map())
+  /** Prefixes the daemon reported absent on this host (e.g. no PSI). */
+  readonly absent: ShallowRef<string[]> = shallowRef([])
+  /** Names the daemon rejected as unknown. */
+  readonly unknown: ShallowRef<Set<string>> = shallowRef(new Set())
+  /** Bumped at most once per animation frame when new data arrived. */
+  readonly version = shallowRef(0)
+  /** True once the first backfill (or live frame) has been stored. */
+  readonly ready = shallowRef(false)
+  /** Epoch seconds of the next reconnect attempt while reconnecting. */
+  readonly retryAt: ShallowRef<number | null> = shallowRef(null)
+  readonly container: ShallowRef<string> = shallowRef('')
+
+  readonly main: Timeline
+  readonly short = new Timeline(SHORT_RETENTION_S)
+
+  private env: Env
+  private ws: WebSocket | null = null
+  private wants = new Map<string, number>()
+  private subscribed = new Set<string>()
+  private layouts = new Map<number, Layout>()
+  private started = false
+  private attempt = 0
+  private retryTimer: unknown = null
+  private flushQueued = false
+  private frameQueued = false
+  private releaseTimer: unknown = null
+  private windowS: number
+  private metricsLoad: Promise<void> | null = null
+  private waitedForMetadata = false
+
+  constructor(
+    readonly base: string,
+    windowS = 300,
+    env?: Partial<Env>,
+  ) {
+    this.env = { ...browserEnv(), ...env }
+    this.windowS = windowS
+    this.main = new Timeline(windowS + 10)
+  }
+
+  get label(): string {
+    return this.hello.value?.host ?? this.info.value?.hostname ?? (this.base || location.host)
+  }
+
+  get intervalS(): number {
+    return this.hello.value?.interval_s ?? this.info.value?.interval_s ?? 1
+  }
+
+  /** Open the connection (idempotent). */
+  start(): void {
+    if (this.started) return
+    this.started = true
+    this.loadMetadata()
+    this.connect()
+  }
+
+  /** Close for good (host removed from the view). */
+  stop(): void {
+    this.started = false
+    this.env.clearTimeout(this.retryTimer)
+    this.retryTimer = null
+    this.closeSocket(1000)
+    this.state.value = 'closed'
+  }
+
+  /** Close while the tab is hidden; `resume()` reconnects and backfills the gap. */
+  suspend(): void {
+    if (!this.started || this.state.value === 'suspended') return
+    this.env.clearTimeout(this.retryTimer)
+    this.closeSocket(1000)
+    this.state.value = 'suspended'
+  }
+
+  resume(): void {
+    if (!this.started || this.state.value !== 'suspended') return
+    this.attempt = 0
+    this.connect()
+  }
+
+  /** Reconnect now (a person pressed "retry"). */
+  retry(): void {
+    if (!this.started) return this.start()
+    this.env.clearTimeout(this.retryTimer)
+    this.attempt = 0
+    this.closeSocket(1000)
+    this.loadMetadata(true)
+    this.connect()
+  }
+
+  /** Widgets declare the metrics they draw; the returned function releases them. */
+  need(names: string[]): () => void {
+    for (const n of names) this.wants.set(n, (this.wants.get(n) ?? 0) + 1)
+    this.queueFlush()
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      for (const n of names) {
+        const c = (this.wants.get(n) ?? 1) - 1
+        if (c <= 0) this.wants.delete(n)
+        else this.wants.set(n, c)
+      }
+      // Unsubscribe lazily: reordering or resizing widgets re-creates them at once.
+      this.env.clearTimeout(this.releaseTimer)
+      this.releaseTimer = this.env.setTimeout(() => this.dropUnwanted(), 3000)
+    }
+  }
+
+  /** The longest window any view shows; enlarging it fetches the missing history. */
+  setWindow(seconds: number): void {
+    const before = this.windowS
+    this.windowS = seconds
+    this.main.retentionS = seconds + 10
+    if (seconds > before && this.subscribed.size) void this.fillFromHistory(seconds)
+  }
+
+  /** Scope per-process and per-cgroup series to one container ("" = all). */
+  setContainer(name: string): void {
+    if (name === this.container.value) return
+    this.container.value = name
+    const match = (m: string) => isScoped(m)
+    this.main.forgetMetrics(match)
+    this.short.forgetMetrics(match)
+    for (const n of [...this.subscribed]) if (isScoped(n)) this.subscribed.delete(n)
+    this.bump()
+    // The filter travels with a subscription; a fresh connection is the simplest exact
+    // way to change it (and backfills the scoped series for the new container).
+    if (this.ws && this.state.value === 'open') {
+      this.closeSocket(1000)
+      this.connect()
+    }
+  }
+
+  /** Is a metric known to be unavailable on this host? Returns the reason, or null. */
+  absence(metric: string): string | null {
+    if (this.unknown.value.has(metric)) return 'not known to this daemon'
+    const psi = metric.includes('.pressure.')
+    const psiReason = () => this.info.value?.capabilities?.psi?.reason ?? 'no pressure stall information (PSI) on this host'
+    if (this.absent.value.some((p) => metric === p || metric.startsWith(p + '.'))) {
+      return psi ? psiReason() : 'not available on this host'
+    }
+    const cat = this.catalogue.value
+    if (cat && !cat.has(metric)) {
+      for (const k of cat.keys()) if (k.startsWith(metric + '.')) return null
+      return psi ? psiReason() : 'not collected on this host'
+    }
+    return null
+  }
+
+  descriptor(metric: string): Descriptor | undefined {
+    return this.descriptors.value.get(metric) ?? this.catalogue.value?.get(metric)
+  }
+
+  timelineFor(metric: string): Timeline {
+    return isShort(metric) ? this.short : this.main
+  }
+
+  // -- internals -------------------------------------------------------------------
+
+  private loadMetadata(force = false): void {
+    if (this.metricsLoad && !force) return
+    this.metricsLoad = (async () => {
+      try {
+        const [info, metrics] = await Promise.all([
+          getJson<HostInfo>(this.base, '/api/v1/host'),
+          getJson<{ metrics: Descriptor[] }>(this.base, '/api/v1/metrics'),
+        ])
+        this.info.value = info
+        this.catalogue.value = new Map(metrics.metrics.map((d) => [d.name, d]))
+      } catch (e) {
+        // The websocket may still work (REST refused cross-origin); the socket's own
+        // failure, if any, reports the problem. Keep the REST one as a notice.
+        this.notice(e instanceof DaemonError ? e.code : 'error', (e as Error).message)
+      }
+    })()
+  }
+
+  private connect(): void {
+    this.env.clearTimeout(this.retryTimer)
+    this.retryTimer = null
+    this.retryAt.value = null
+    this.state.value = this.attempt === 0 ? 'connecting' : 'reconnecting'
+    let ws: WebSocket
+    try {
+      ws = new this.env.WebSocket(streamUrl(this.base))
+    } catch (e) {
+      this.problem.value = `Cannot open a websocket to ${this.base || location.host}: ${(e as Error).message}`
+      this.scheduleReconnect()
+      return
+    }
+    this.ws = ws
+    this.subscribed.clear()
+    this.layouts.clear()
+    let opened = false
+    ws.onopen = () => {
+      opened = true
+    }
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return
+      this.onMessage(typeof ev.data === 'string' ? ev.data : '')
+    }
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return
+      this.ws = null
+      if (!this.started || this.state.value === 'suspended') return
+      this.problem.value = this.closeReason(ev, opened)
+      this.scheduleReconnect()
+    }
+    ws.onerror = () => {
+      /* onclose follows with the details we can know */
+    }
+  }
+
+  private closeReason(ev: CloseEvent, opened: boolean): string {
+    const who = this.base || location.host
+    if (ev.code === 1013) return `The daemon at ${who} dropped this page for being too slow; reconnecting.`
+    if (ev.code === 1001) return `The daemon at ${who} is shutting down or restarting.`
+    if (ev.reason) return `The daemon at ${who} closed the connection: ${ev.reason} (code ${ev.code}).`
+    if (!opened) {
+      return isCrossOrigin(this.base)
+        ? unreachableMessage(this.base)
+        : `Cannot connect to the daemon at ${who}: is it running?`
+    }
+    return `Lost the connection to ${who} (code ${ev.code}).`
+  }
+
+  private scheduleReconnect(): void {
+    if (!this.started) return
+    this.attempt += 1
+    const delay = Math.min(MAX_BACKOFF_S, 0.5 * 2 ** (this.attempt - 1)) * (0.8 + 0.4 * Math.random())
+    this.state.value = 'reconnecting'
+    this.retryAt.value = this.env.now() + delay
+    this.retryTimer = this.env.setTimeout(() => {
+      this.loadMetadata(this.catalogue.value === null)
+      this.connect()
+    }, delay * 1000)
+  }
+
+  private closeSocket(code: number): void {
+    const ws = this.ws
+    this.ws = null
+    if (ws) {
+      ws.onclose = null
+      ws.onmessage = null
+      try {
+        ws.close(code)
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  private onMessage(text: string): void {
+    const msg = parseServerMsg(text)
+    if (!msg) return
+    switch (msg.type) {
+      case 'hello':
+        if (msg.protocol !== PROTOCOL_VERSION) {
+          this.problem.value = `The daemon speaks protocol ${msg.protocol}; this dashboard speaks ${PROTOCOL_VERSION}. Open the dashboard served by that daemon.`
+          this.stop()
+          return
+        }
+        this.hello.value = msg
+        this.state.value = 'open'
+        this.problem.value = null
+        this.attempt = 0
+        this.queueFlush()
+        return
+      case 'meta':
+        return this.onMeta(msg)
+      case 'samples':
+        return this.onSamples(msg)
+      case 'error':
+        return this.onError(msg)
+      default:
+        return
+    }
+  }
+
+  private onMeta(msg: MetaMsg): void {
+    const descs = new Map(this.descriptors.value)
+    for (const [name, d] of Object.entries(msg.metrics)) descs.set(name, d)
+    this.descriptors.value = descs
+    if (msg.absent) this.absent.value = msg.absent
+    const layout: Layout = { main: { keys: [], idx: [], scale: [] }, short: { keys: [], idx: [], scale: [] } }
+    msg.series.forEach(([metric, instance], c) => {
+      const part = isShort(metric) ? layout.short : layout.main
+      part.keys.push(seriesKey(metric, instance))
+      part.idx.push(c)
+      part.scale.push(descs.get(metric)?.value_units.base_factor ?? 1)
+    })
+    this.layouts.set(msg.seq, layout)
+    // Samples always refer to a recent meta; keep a few in case frames cross.
+    for (const seq of this.layouts.keys()) if (seq < msg.seq - 4) this.layouts.delete(seq)
+  }
+
+  private onSamples(msg: SamplesMsg): void {
+    const layout = this.layouts.get(msg.seq)
+    if (!layout) return
+    for (const [tl, part] of [
+      [this.main, layout.main],
+      [this.short, layout.short],
+    ] as const) {
+      if (part.keys.length) tl.add(msg.t, part.keys, part.idx.map((c) => msg.v[c]), part.scale)
+    }
+    this.ready.value = true
+    this.bump()
+  }
+
+  private onError(msg: ErrorMsg): void {
+    if (msg.ref === 'subscribe' && msg.code === 'unknown_metric') {
+      // Nothing from that subscribe was applied. Learn which names were unknown, mark
+      // them (their panels say so) and subscribe the rest of that batch again.
+      const listed = new Set(
+        msg.names ?? (msg.message.split(': ').pop() ?? '').split(',').map((x) => x.trim()),
+      )
+      const batch = this.sent.find((b) => b.some((n) => listed.has(n)))
+      if (batch) {
+        const unknown = new Set(this.unknown.value)
+        for (const n of batch) {
+          this.subscribed.delete(n)
+          if (listed.has(n)) unknown.add(n)
+        }
+        this.unknown.value = unknown
+        this.sent = this.sent.filter((b) => b !== batch)
+        this.queueFlush()
+        this.bump()
+        return
+      }
+    }
+    this.notice(msg.code, msg.message)
+  }
+
+  /** Recent subscribe batches, to match an `unknown_metric` error to what it refused. */
+  private sent: string[][] = []
+
+  private notice(code: string, message: string): void {
+    this.notices.value = [...this.notices.value.slice(-4), { at: this.env.now(), code, message }]
+  }
+
+  private queueFlush(): void {
+    if (this.flushQueued) return
+    this.flushQueued = true
+    queueMicrotask(() => {
+      this.flushQueued = false
+      this.flush()
+    })
+  }
+
+  /** Send one subscribe for every wanted name not yet subscribed. */
+  private flush(): void {
+    const ws = this.ws
+    if (!ws || ws.readyState !== 1 || this.state.value !== 'open') return
+    if (this.catalogue.value === null && this.metricsLoad && !this.waitedForMetadata) {
+      // Subscribe only to what this daemon has, so one absent metric does not get a
+      // whole batch refused. If the list cannot be had (REST refused), go ahead anyway.
+      this.waitedForMetadata = true
+      void this.metricsLoad.then(() => this.queueFlush())
+      return
+    }
+    const fresh = [...this.wants.keys()].filter(
+      (n) => !this.subscribed.has(n) && !this.unknown.value.has(n) && this.absence(n) === null,
+    )
+    if (!fresh.length) return
+    const last = this.main.last
+    const gap = last === undefined ? this.windowS : this.env.now() - last + 2 * this.intervalS
+    const backfill = Math.ceil(Math.min(MAX_BACKFILL_S, this.windowS, Math.max(gap, 1)))
+    const scoped = fresh.filter(isScoped)
+    const plain = fresh.filter((n) => !isScoped(n))
+    const send = (names: string[], filter?: { container: string }) => {
+      if (!names.length) return
+      // A metric new to this connection needs its whole window, not just the gap.
+      const isNew = names.some((n) => !this.timelineFor(n).instances.has(n))
+      const msg: SubscribeMsg = { type: 'subscribe', names, backfill: isNew ? Math.min(MAX_BACKFILL_S, this.windowS) : backfill }
+      if (filter) msg.filter = filter
+      for (const n of names) this.subscribed.add(n)
+      this.sent = [...this.sent.slice(-7), names]
+      ws.send(JSON.stringify(msg))
+    }
+    send(plain)
+    send(scoped, this.container.value ? { container: this.container.value } : undefined)
+  }
+
+  private dropUnwanted(): void {
+    const gone = [...this.subscribed].filter((n) => !this.wants.has(n))
+    if (!gone.length) return
+    for (const n of gone) this.subscribed.delete(n)
+    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify({ type: 'unsubscribe', names: gone }))
+    const set = new Set(gone)
+    this.main.forgetMetrics((m) => set.has(m))
+    this.short.forgetMetrics((m) => set.has(m))
+    this.bump()
+  }
+
+  private async fillFromHistory(seconds: number): Promise<void> {
+    const names = [...this.subscribed].filter((n) => !isShort(n))
+    if (!names.length) return
+    try {
+      const q = new URLSearchParams({ names: names.join(','), seconds: String(Math.min(86400, Math.ceil(seconds))) })
+      const h = await getJson<HistoryAnswer>(this.base, `/api/v1/history?${q}`)
+      const keys = h.series.map((s) => seriesKey(s.name, s.instance))
+      const scale = h.series.map((s) => this.descriptor(s.name)?.value_units.base_factor ?? 1)
+      this.main.add(h.t, keys, h.series.map((s) => s.values), scale)
+      this.bump()
+    } catch (e) {
+      this.notice('history', `Could not load older history: ${(e as Error).message}`)
+    }
+  }
+
+  private bump(): void {
+    if (this.frameQueued) return
+    this.frameQueued = true
+    this.env.frame(() => {
+      this.frameQueued = false
+      this.version.value++
+    })
+  }
+}
