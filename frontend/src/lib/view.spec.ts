@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest'
+import { exportJson, importJson, loadSaved, storeSaved } from './dashboards'
+import { decodeView, defaultView, encodeView, sanitizeView } from './view'
+
+describe('view URL', () => {
+  it('round-trips a view through the query string', () => {
+    const v = defaultView()
+    v.widgets = [
+      { id: 'cpu.util', w: 2, h: 1 },
+      { id: 'disk.latency', w: 3, h: 2 },
+      { id: 'custom:mem.util.free', w: 1, h: 1 },
+    ]
+    v.window = 900
+    v.hosts = ['', 'http://db1:7470', 'https://web.example:7470']
+    v.layout = 'tabs'
+    v.active = 2
+    v.container = 'web-1'
+    v.theme = 'dark'
+    const q = encodeView(v)
+    expect(q).toContain('panels=cpu.util,disk.latency~3x2,custom:mem.util.free')
+    expect(q).toContain('hosts=self,db1:7470,https://web.example:7470')
+    expect(decodeView(q)).toEqual(v)
+  })
+
+  it('takes defaults for what is missing and drops what is invalid', () => {
+    const v = decodeView('?panels=cpu.util,nope,custom:BAD!,mem.util~9x9&window=1000&active=7')
+    expect(v.widgets).toEqual([
+      { id: 'cpu.util', w: 2, h: 1 },
+      { id: 'mem.util', w: 4, h: 3 },
+    ])
+    expect(v.window).toBe(900)
+    expect(v.hosts).toEqual([''])
+    expect(v.active).toBe(0)
+    expect(decodeView('').widgets.length).toBeGreaterThan(15)
+  })
+
+  it('accepts a single host= as runbook links write it', () => {
+    expect(decodeView('?host=10.0.0.5:7470&panels=cpu.util').hosts).toEqual(['http://10.0.0.5:7470'])
+  })
+})
+
+describe('saved dashboards', () => {
+  it('saves to storage and reads back', () => {
+    const v = defaultView()
+    v.window = 60
+    storeSaved({ incident: v }, localStorage)
+    expect(loadSaved(localStorage).incident.window).toBe(60)
+  })
+
+  it('exports and imports JSON, rejecting foreign files', () => {
+    const v = defaultView()
+    v.container = 'db'
+    const text = exportJson({ 'db view': v })
+    expect(importJson(text)['db view']).toEqual(v)
+    expect(() => importJson('{"x":1}')).toThrow(/not a hostscope dashboard/)
+    expect(() => importJson('nope')).toThrow(/not JSON/)
+  })
+
+  it('sanitises hostile content', () => {
+    const v = sanitizeView({ widgets: [{ id: '<script>', w: 1, h: 1 }, { id: 'cpu.util', w: 'x', h: 99 }], window: -5 })
+    expect(v!.widgets).toEqual([{ id: 'cpu.util', w: 2, h: 3 }])
+    expect(v!.window).toBe(60)
+    expect(sanitizeView('x')).toBeNull()
+  })
+})

@@ -1,0 +1,156 @@
+/**
+ * The whole view (hosts, widgets, window, container filter, theme) as plain data, and
+ * its encoding in the URL, so a pasted link reproduces what the sender saw. Runbooks
+ * write these links by hand, so the encoding is readable:
+ *
+ *   ?panels=cpu.util,mem.util~2x1,custom:disk.dev.aveq&window=900&hosts=self,db1:7470&container=web-1
+ *
+ * A widget is `ID[~WxH]` (width in grid columns 1-4, height in rows 1-3).
+ */
+import { DEFAULT_PANELS, panelById } from './catalogue'
+
+export const WINDOWS = [60, 300, 900, 1800, 3600] as const
+export const MAX_W = 4
+export const MAX_H = 3
+
+export interface Widget {
+  id: string
+  w: number
+  h: number
+}
+
+export type Layout = 'side' | 'tabs'
+export type Theme = 'light' | 'dark' | ''
+
+export interface ViewState {
+  hosts: string[]
+  layout: Layout
+  active: number
+  widgets: Widget[]
+  window: number
+  container: string
+  theme: Theme
+}
+
+const DEFAULT_SIZES: Record<string, [number, number]> = {
+  'proc.top': [2, 2],
+  'cpu.util': [2, 1],
+  'mem.util': [2, 1],
+}
+
+export function defaultSize(id: string): [number, number] {
+  return DEFAULT_SIZES[id] ?? [1, 1]
+}
+
+export function defaultWidgets(): Widget[] {
+  return DEFAULT_PANELS.map((id) => {
+    const [w, h] = defaultSize(id)
+    return { id, w, h }
+  })
+}
+
+export function defaultView(): ViewState {
+  return { hosts: [''], layout: 'side', active: 0, widgets: defaultWidgets(), window: 300, container: '', theme: '' }
+}
+
+const clamp = (x: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, Math.round(x)))
+
+export function nearestWindow(seconds: number): number {
+  if (!Number.isFinite(seconds)) return 300
+  return WINDOWS.reduce((best, w) => (Math.abs(w - seconds) < Math.abs(best - seconds) ? w : best), 300)
+}
+
+function parseWidget(token: string): Widget | null {
+  const [id, size] = token.split('~')
+  if (!id || !panelById(id)) return null
+  const [dw, dh] = defaultSize(id)
+  let w = dw
+  let h = dh
+  if (size) {
+    const m = /^(\d)x(\d)$/.exec(size)
+    if (m) {
+      w = clamp(Number(m[1]), 1, MAX_W)
+      h = clamp(Number(m[2]), 1, MAX_H)
+    }
+  }
+  return { id, w, h }
+}
+
+function hostToken(base: string): string {
+  return base === '' ? 'self' : base.replace(/^http:\/\//, '')
+}
+
+function tokenToHost(token: string): string {
+  const t = token.trim()
+  if (t === '' || t === 'self') return ''
+  return /^https?:\/\//i.test(t) ? t.replace(/\/+$/, '') : `http://${t.replace(/\/+$/, '')}`
+}
+
+/** Query string for a view; defaults are left out to keep links short. */
+export function encodeView(v: ViewState): string {
+  const q = new URLSearchParams()
+  q.set(
+    'panels',
+    v.widgets
+      .map((w) => {
+        const [dw, dh] = defaultSize(w.id)
+        return w.w === dw && w.h === dh ? w.id : `${w.id}~${w.w}x${w.h}`
+      })
+      .join(','),
+  )
+  q.set('window', String(v.window))
+  if (!(v.hosts.length === 1 && v.hosts[0] === '')) q.set('hosts', v.hosts.map(hostToken).join(','))
+  if (v.layout !== 'side') q.set('layout', v.layout)
+  if (v.layout === 'tabs' && v.active) q.set('active', String(v.active))
+  if (v.container) q.set('container', v.container)
+  if (v.theme) q.set('theme', v.theme)
+  // URLSearchParams escapes ',' and ':'; they are safe in a query and far more readable.
+  return q.toString().replaceAll('%2C', ',').replaceAll('%3A', ':').replaceAll('%2F', '/').replaceAll('%7E', '~')
+}
+
+/** Parse a query string into a view; anything missing or invalid takes its default. */
+export function decodeView(search: string): ViewState {
+  const q = new URLSearchParams(search)
+  const v = defaultView()
+  const panels = q.get('panels')
+  if (panels !== null) v.widgets = panels.split(',').map(parseWidget).filter((w): w is Widget => w !== null)
+  const win = q.get('window')
+  if (win !== null) v.window = nearestWindow(Number(win))
+  const hosts = q.get('hosts') ?? q.get('host')
+  if (hosts) {
+    const list = [...new Set(hosts.split(',').map(tokenToHost))]
+    if (list.length) v.hosts = list
+  }
+  if (q.get('layout') === 'tabs') v.layout = 'tabs'
+  v.active = clamp(Number(q.get('active') ?? 0) || 0, 0, v.hosts.length - 1)
+  v.container = (q.get('container') ?? '').slice(0, 256)
+  const theme = q.get('theme')
+  if (theme === 'light' || theme === 'dark') v.theme = theme
+  return v
+}
+
+/** Validate a view from anywhere untrusted (an imported file, localStorage). */
+export function sanitizeView(data: unknown): ViewState | null {
+  if (!data || typeof data !== 'object') return null
+  const d = data as Record<string, unknown>
+  const v = defaultView()
+  if (!Array.isArray(d.widgets)) return null
+  v.widgets = d.widgets
+    .map((w) => {
+      const x = w as Partial<Widget>
+      if (typeof x?.id !== 'string' || !panelById(x.id)) return null
+      const [dw, dh] = defaultSize(x.id)
+      return { id: x.id, w: clamp(Number(x.w ?? dw) || dw, 1, MAX_W), h: clamp(Number(x.h ?? dh) || dh, 1, MAX_H) }
+    })
+    .filter((w): w is Widget => w !== null)
+  if (Array.isArray(d.hosts)) {
+    const hosts = d.hosts.filter((h): h is string => typeof h === 'string').map(tokenToHost)
+    if (hosts.length) v.hosts = [...new Set(hosts)]
+  }
+  if (typeof d.window === 'number') v.window = nearestWindow(d.window)
+  if (d.layout === 'tabs') v.layout = 'tabs'
+  if (typeof d.active === 'number') v.active = clamp(d.active, 0, v.hosts.length - 1)
+  if (typeof d.container === 'string') v.container = d.container.slice(0, 256)
+  if (d.theme === 'light' || d.theme === 'dark') v.theme = d.theme
+  return v
+}
