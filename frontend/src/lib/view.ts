@@ -86,6 +86,11 @@ function tokenToHost(token: string): string {
   return /^https?:\/\//i.test(t) ? t.replace(/\/+$/, '') : `http://${t.replace(/\/+$/, '')}`
 }
 
+function dedupe(widgets: Widget[]): Widget[] {
+  const seen = new Set<string>()
+  return widgets.filter((w) => !seen.has(w.id) && seen.add(w.id))
+}
+
 /** Query string for a view; defaults are left out to keep links short. */
 export function encodeView(v: ViewState): string {
   const q = new URLSearchParams()
@@ -113,7 +118,7 @@ export function decodeView(search: string): ViewState {
   const q = new URLSearchParams(search)
   const v = defaultView()
   const panels = q.get('panels')
-  if (panels !== null) v.widgets = panels.split(',').map(parseWidget).filter((w): w is Widget => w !== null)
+  if (panels !== null) v.widgets = dedupe(panels.split(',').map(parseWidget).filter((w): w is Widget => w !== null))
   const win = q.get('window')
   if (win !== null) v.window = nearestWindow(Number(win))
   const hosts = q.get('hosts') ?? q.get('host')
@@ -143,6 +148,7 @@ export function sanitizeView(data: unknown): ViewState | null {
       return { id: x.id, w: clamp(Number(x.w ?? dw) || dw, 1, MAX_W), h: clamp(Number(x.h ?? dh) || dh, 1, MAX_H) }
     })
     .filter((w): w is Widget => w !== null)
+  v.widgets = dedupe(v.widgets)
   if (Array.isArray(d.hosts)) {
     const hosts = d.hosts.filter((h): h is string => typeof h === 'string').map(tokenToHost)
     if (hosts.length) v.hosts = [...new Set(hosts)]
