@@ -1,0 +1,235 @@
+"""REST endpoints under ``/api/v1`` and ``/healthz`` (docs/protocol.md).
+
+Handlers validate their query parameters, read the sampler's latest values or history
+(both only ever mutated on the event loop, so a handler sees one consistent tick) and
+raise domain errors; :mod:`.errors` turns those into JSON error answers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp import web
+
+from hostscope.metrics.model import UnknownMetricError
+
+from . import encode
+from .errors import BadParameter, TooManyNames
+from .host import as_dict, optional_module
+from .keys import CLOCK, HOST, HUB, SAMPLER, STARTED, TICKER
+from .version import PROTOCOL, VERSION
+
+MAX_NAMES = 200
+MAX_HISTORY_S = 86400.0
+DEFAULT_HISTORY_S = 300.0
+MAX_PROCESSES = 1000
+DEFAULT_PROCESSES = 25
+PROCESS_SORTS = ("cpu", "rss", "io")
+PROCESSES_MODULE = "hostscope.metrics.processes"
+
+
+# -- parameter parsing ---------------------------------------------------------------
+
+
+def names_param(request: web.Request, key: str = "names") -> list[str]:
+    raw = request.query.getall(key, [])
+    names = [n.strip().rstrip(".") for part in raw for n in part.split(",") if n.strip()]
+    if not names:
+        raise BadParameter(f"'{key}' is required: comma-separated metric names or prefixes")
+    if len(names) > MAX_NAMES:
+        raise TooManyNames(f"at most {MAX_NAMES} names per request, got {len(names)}")
+    return names
+
+
+def number_param(
+    request: web.Request, key: str, default: float, low: float, high: float
+) -> float:
+    """A finite number in (low, high]; ``default`` when absent."""
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadParameter(f"'{key}' must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or not low < value <= high:
+        raise BadParameter(f"'{key}' must be > {low:g} and <= {high:g}, got {raw!r}")
+    return value
+
+
+def int_param(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameter(f"'{key}' must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadParameter(f"'{key}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def _clean(value: float | str | None) -> float | str | None:
+    """JSON cannot carry NaN or infinities; they mean "no value" here."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ts(t: float | None) -> float | None:
+    return None if t is None else round(t, 3)
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    registry = request.app[SAMPLER].registry
+    prefix = request.query.get("prefix", "").strip().rstrip(".")
+    descs = registry.match(prefix) if prefix else list(registry)
+    if prefix and not descs:
+        raise UnknownMetricError([prefix])
+    return web.json_response({"metrics": [d.to_json() for d in descs]})
+
+
+async def fetch_handler(request: web.Request) -> web.Response:
+    sampler = request.app[SAMPLER]
+    descs = sampler.registry.resolve(names_param(request))
+    latest = sampler.latest
+    values = []
+    for desc in descs:
+        units = desc.value_units
+        instances = latest.get(desc.name, {})
+        values.append({
+            "name": desc.name,
+            "semantics": str(desc.semantics),
+            "units": str(units),
+            "value_units": units.to_json(),
+            "instances": [
+                {"instance": inst, "value": _clean(value)} for inst, value in instances.items()
+            ],
+        })
+    return web.json_response({"timestamp": _ts(sampler.latest_timestamp), "values": values})
+
+
+async def history_handler(request: web.Request) -> web.Response:
+    sampler = request.app[SAMPLER]
+    descs = sampler.registry.resolve(names_param(request))
+    seconds = number_param(request, "seconds", DEFAULT_HISTORY_S, 0.0, MAX_HISTORY_S)
+    history = sampler.history
+    slices = (
+        history.query([d.name for d in descs], seconds, now=sampler.latest_timestamp)
+        if history is not None and sampler.latest_timestamp is not None
+        else []
+    )
+    stamps = sorted({t for s in slices for t in s.timestamps})
+    position = {t: i for i, t in enumerate(stamps)}
+    order = {d.name: i for i, d in enumerate(descs)}
+    rows: list[tuple[tuple[int, str], str]] = []
+    for piece in slices:
+        where = [position[t] for t in piece.timestamps]
+        for (name, inst), values in piece.series.items():
+            column: list[float | None] = [None] * len(stamps)
+            for pos, value in zip(where, values, strict=True):
+                column[pos] = value
+            rows.append((
+                (order[name], inst),
+                f'{{"name":{encode.string(name)},"instance":{encode.string(inst)},'
+                f'"values":[{encode.numbers(column)}]}}',
+            ))
+    rows.sort(key=lambda r: r[0])
+    step = min((s.step_s for s in slices), default=sampler.interval_s)
+    body = (
+        f'{{"step":{encode.number(step)},"t":[{",".join(encode.timestamp(t) for t in stamps)}],'
+        f'"series":[{",".join(r[1] for r in rows)}]}}'
+    )
+    return web.Response(text=body, content_type="application/json")
+
+
+async def instances_handler(request: web.Request) -> web.Response:
+    name = request.query.get("name", "").strip()
+    if not name:
+        raise BadParameter("'name' is required: one metric name")
+    sampler = request.app[SAMPLER]
+    desc = sampler.registry.get(name)
+    return web.json_response(
+        {"name": name, "indom": desc.indom, "instances": list(sampler.latest.get(name, {}))}
+    )
+
+
+async def host_handler(request: web.Request) -> web.Response:
+    app = request.app
+    sampler = app[SAMPLER]
+    info = app.get(HOST)
+    now = app[CLOCK].wall()
+    identity: dict[str, Any] = dict(info.identity) if info is not None else {}
+    identity["uptime_s"] = info.uptime_s(now) if info is not None else None
+    ticker = app[TICKER]
+    body = {
+        **identity,
+        "interval_s": sampler.interval_s,
+        "version": VERSION,
+        "protocol": PROTOCOL,
+        "capabilities": info.capabilities if info is not None else {},
+        "collectors": [status.to_json() for status in sampler.status.values()],
+        "sampling": {
+            "ticks": ticker.ticks,
+            "skipped": ticker.skipped,
+            "last_duration_ms": round(ticker.last_duration_s * 1000, 3),
+        },
+    }
+    return web.json_response(body)
+
+
+def _top_processes() -> Any:
+    module = optional_module(PROCESSES_MODULE)
+    return getattr(module, "top_processes", None)
+
+
+async def processes_handler(request: web.Request) -> web.Response:
+    sort = request.query.get("sort", "cpu")
+    if sort not in PROCESS_SORTS:
+        raise BadParameter(f"'sort' must be one of {', '.join(PROCESS_SORTS)}, got {sort!r}")
+    limit = int_param(request, "limit", DEFAULT_PROCESSES, 1, MAX_PROCESSES)
+    container = request.query.get("container") or None
+    sampler = request.app[SAMPLER]
+    top = _top_processes()
+    rows: list[Any] = []
+    if top is not None:
+        rows = [
+            r if isinstance(r, dict) else as_dict(r)
+            for r in top(sampler.latest, sort=sort, limit=limit, container=container)
+        ]
+    return web.json_response({"timestamp": _ts(sampler.latest_timestamp), "processes": rows})
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    app = request.app
+    clock = app[CLOCK]
+    ticker = app[TICKER]
+    since_tick = (
+        None if ticker.last_tick_mono is None else round(clock.mono() - ticker.last_tick_mono, 3)
+    )
+    # Sampling that stopped (or stalls for many intervals) is what health checks are for.
+    stalled = since_tick is not None and since_tick > max(10.0, 10 * app[SAMPLER].interval_s)
+    body = {
+        "status": "stalled" if stalled else "ok",
+        "uptime_s": round(clock.mono() - app[STARTED], 3),
+        "clients": len(app[HUB].clients),
+        "last_tick_age_s": since_tick,
+    }
+    return web.json_response(body, status=503 if stalled else 200)
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/api/v1/metrics", metrics_handler)
+    router.add_get("/api/v1/fetch", fetch_handler)
+    router.add_get("/api/v1/history", history_handler)
+    router.add_get("/api/v1/instances", instances_handler)
+    router.add_get("/api/v1/host", host_handler)
+    router.add_get("/api/v1/processes", processes_handler)
+    router.add_get("/healthz", healthz_handler)
+

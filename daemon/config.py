@@ -1,0 +1,197 @@
+"""Daemon configuration: one typed record, filled from a TOML file and then from flags.
+
+Every setting has exactly one name, used both as the TOML key and (with dashes) as the
+command-line flag, so ``port = 7471`` in the file and ``--port 7471`` mean the same thing.
+Flags override the file. The file is validated strictly: an unknown key or a value of the
+wrong type is rejected with a message naming the key, because a silently ignored typo
+(``alow_remote = true``) in a security-relevant setting is worse than refusing to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hostscope.metrics.sources import Roots
+
+DEFAULT_PORT = 7470
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the key and the source."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``hostscope serve`` can be told. Defaults are the safe ones."""
+
+    #: Address to listen on. Loopback unless ``allow_remote`` (see :meth:`check_bind`).
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: Base sampling interval in seconds; every client interval is a multiple of it.
+    interval: float = 1.0
+    #: Seconds of full-resolution history kept in memory (per-minute means cover 24 h).
+    history: float = 3600.0
+    #: Cadence of the (expensive) per-process collector, in seconds.
+    process_interval: float = 2.0
+    allow_remote: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    proc_root: str = "/proc"
+    sys_root: str = "/sys"
+    etc_root: str = "/etc"
+    #: Directory of the built dashboard; None means the copy shipped in the package.
+    static_dir: str | None = None
+    #: Extra names accepted in the Host header (DNS-rebinding defence), e.g. "myhost".
+    allowed_hosts: tuple[str, ...] = ()
+    #: Extra exact origins (scheme://host[:port]) allowed to open the websocket and read
+    #: the API cross-origin, e.g. another host's dashboard.
+    allowed_origins: tuple[str, ...] = ()
+    #: Who may embed the dashboard in a frame (CSP frame-ancestors); empty = same origin.
+    frame_ancestors: tuple[str, ...] = ()
+    #: Frames queued per websocket client before it is dropped as too slow.
+    client_queue: int = 64
+    #: Seconds the server waits for in-flight requests and websocket closes on shutdown.
+    shutdown_timeout: float = 2.0
+
+    def roots(self) -> Roots:
+        return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))
+
+    def check_bind(self) -> None:
+        """Refuse a non-loopback bind address unless remote access was asked for.
+
+        hostscope has no authentication yet; anything that can reach the port can read
+        every process's command line. Listening beyond loopback must be a decision.
+        """
+        if self.allow_remote or is_loopback(self.host):
+            return
+        raise ConfigError(
+            f"refusing to listen on {self.host!r}: it is not a loopback address and hostscope "
+            "has no authentication yet, so anyone who can reach the port could read process "
+            "command lines and host details. Put it behind an authenticating reverse proxy, "
+            "or pass --allow-remote (allow_remote = true in the config file) if you accept "
+            "that; also list the names clients use in allowed_hosts."
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# -- validation ------------------------------------------------------------------------
+
+_STR_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+#: (lowest, highest, lowest is exclusive)
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "port": (0, 65535, False),
+    "interval": (0.01, 60.0, False),
+    "history": (0.0, 86400.0, True),
+    "process_interval": (0.0, 3600.0, True),
+    "client_queue": (1, 100000, False),
+    "shutdown_timeout": (0.0, 60.0, False),
+}
+
+
+def _kind(name: str) -> str:
+    default = Config.__dataclass_fields__[name].type
+    return str(default)
+
+
+def _check(name: str, value: Any, source: str) -> Any:
+    """Validate one value against the field's declared type; return it normalised."""
+    kind = _kind(name)
+    where = f"{source}: key {name!r}"
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {type(value).__name__}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {type(value).__name__}")
+    elif kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty string")
+    elif kind == "str | None":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where} must be a non-empty string")
+    elif kind == "tuple[str, ...]":
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, str) and v for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of non-empty strings")
+        value = tuple(value)
+    else:  # pragma: no cover - a new field type without a validator is a programming error
+        raise AssertionError(f"no validator for {name}: {kind}")
+    if name in _STR_CHOICES and value not in _STR_CHOICES[name]:
+        raise ConfigError(f"{where} must be one of {', '.join(_STR_CHOICES[name])}, got {value!r}")
+    if name in _RANGES:
+        lo, hi, exclusive = _RANGES[name]
+        if value > hi or value < lo or (exclusive and value == lo):
+            bound = f"> {lo:g}" if exclusive else f">= {lo:g}"
+            raise ConfigError(f"{where} must be {bound} and <= {hi:g}, got {value!r}")
+    return value
+
+
+def known_keys() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def from_mapping(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validated settings from a parsed mapping (a TOML document or flags)."""
+    known = set(known_keys())
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} (known keys: {', '.join(sorted(known))})"
+            )
+        out[key] = _check(key, value, source)
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file; unreadable, malformed or invalid files raise ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return from_mapping(data, f"config file {path}")
+
+
+def build_config(
+    file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """The effective configuration: defaults, then the file, then explicit overrides."""
+    settings: dict[str, Any] = {}
+    if file is not None:
+        settings.update(load_file(file))
+    if overrides:
+        settings.update(from_mapping(overrides, "command line"))
+    config = replace(Config(), **settings)
+    if config.interval > config.history:
+        raise ConfigError("interval must not be longer than history")
+    return config

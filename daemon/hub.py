@@ -1,0 +1,451 @@
+"""The hub: fans each sampler tick out to websocket clients without ever waiting on one.
+
+Data flow: sampler tick -> :meth:`Hub.publish` (synchronous, on the event loop) -> one
+bounded queue per client -> that client's writer task -> socket. ``publish`` only calls
+``put_nowait``; a client whose queue is full is handed to its ``on_overflow`` callback
+(the stream handler closes it with 1013) and never delays the sampler or anyone else.
+
+Cost does not grow with viewers:
+
+* Clients are grouped by subscription (metrics + container filter). The column layout of
+  a subscription is rebuilt only when the instance set of one of its metrics changed
+  (tracked per metric with a version number bumped by a C-speed set comparison), so a
+  steady state costs one dict lookup per client per tick.
+* Layouts are interned: clients whose subscriptions produce the same columns share one
+  :class:`Layout`, and a tick's ``samples`` frame is encoded once per layout and the same
+  bytes are queued to all of them. The layout id is the ``seq`` of ``meta`` and
+  ``samples`` messages, which is what makes the bytes shareable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from hostscope.metrics.model import UnknownMetricError
+from hostscope.metrics.sampler import Sampler, Tick
+
+from . import encode
+
+#: Instance domains narrowed by ``filter.container``, and the string metric that names
+#: each instance's container.
+CONTAINER_SOURCE = {"proc": "proc.id.container", "cgroup": "cgroup.container.name"}
+#: Backfill frames hold at most this many timestamps, and at most BACKFILL_CELLS values.
+BACKFILL_TIMESTAMPS = 600
+BACKFILL_CELLS = 60_000
+
+LayoutKey = tuple[tuple[str, tuple[str, ...]], ...]
+SubKey = tuple[tuple[str, ...], str | None]
+
+_G6 = "%.6g".__mod__
+
+
+@dataclass(eq=False, slots=True)
+class Layout:
+    """An interned column layout: (metric, instances) groups in column order."""
+
+    id: int
+    key: LayoutKey
+    users: int = 0
+
+    @property
+    def columns(self) -> int:
+        return sum(len(insts) for _, insts in self.key)
+
+    def series(self) -> list[list[str]]:
+        return [[metric, inst] for metric, insts in self.key for inst in insts]
+
+
+class Client:
+    """One websocket connection's subscription state and send queue (no I/O here)."""
+
+    def __init__(
+        self, peer: str, *, queue_size: int, on_overflow: Callable[[Client], None]
+    ) -> None:
+        self.peer = peer
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.on_overflow = on_overflow
+        #: Send on ticks whose sequence number is a multiple of this.
+        self.every = 1
+        self.metrics: tuple[str, ...] = ()
+        #: Optional names/prefixes that match no metric on this host (yet).
+        self.absent: tuple[str, ...] = ()
+        self.container: str | None = None
+        self.layout: Layout | None = None
+        #: False while a subscription is being set up (meta, backfill): the hub skips it.
+        self.live = False
+        self.closed = False
+
+    @property
+    def sub_key(self) -> SubKey:
+        return self.metrics, self.container
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame without waiting; on overflow hand the client to ``on_overflow``."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.closed = True
+            self.on_overflow(self)
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class _Cached:
+    generation: int
+    versions: tuple[int, ...]
+    layout: Layout
+
+
+@dataclass(slots=True)
+class HubStats:
+    frames_encoded: int = 0
+    frames_queued: int = 0
+    meta_sent: int = 0
+    dropped: int = 0
+    layouts_built: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Hub:
+    """Subscription bookkeeping and fan-out for every websocket client."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.clients: dict[Client, None] = {}
+        self.stats = HubStats()
+        self.closed = False
+        self._inst_sets: dict[str, frozenset[str]] = {}
+        self._inst_version: dict[str, int] = {}
+        self._group_metrics: dict[str, frozenset[str]] = {}
+        self._generation = 0
+        self._layout_cache: dict[SubKey, _Cached] = {}
+        self._interned: dict[LayoutKey, Layout] = {}
+        self._next_layout_id = 1
+        self._desc_json: dict[str, dict[str, object]] = {}
+        self._meta_cache: dict[tuple[object, ...], bytes] = {}
+        self._registry_size = len(sampler.registry)
+
+    # -- clients and subscriptions --------------------------------------------------
+
+    def register(self, client: Client) -> None:
+        self.clients[client] = None
+
+    def unregister(self, client: Client) -> None:
+        client.closed = True
+        if client in self.clients:
+            del self.clients[client]
+            self._set_layout(client, None)
+            self._prune()
+
+    def resolve(
+        self, names: Iterable[str], optional: Iterable[str] = ()
+    ) -> tuple[set[str], list[str]]:
+        """Metric names for ``names`` (all must match) and ``optional`` (may not).
+
+        Returns (metric names, optional entries that matched nothing). Raises
+        :class:`UnknownMetricError` naming every unknown entry of ``names``.
+        """
+        registry = self.sampler.registry
+        found = {d.name for d in registry.resolve(names)}
+        absent: list[str] = []
+        for item in optional:
+            matched = registry.match(item)
+            if matched:
+                found.update(d.name for d in matched)
+            else:
+                absent.append(item)
+        return found, absent
+
+    def unsubscribe_matches(
+        self, client: Client, names: Iterable[str]
+    ) -> tuple[set[str], set[str]]:
+        """(metrics, absent entries) of ``client`` matched by ``names``; raises if one
+        name matches nothing the client is subscribed to."""
+        metrics: set[str] = set()
+        absent: set[str] = set()
+        unknown: list[str] = []
+        for name in names:
+            prefix = name + "."
+            hit = {m for m in client.metrics if m == name or m.startswith(prefix)}
+            hit_absent = {a for a in client.absent if a == name or a.startswith(prefix)}
+            if not hit and not hit_absent:
+                unknown.append(name)
+            metrics |= hit
+            absent |= hit_absent
+        if unknown:
+            raise UnknownMetricError(unknown)
+        return metrics, absent
+
+    def subscription_changed(self, client: Client) -> Layout:
+        """Recompute ``client``'s layout after its subscription changed; returns it."""
+        layout = self.current_layout(client)
+        self._set_layout(client, layout)
+        self._prune()
+        return layout
+
+    # -- per-tick work --------------------------------------------------------------
+
+    def publish(self, tick: Tick) -> None:
+        """Queue ``tick`` to every due client. Never awaits; O(layouts) encodes."""
+        if self.closed:
+            return
+        self._track_instances(tick)
+        if len(self.sampler.registry) != self._registry_size:
+            self._registry_size = len(self.sampler.registry)
+            self._resolve_absent()
+        frames: dict[int, bytes] = {}
+        seq = tick.seq
+        for client in list(self.clients):
+            if not client.live or client.closed or seq % client.every or not client.metrics:
+                continue
+            layout = self.current_layout(client)
+            if layout is not client.layout:
+                self._set_layout(client, layout)
+                self.stats.meta_sent += 1
+                if not client.offer(self.meta_frame(client)):
+                    continue
+            frame = frames.get(layout.id)
+            if frame is None:
+                frame = frames[layout.id] = self._encode_live(layout, tick)
+                self.stats.frames_encoded += 1
+            if client.offer(frame):
+                self.stats.frames_queued += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _track_instances(self, tick: Tick) -> None:
+        """Bump the version of every metric whose instance set changed in ``tick``."""
+        changed = False
+        versions = self._inst_version
+        for group, sample in tick.groups.items():
+            cooked = sample.cooked
+            previous = self._group_metrics.get(group)
+            if previous is None or previous != cooked.keys():
+                for gone in (previous or frozenset()) - cooked.keys():
+                    self._inst_sets.pop(gone, None)
+                    versions[gone] = versions.get(gone, 0) + 1
+                    changed = True
+                self._group_metrics[group] = frozenset(cooked)
+            for name, values in cooked.items():
+                known = self._inst_sets.get(name)
+                if known is None or known != values.keys():
+                    self._inst_sets[name] = frozenset(values)
+                    versions[name] = versions.get(name, 0) + 1
+                    changed = True
+        if changed:
+            self._generation += 1
+
+    def _resolve_absent(self) -> None:
+        """Metrics registered after start (BPF modules) satisfy optional subscriptions."""
+        registry = self.sampler.registry
+        for client in self.clients:
+            if not client.absent:
+                continue
+            still: list[str] = []
+            added: set[str] = set()
+            for item in client.absent:
+                matched = registry.match(item)
+                if matched:
+                    added.update(d.name for d in matched)
+                else:
+                    still.append(item)
+            if added:
+                client.metrics = tuple(sorted(set(client.metrics) | added))
+                client.absent = tuple(still)
+                # Forget the layout so the next publish sends a fresh meta.
+                self._release(client.layout)
+                client.layout = None
+
+    # -- layouts --------------------------------------------------------------------
+
+    def _versions(self, client: Client) -> tuple[int, ...]:
+        get = self._inst_version.get
+        names: Iterable[str] = client.metrics
+        if client.container is not None:
+            names = (*client.metrics, *CONTAINER_SOURCE.values())
+        return tuple(get(name, 0) for name in names)
+
+    def current_layout(self, client: Client) -> Layout:
+        """The layout ``client``'s subscription has now (cached until instances change)."""
+        key = client.sub_key
+        cached = self._layout_cache.get(key)
+        if cached is not None:
+            if cached.generation == self._generation:
+                return cached.layout
+            versions = self._versions(client)
+            if versions == cached.versions:
+                cached.generation = self._generation
+                return cached.layout
+        else:
+            versions = self._versions(client)
+        layout = self._intern(self._build_key(client.metrics, client.container))
+        self._layout_cache[key] = _Cached(self._generation, versions, layout)
+        self.stats.layouts_built += 1
+        return layout
+
+    def _build_key(self, metrics: tuple[str, ...], container: str | None) -> LayoutKey:
+        latest = self.sampler.latest
+        registry = self.sampler.registry
+        groups: list[tuple[str, tuple[str, ...]]] = []
+        for name in metrics:
+            values = latest.get(name)
+            if not values:
+                continue
+            instances = tuple(values)
+            if container is not None:
+                source = CONTAINER_SOURCE.get(registry.get(name).indom or "")
+                if source is not None:
+                    owner = latest.get(source, {})
+                    instances = tuple(i for i in instances if owner.get(i) == container)
+            if instances:
+                groups.append((name, instances))
+        return tuple(groups)
+
+    def _intern(self, key: LayoutKey) -> Layout:
+        layout = self._interned.get(key)
+        if layout is None:
+            layout = Layout(self._next_layout_id, key)
+            self._next_layout_id += 1
+            self._interned[key] = layout
+        return layout
+
+    def _set_layout(self, client: Client, layout: Layout | None) -> None:
+        if client.layout is layout:
+            return
+        self._release(client.layout)
+        if layout is not None:
+            if self._interned.setdefault(layout.key, layout) is not layout:
+                layout = self._interned[layout.key]
+            layout.users += 1
+        client.layout = layout
+
+    def _release(self, layout: Layout | None) -> None:
+        if layout is None:
+            return
+        layout.users -= 1
+        if layout.users <= 0 and self._interned.get(layout.key) is layout:
+            del self._interned[layout.key]
+            for key in [k for k, c in self._layout_cache.items() if c.layout is layout]:
+                del self._layout_cache[key]
+
+    def _prune(self) -> None:
+        used = {c.sub_key for c in self.clients}
+        for key in [k for k in self._layout_cache if k not in used]:
+            del self._layout_cache[key]
+        if len(self._meta_cache) > 256:
+            self._meta_cache.clear()
+
+    # -- encoding -------------------------------------------------------------------
+
+    def describe(self, name: str) -> dict[str, object]:
+        desc = self._desc_json.get(name)
+        if desc is None:
+            desc = self._desc_json[name] = self.sampler.registry.get(name).to_json()
+        return desc
+
+    def meta_frame(self, client: Client) -> bytes:
+        layout = client.layout
+        layout_id = layout.id if layout is not None else 0
+        key = (layout_id, client.every, client.metrics, client.absent)
+        frame = self._meta_cache.get(key)
+        if frame is None:
+            message = {
+                "type": "meta",
+                "seq": layout_id,
+                "interval_s": round(client.every * self.sampler.interval_s, 6),
+                "series": layout.series() if layout is not None else [],
+                "metrics": {name: self.describe(name) for name in client.metrics},
+                "absent": list(client.absent),
+            }
+            frame = self._meta_cache[key] = encode.dumps(message).encode()
+        return frame
+
+    def _encode_live(self, layout: Layout, tick: Tick) -> bytes:
+        group_of = self.sampler.metric_group
+        groups = tick.groups
+        cols: list[str] = []
+        append = cols.append
+        for name, instances in layout.key:
+            sample = groups.get(group_of[name])
+            values = sample.cooked.get(name) if sample is not None else None
+            if values is None:
+                cols.extend(["null"] * len(instances))
+                continue
+            get = values.get
+            for inst in instances:
+                v = get(inst)
+                if v is None:
+                    append("null")
+                elif type(v) is float or type(v) is int:
+                    append(_G6(v) if v - v == 0 else "null")
+                else:
+                    append(encode.number(v))
+        return encode.samples_frame(layout.id, (tick.timestamp,), cols, backfill=False)
+
+    def backfill(
+        self, layout: Layout, seconds: float, *, after: float | None = None
+    ) -> tuple[list[tuple[list[float], list[list[float | None]]]], float | None]:
+        """History for ``layout``'s columns: (chunks of (times, columns), last time).
+
+        Groups of different collectors are merged on their timestamps (every collector
+        collected in a tick shares the tick's timestamp); a column is None where its
+        collector did not run. Only timestamps after ``after`` are returned, so a caller
+        can top up what arrived while it was sending.
+        """
+        history = self.sampler.history
+        now = self.sampler.latest_timestamp
+        if history is None or now is None or not layout.key or seconds <= 0:
+            return [], after
+        instances = {name: set(insts) for name, insts in layout.key}
+        slices = history.query(list(instances), seconds, now=now, instances=instances)
+        column_of: dict[tuple[str, str], int] = {}
+        for name, insts in layout.key:
+            for inst in insts:
+                column_of[(name, inst)] = len(column_of)
+        stamps = sorted({t for s in slices for t in s.timestamps if after is None or t > after})
+        if not stamps:
+            return [], after
+        ncols = len(column_of)
+        columns: list[list[float | None]] = [[None] * len(stamps) for _ in range(ncols)]
+        position = {t: i for i, t in enumerate(stamps)}
+        for piece in slices:
+            where = [position.get(t) for t in piece.timestamps]
+            aligned = where == list(range(len(stamps)))
+            for key, values in piece.series.items():
+                col = column_of.get(key)
+                if col is None:
+                    continue
+                if aligned:
+                    columns[col] = values
+                    continue
+                target = columns[col]
+                for pos, value in zip(where, values, strict=True):
+                    if pos is not None:
+                        target[pos] = value
+        per_frame = max(1, min(BACKFILL_TIMESTAMPS, BACKFILL_CELLS // max(1, ncols)))
+        chunks = [
+            (stamps[i : i + per_frame], [c[i : i + per_frame] for c in columns])
+            for i in range(0, len(stamps), per_frame)
+        ]
+        return chunks, stamps[-1]
+
+    @staticmethod
+    def encode_backfill(
+        layout: Layout, times: list[float], columns: list[list[float | None]]
+    ) -> bytes:
+        return encode.samples_frame(
+            layout.id, times, (encode.numbers(c) for c in columns), backfill=True
+        )
+
+
+def interval_multiple(requested: float, base: float) -> int:
+    """How many base ticks make up a requested client interval (rounded up)."""
+    return max(1, math.ceil(requested / base - 1e-9))
+

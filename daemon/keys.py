@@ -1,0 +1,39 @@
+"""Typed application keys: everything the daemon stores on its ``web.Application``.
+
+One module, so a reader sees all shared state at a glance and every access is typed.
+Nothing here does I/O; values are set by :func:`hostscope.daemon.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from hostscope.metrics.sampler import Clock, Sampler
+
+from .config import Config
+from .host import HostInfo
+from .hub import Hub
+from .privileged import PrivilegedOps
+from .security import SecurityPolicy
+from .ticker import Ticker
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+SAMPLER = web.AppKey("sampler", Sampler)
+HUB = web.AppKey("hub", Hub)
+TICKER = web.AppKey("ticker", Ticker)
+#: Identity and capabilities, read once at startup (None until then).
+HOST = web.AppKey("host", HostInfo)
+SECURITY = web.AppKey("security", SecurityPolicy)
+PRIVILEGED = web.AppKey("privileged", PrivilegedOps)
+#: Callables run (newest first) at shutdown: BPF programs, perf events, helpers.
+DETACHERS = web.AppKey("detachers", list[Callable[[], None]])
+#: Open websockets, closed with 1001 GOING_AWAY on shutdown (aiohttp's guidance).
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
+PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
+#: Monotonic time the app started, for /healthz uptime.
+STARTED = web.AppKey("started", float)

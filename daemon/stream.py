@@ -1,0 +1,305 @@
+"""``/api/v1/stream``: the websocket protocol of docs/protocol.md.
+
+One task reads a connection's messages (subscribe, unsubscribe, ping) in order; one
+writer task drains its bounded queue to the socket. The hub only ever ``put_nowait``s
+into that queue, so a client that stops reading fills its own queue and is closed with
+1013 "client too slow" while everyone else keeps their schedule.
+
+Subscribing sends ``meta`` (the column layout), then the backfill from history in
+chunks, then live frames. While the backfill is being encoded the client is not live
+(the hub skips it); once the chunks are queued, whatever arrived meanwhile is topped up
+from history without yielding, and only then does the client go live, so there is
+neither a gap nor a duplicate between backfill and live frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from hostscope.metrics.model import UnknownMetricError
+
+from . import encode
+from .errors import ApiError, BadParameter, TooManyNames, translate
+from .hub import Client, Hub, interval_multiple
+from .keys import CONFIG, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
+from .security import check_websocket_origin
+from .version import PROTOCOL, VERSION
+
+log = logging.getLogger("hostscope.daemon")
+
+MAX_NAMES = 200
+MAX_INTERVAL_S = 60.0
+MAX_BACKFILL_S = 3600.0
+DEFAULT_BACKFILL_S = 300.0
+HEARTBEAT_S = 25.0
+MAX_MSG_SIZE = 64 * 1024
+TRY_AGAIN_LATER = 1013
+#: Seconds to wait for a dropped or shut-down client's close handshake.
+CLOSE_TIMEOUT_S = 2.0
+#: Then this long for it to read what is buffered before the socket is cut.
+ABORT_AFTER_S = 5.0
+
+
+class _Connection:
+    """Per-connection state owned by the handler."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, peer: str) -> None:
+        self.request = request
+        self.ws = ws
+        self.client = Client(
+            peer, queue_size=request.app[CONFIG].client_queue, on_overflow=self.overflow
+        )
+        self.hub: Hub = request.app[HUB]
+        self.writer: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None
+
+    # -- sending ------------------------------------------------------------------
+
+    async def write_loop(self) -> None:
+        queue = self.client.queue
+        ws = self.ws
+        try:
+            while True:
+                frame = await queue.get()
+                await ws.send_frame(frame, WSMsgType.TEXT)
+        except ConnectionError:
+            pass  # the peer went away; the reader notices and cleans up
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.client.offer(encode.dumps(message).encode())
+
+    def error(self, code: str, message: str, ref: object = None) -> None:
+        log.info(
+            "bad websocket message",
+            extra={"client": self.client.peer, "code": code, "detail": message},
+        )
+        self.send({"type": "error", "code": code, "message": message, "ref": ref})
+
+    # -- dropping -----------------------------------------------------------------
+
+    def overflow(self, client: Client) -> None:
+        """Called by the hub (synchronously) when the client's queue is full."""
+        self.hub.unregister(client)
+        self.hub.stats.dropped += 1
+        log.warning(
+            "client dropped",
+            extra={"client": client.peer, "reason": "client too slow",
+                   "queued": client.queue.qsize()},
+        )
+        self.closer = asyncio.ensure_future(self.close(TRY_AGAIN_LATER, b"client too slow"))
+
+    async def close(self, code: int, reason: bytes) -> None:
+        """Close with ``code``; cut the connection if the peer does not cooperate.
+
+        The close frame is queued behind whatever the peer has not read yet. A peer that
+        resumes reading gets everything and then the close code; one that never reads
+        is aborted after :data:`ABORT_AFTER_S` so it cannot pin buffers forever.
+        """
+        if self.writer is not None:
+            self.writer.cancel()
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason, drain=False), CLOSE_TIMEOUT_S
+            )
+        transport = self.request.transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()  # flushes what is buffered, then closes
+        for _ in range(int(ABORT_AFTER_S / 0.1)):
+            if self.request.transport is None:
+                return
+            await asyncio.sleep(0.1)
+        transport.abort()
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            self.error("bad_message", f"not JSON: {exc}")
+            return
+        if not isinstance(message, dict):
+            self.error("bad_message", "a message must be a JSON object with a 'type'")
+            return
+        kind = message.get("type")
+        ref = kind if isinstance(kind, str) else None
+        try:
+            if kind == "subscribe":
+                await self.subscribe(message)
+            elif kind == "unsubscribe":
+                self.unsubscribe(message)
+            elif kind == "ping":
+                self.send({"type": "pong", "id": message.get("id")})
+            else:
+                self.error(
+                    "unknown_type",
+                    f"unknown message type {kind!r}; expected subscribe, unsubscribe or ping",
+                    ref,
+                )
+        except (ApiError, UnknownMetricError, BadParameter) as exc:
+            known = translate(exc)
+            assert known is not None
+            self.error(known[1], known[2], ref)
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        names = _names(message, "names", required=True)
+        optional = _names(message, "optional", required=False)
+        if len(names) + len(optional) > MAX_NAMES:
+            raise TooManyNames(f"at most {MAX_NAMES} names per subscribe")
+        interval = _number(message, "interval", None, MAX_INTERVAL_S)
+        backfill = _number(message, "backfill", DEFAULT_BACKFILL_S, MAX_BACKFILL_S, zero_ok=True)
+        container = _container(message)
+        hub = self.hub
+        metrics, absent = hub.resolve(names, optional)  # raises before anything changes
+
+        client = self.client
+        client.live = False
+        client.metrics = tuple(sorted(set(client.metrics) | metrics))
+        client.absent = tuple(dict.fromkeys([*client.absent, *absent]))
+        if interval is not None:
+            client.every = interval_multiple(interval, hub.sampler.interval_s)
+        if container is not _UNCHANGED:
+            client.container = container  # type: ignore[assignment]
+        layout = hub.subscription_changed(client)
+        client.offer(hub.meta_frame(client))
+        if backfill and backfill > 0:
+            chunks, last = hub.backfill(layout, backfill)
+            for times, columns in chunks:
+                if not client.offer(hub.encode_backfill(layout, times, columns)):
+                    return
+                await asyncio.sleep(0)  # big backfills must not stall other clients
+                if client.closed:
+                    return
+            if last is not None:
+                # Top up ticks published while we yielded; no await from here to live.
+                more, _ = hub.backfill(layout, backfill, after=last)
+                for times, columns in more:
+                    client.offer(hub.encode_backfill(layout, times, columns))
+            if client.closed:
+                return
+        client.live = True
+
+    def unsubscribe(self, message: dict[str, Any]) -> None:
+        names = _names(message, "names", required=True)
+        client = self.client
+        metrics, absent = self.hub.unsubscribe_matches(client, names)
+        client.metrics = tuple(m for m in client.metrics if m not in metrics)
+        client.absent = tuple(a for a in client.absent if a not in absent)
+        self.hub.subscription_changed(client)
+        client.offer(self.hub.meta_frame(client))
+
+
+_UNCHANGED = object()
+
+
+def _names(message: dict[str, Any], key: str, *, required: bool) -> list[str]:
+    value = message.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadParameter(f"'{key}' must be a list of metric names or prefixes")
+    if required and not value:
+        raise BadParameter(f"'{key}' must name at least one metric or prefix")
+    if len(value) > MAX_NAMES:
+        raise TooManyNames(f"at most {MAX_NAMES} names per message, got {len(value)}")
+    return [v.rstrip(".") for v in value]
+
+
+def _number(
+    message: dict[str, Any], key: str, default: float | None, high: float, *, zero_ok: bool = False
+) -> float | None:
+    """Seconds in (0, high] (or [0, high] when ``zero_ok``), ``default`` when absent."""
+    value = message.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadParameter(f"'{key}' must be a number of seconds")
+    if value > high or value < 0 or (value == 0 and not zero_ok):
+        low = ">= 0" if zero_ok else "> 0"
+        raise BadParameter(f"'{key}' must be {low} and <= {high:g} seconds, got {value}")
+    return float(value)
+
+
+def _container(message: dict[str, Any]) -> object:
+    if "filter" not in message:
+        return _UNCHANGED
+    flt = message["filter"]
+    if flt is None:
+        return None
+    if not isinstance(flt, dict) or set(flt) - {"container"}:
+        raise BadParameter("'filter' must be an object with an optional 'container'")
+    container = flt.get("container")
+    if container is not None and (not isinstance(container, str) or not container):
+        raise BadParameter("'filter.container' must be a container name")
+    return container
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(request.remote)
+
+
+async def stream_handler(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    check_websocket_origin(app[SECURITY], request)
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S,
+        max_msg_size=MAX_MSG_SIZE,
+        compress=True,
+        timeout=CLOSE_TIMEOUT_S,
+    )
+    await ws.prepare(request)
+    hub = app[HUB]
+    if hub.closed:
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        return ws
+    app[WEBSOCKETS].add(ws)
+    peer = _peer(request)
+    conn = _Connection(request, ws, peer)
+    client = conn.client
+    hub.register(client)
+    writer = conn.writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer {peer}")
+    host = app.get(HOST)
+    conn.send({
+        "type": "hello",
+        "protocol": PROTOCOL,
+        "host": host.identity.get("hostname") if host is not None else None,
+        "interval_s": app[SAMPLER].interval_s,
+        "version": VERSION,
+    })
+    log.info("client connected", extra={"client": peer})
+    try:
+        async for msg in ws:
+            if client.closed:
+                break
+            if msg.type is WSMsgType.TEXT:
+                await conn.handle(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.error("bad_message", "binary messages are not part of the protocol")
+    finally:
+        hub.unregister(client)
+        writer.cancel()
+        log.info(
+            "client disconnected",
+            extra={"client": peer, "code": ws.close_code, "dropped": conn.closer is not None},
+        )
+    if conn.closer is not None:
+        # Keep the request alive until the slow client has been closed or aborted.
+        with contextlib.suppress(asyncio.CancelledError):
+            await conn.closer
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/stream", stream_handler)
