@@ -78,6 +78,8 @@ _STAT_BUF = 4096
 _SMALL_BUF = 1024
 _STATUS_BUF = 8192
 _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+#: A schedstat suffix no content ends with (no cached context switches yet).
+_NEVER = b"\0"
 
 #: Metrics taken from one process's stat-derived row, in row order.
 ROW_METRICS: tuple[str, ...] = (
@@ -148,11 +150,11 @@ def parse_io(data: bytes) -> tuple[int, int] | None:
 
 def parse_schedstat(data: bytes) -> int | None:
     """Times the task was scheduled in (third field of ``/proc/PID/schedstat``)."""
-    parts = data.split()
-    if len(parts) < 3:
+    # rfind + int is a third of the cost of split() on this hot path.
+    if data.count(b" ") != 2:
         return None
     try:
-        return int(parts[2])
+        return int(data[data.rfind(b" ") + 1:])
     except ValueError:
         return None
 
@@ -203,7 +205,7 @@ class _Proc:
         "cmd",
         "container",
         "ctx",
-        "ctx_sum",
+        "ctx_tail",
         "io_denied",
         "io_fd",
         "io_raw",
@@ -233,7 +235,7 @@ class _Proc:
         self.io_raw = b""
         self.io_vals: tuple[int, int] | None = None
         self.ctx: tuple[int, int] | None = None
-        self.ctx_sum = -1
+        self.ctx_tail = _NEVER
 
 
 class ProcessCollector(Collector):
@@ -382,9 +384,9 @@ class ProcessCollector(Collector):
                 sched = read_file(rec.sched_fd, pid, "schedstat", _SMALL_BUF)
                 if sched is not None:
                     sched_ok += 1
-                    pcount = parse_schedstat(sched)
-                    # Equal counts mean no switch since status was read (module docs).
-                    if pcount is not None and pcount > 0 and pcount == rec.ctx_sum:
+                    # Times scheduled in == switches seen in status: no switch since that
+                    # read (module docs). Compared as bytes: the hot path parses nothing.
+                    if sched.endswith(rec.ctx_tail):
                         ctx_keys.append(rec.key)
                         ctx_vals.append(rec.ctx)
                         continue
@@ -437,20 +439,17 @@ class ProcessCollector(Collector):
     def _read_file(self, fd: int, pid: str, leaf: str, size: int) -> bytes | None:
         """One read of ``/proc/PID/<leaf>``: ``pread`` on a kept descriptor, else
         open-read-close. None when the process is gone or the file is unreadable."""
-        path = f"{self._proc}/{pid}/{leaf}"
         try:
             if fd >= 0:
-                data = os.pread(fd, size, 0)
-            else:
-                fd2 = os.open(path, _O_FLAGS)
-                try:
-                    data = os.read(fd2, size)
-                finally:
-                    os.close(fd2)
+                return os.pread(fd, size, 0) or None
+            fd = os.open(f"{self._proc}/{pid}/{leaf}", _O_FLAGS)
+            try:
+                return os.read(fd, size) or None
+            finally:
+                os.close(fd)
         except OSError as exc:
-            translate(exc, Path(path))
+            translate(exc, Path(f"{self._proc}/{pid}/{leaf}"))
             return None
-        return data or None
 
     def _new(self, pid: str) -> _Proc | None:
         """First sight of a process: read stat, keep descriptors, read cmdline and cgroup."""
@@ -544,18 +543,17 @@ class ProcessCollector(Collector):
         )
 
     def _read_io(self, rec: _Proc) -> tuple[int, int] | None:
-        path = f"{self._proc}/{rec.pid}/io"
         try:
             if rec.io_fd >= 0:
                 data = os.pread(rec.io_fd, _SMALL_BUF, 0)
             else:
-                fd = os.open(path, _O_FLAGS)
+                fd = os.open(f"{self._proc}/{rec.pid}/io", _O_FLAGS)
                 try:
                     data = os.read(fd, _SMALL_BUF)
                 finally:
                     os.close(fd)
         except OSError as exc:
-            translate(exc, Path(path))
+            translate(exc, Path(f"{self._proc}/{rec.pid}/io"))
             # Denied (another user's process without CAP_SYS_PTRACE), missing (no task
             # I/O accounting) or exiting: all permanent for this identity, so the
             # attempt is never paid for again.
@@ -571,7 +569,10 @@ class ProcessCollector(Collector):
         data = self._read_file(-1, rec.pid, "status", _STATUS_BUF)
         ctx = parse_status_ctxt(data) if data is not None else None
         rec.ctx = ctx
-        rec.ctx_sum = sum(ctx) if ctx is not None else -1
+        # schedstat ends with " <times scheduled in>\n"; 0 would also match a kernel
+        # that has schedstat but no sched_info (it prints "0 0 0"), so never cache that.
+        total = sum(ctx) if ctx is not None else 0
+        rec.ctx_tail = b" %d\n" % total if total > 0 else _NEVER
         return ctx
 
     def _close_fd(self, rec: _Proc, attr: str) -> None:
