@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from .collector import Collector
 from .collectors.cpu import CpuCollector
+from .collectors.host import HostCollector
+from .collectors.memory import MemoryCollector
+from .collectors.psi import PsiCollector
 from .history import History
 from .model import MetricRegistry
 from .sampler import Clock, Sampler
@@ -15,6 +18,9 @@ def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list
     del process_interval_s  # used once the process collector lands
     return [
         CpuCollector(roots),
+        MemoryCollector(roots),
+        PsiCollector(roots),  # registers nothing where PSI is absent; .reason says why
+        HostCollector(roots),  # every 10 s: identity and inventory change rarely
     ]
 
 
