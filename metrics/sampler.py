@@ -115,6 +115,7 @@ class Sampler:
         self._descs: dict[str, dict[str, MetricDesc]] = {}
         self._derivations: dict[str, list[Derivation]] = {}
         self._counters: dict[str, dict[str, int | None]] = {}
+        self._group_metrics: dict[str, frozenset[str]] = {}
         self._every: dict[str, int] = {}
         self.status: dict[str, CollectorStatus] = {}
         self.seq = 0
@@ -139,6 +140,9 @@ class Sampler:
             self.status[collector.name] = CollectorStatus(collector.name, every * interval_s)
             for desc in [*descs, *(d.desc for d in derivs)]:
                 self.metric_group[desc.name] = collector.name
+            self._group_metrics[collector.name] = frozenset(
+                d.name for d in [*descs, *(d.desc for d in derivs)]
+            )
             if history is not None:
                 history.add_group(
                     collector.name, every * interval_s, coarse=collector.interval_s is None
@@ -200,17 +204,17 @@ class Sampler:
 
     def publish(self, tick: Tick) -> None:
         """Make a tick's values current and record them in the history."""
+        latest, latest_raw, latest_time = self.latest, self.latest_raw, self.latest_time
         for group, sample in tick.groups.items():
-            # Replace the whole group's metrics, so vanished metrics and instances go.
-            for name in self._descs[group]:
-                self.latest.pop(name, None)
-                self.latest_raw.pop(name, None)
-            for derivation in self._derivations[group]:
-                self.latest.pop(derivation.desc.name, None)
-            self.latest.update(sample.cooked)
-            self.latest_raw.update(sample.raw)
+            # A group's metrics are replaced wholesale, so metrics it no longer reports
+            # (a feature gone, every instance vanished) disappear from "latest" too.
+            for name in self._group_metrics[group].difference(sample.cooked):
+                latest.pop(name, None)
+                latest_raw.pop(name, None)
+            latest.update(sample.cooked)
+            latest_raw.update(sample.raw)
             for name in sample.cooked:
-                self.latest_time[name] = tick.timestamp
+                latest_time[name] = tick.timestamp
             if self.history is not None:
                 self.history.append(group, tick.timestamp, sample.cooked)
         self.latest_timestamp = tick.timestamp
