@@ -23,11 +23,12 @@ describe('buildChart', () => {
     const panel = panelById('cpu.util')!
     const m = buildChart(panel, source(tl, [desc('kernel.all.cpu.util.user', 'utilization', true, 1), desc('kernel.all.cpu.util.sys', 'utilization', true, 1)]))
     expect(m.stack).toBe(true)
-    expect(m.series.map((x) => x.label)).toEqual(['user', 'sys'])
+    // top of the stack first
+    expect(m.series.map((x) => x.label)).toEqual(['sys', 'user'])
     expect(m.series.every((x) => x.scale === 'util')).toBe(true)
-    expect(m.data[1]).toEqual([0.2, null])
-    expect(m.data[2]).toEqual([0.30000000000000004, 0.3])
-    expect(m.raw[1]).toEqual([0.1, 0.3])
+    expect(m.data[2]).toEqual([0.2, null])
+    expect(m.data[1]).toEqual([0.30000000000000004, 0.3])
+    expect(m.raw[0]).toEqual([0.1, 0.3])
   })
 
   it('labels per-instance series, orders them naturally and caps the busiest', () => {

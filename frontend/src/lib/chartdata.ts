@@ -104,7 +104,7 @@ export function buildChart(panel: PanelSpec, src: SourceLike, opts: BuildOptions
     }
   }
   const stack = !!panel.stack && series.length > 1
-  const raw = cols
+  const raw = cols.slice()
   let drawn = cols
   if (stack) {
     // Cumulative sums, bottom series first; a gap in every series stays a gap.
@@ -123,6 +123,13 @@ export function buildChart(panel: PanelSpec, src: SourceLike, opts: BuildOptions
     }
   }
   const times = opts.snapshot ? tl.times.slice() : tl.times
+  if (stack) {
+    // Top of the stack first: each area is filled down to zero and the ones below paint
+    // over it, which needs no band clipping and reads top-down like the legend.
+    series.reverse()
+    drawn.reverse()
+    raw.reverse()
+  }
   return {
     signature: `${stack}|` + series.map((s) => `${s.key}@${s.scale}`).join('|'),
     series,

@@ -67,6 +67,8 @@ export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg
 export interface SubscribeMsg {
   type: 'subscribe'
   names: string[]
+  /** Names that may match nothing on this host (reported in meta.absent, not refused). */
+  optional?: string[]
   interval?: number
   backfill?: number
   filter?: { container?: string }

@@ -216,16 +216,16 @@ export class HostConnection {
 
   /** Is a metric known to be unavailable on this host? Returns the reason, or null. */
   absence(metric: string): string | null {
-    if (this.unknown.value.has(metric)) return 'not known to this daemon'
+    if (this.unknown.value.has(metric)) return `this daemon does not know ${metric}`
     const psi = metric.includes('.pressure.')
     const psiReason = () => this.info.value?.capabilities?.psi?.reason ?? 'no pressure stall information (PSI) on this host'
     if (this.absent.value.some((p) => metric === p || metric.startsWith(p + '.'))) {
-      return psi ? psiReason() : 'not available on this host'
+      return psi ? psiReason() : `this host has no ${metric}`
     }
     const cat = this.catalogue.value
     if (cat && !cat.has(metric)) {
       for (const k of cat.keys()) if (k.startsWith(metric + '.')) return null
-      return psi ? psiReason() : 'not collected on this host'
+      return psi ? psiReason() : `this daemon does not collect ${metric}`
     }
     return null
   }
@@ -441,27 +441,31 @@ export class HostConnection {
       void this.metricsLoad.then(() => this.queueFlush())
       return
     }
-    const fresh = [...this.wants.keys()].filter(
-      (n) => !this.subscribed.has(n) && !this.unknown.value.has(n) && this.absence(n) === null,
-    )
+    const fresh = [...this.wants.keys()].filter((n) => !this.subscribed.has(n) && !this.unknown.value.has(n))
     if (!fresh.length) return
     const last = this.main.last
     const gap = last === undefined ? this.windowS : this.env.now() - last + 2 * this.intervalS
-    const backfill = Math.ceil(Math.min(MAX_BACKFILL_S, this.windowS, Math.max(gap, 1)))
-    const scoped = fresh.filter(isScoped)
-    const plain = fresh.filter((n) => !isScoped(n))
-    const send = (names: string[], filter?: { container: string }) => {
-      if (!names.length) return
-      // A metric new to this connection needs its whole window, not just the gap.
-      const isNew = names.some((n) => !this.timelineFor(n).instances.has(n))
-      const msg: SubscribeMsg = { type: 'subscribe', names, backfill: isNew ? Math.min(MAX_BACKFILL_S, this.windowS) : backfill }
-      if (filter) msg.filter = filter
-      for (const n of names) this.subscribed.add(n)
-      this.sent = [...this.sent.slice(-7), names]
-      ws.send(JSON.stringify(msg))
+    // A metric new to this connection needs its whole window, not just the gap.
+    const isNew = fresh.some((n) => !this.timelineFor(n).instances.has(n))
+    const backfill = Math.ceil(Math.min(MAX_BACKFILL_S, this.windowS, isNew ? this.windowS : Math.max(gap, 1)))
+    // Names this daemon is known to have go in `names`; the rest in `optional`, which the
+    // daemon reports back in meta.absent instead of refusing the whole message (a host
+    // without PSI, a daemon without a cgroup collector). `names` may not be empty.
+    const cat = this.catalogue.value
+    const known = (n: string) => !cat || cat.has(n) || [...cat.keys()].some((k) => k.startsWith(n + '.'))
+    let names = fresh.filter(known)
+    let optional = fresh.filter((n) => !known(n))
+    if (!names.length) {
+      names = optional.slice(0, 1)
+      optional = optional.slice(1)
     }
-    send(plain)
-    send(scoped, this.container.value ? { container: this.container.value } : undefined)
+    const msg: SubscribeMsg = { type: 'subscribe', names, backfill }
+    if (optional.length) msg.optional = optional
+    // The container filter applies to the connection's per-process and per-cgroup series.
+    if (this.container.value) msg.filter = { container: this.container.value }
+    for (const n of fresh) this.subscribed.add(n)
+    this.sent = [...this.sent.slice(-7), fresh]
+    ws.send(JSON.stringify(msg))
   }
 
   private dropUnwanted(): void {
