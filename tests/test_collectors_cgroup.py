@@ -25,6 +25,7 @@ from hostscope.metrics.collectors.cgroup import (
     parse_limit_v2,
     parse_pressure_totals,
     parse_proc_cgroup,
+    read_cgroup,
     systemd_unescape,
     walk_interesting,
 )
@@ -317,8 +318,6 @@ def test_live_own_memory_cgroup_holds_our_memory() -> None:
     c = CgroupCollector(Roots(), rescan_s=0)
     hier = c.hierarchies()
     path = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
-    from hostscope.metrics.collectors.cgroup import read_cgroup
-
     values = read_cgroup(hier, path, 100)
     if "cgroup.memory.current" not in values:
         pytest.skip(f"no memory accounting for {path}")
