@@ -28,6 +28,12 @@ module is written around what the measurements (``benchmarks/bench_processes.py`
 * **No per-value Python objects beyond the output.** Each process keeps one tuple of its
   stat-derived values; the output dictionaries are built column-wise with ``zip``.
 
+Result on the 2-CPU development VM with 1,000 processes: ~12 ms of CPU per ``collect``,
+~17 ms per sample including rates, derived metrics and the history append (1.7 % of a
+core at 1 Hz, 0.85 % at the default 2 s); the equivalent psutil loop took ~75 ms. A
+process seen for the first time costs ~70 us more (mostly the kernel creating its /proc
+inodes), paid once per identity.
+
 Identity. A process is ``"PID:STARTTIME"`` (start time in clock ticks since boot, field 22
 of ``stat``), so a reused PID is a new instance and rates never splice two processes.
 
@@ -65,7 +71,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, SourceUnavailable, list_dir, read_bytes, read_optional, translate
+from ..sources import Roots, list_dir, read_optional, translate
 from .cgroup import container_name, parse_proc_cgroup
 
 INDOM = "proc"
@@ -77,6 +83,7 @@ PF_KTHREAD = 0x00200000
 _STAT_BUF = 4096
 _SMALL_BUF = 1024
 _STATUS_BUF = 8192
+_CGROUP_BUF = 16384
 _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 #: A schedstat suffix no content ends with (no cached context switches yet).
 _NEVER = b"\0"
@@ -494,15 +501,12 @@ class ProcessCollector(Collector):
 
     def _identify(self, rec: _Proc, comm: str) -> None:
         """Read what is cached per identity: command line and container."""
-        base = self.roots.proc / rec.pid
         rec.cmd = comm
-        try:
-            cmdline = read_bytes(base / "cmdline", self.cmdline_limit)
-        except SourceUnavailable:
-            cmdline = b""
+        # One read each: procfs returns up to the buffer size in one go.
+        cmdline = self._read_file(-1, rec.pid, "cmdline", self.cmdline_limit) or b""
         rec.args = parse_cmdline(cmdline, comm, self.cmdline_limit)
-        cgroup = read_optional(base / "cgroup")
-        path = parse_proc_cgroup(cgroup) if cgroup is not None else "/"
+        cgroup = self._read_file(-1, rec.pid, "cgroup", _CGROUP_BUF)
+        path = parse_proc_cgroup(cgroup.decode("utf-8", "replace")) if cgroup else "/"
         name = self._names.get(path)
         if name is None:
             if len(self._names) > 10000:
