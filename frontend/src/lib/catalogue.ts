@@ -32,6 +32,7 @@ export interface GroupSpec {
 
 interface Catalogue {
   version: number
+  palette: string[]
   groups: GroupSpec[]
   default: string[]
   panels: PanelSpec[]
@@ -39,6 +40,8 @@ interface Catalogue {
 
 const catalogue = raw as unknown as Catalogue
 
+/** Series colours, shared with the SVG renders (colour-blind-friendly first). */
+export const PALETTE: readonly string[] = catalogue.palette
 export const GROUPS: readonly GroupSpec[] = catalogue.groups
 export const PANELS: readonly PanelSpec[] = catalogue.panels
 export const DEFAULT_PANELS: readonly string[] = catalogue.default

@@ -6,7 +6,7 @@
 import type { AlignedData } from 'uplot'
 import { baseUnits, scaleKey, type UnitsLike } from './format'
 import type { PanelSpec } from './catalogue'
-import { seriesLabel } from './catalogue'
+import { PALETTE, seriesLabel } from './catalogue'
 import { seriesKey, type Column, type Timeline } from './timeline'
 import type { Descriptor } from './protocol'
 
@@ -31,12 +31,6 @@ export interface ChartModel {
   first: number | undefined
   last: number | undefined
 }
-
-/** Distinct in light and dark themes, colour-blind-friendly first (Okabe-Ito order). */
-export const PALETTE = [
-  '#0072B2', '#E69F00', '#009E73', '#D55E00', '#CC79A7', '#56B4E9',
-  '#8c6d31', '#7f7f7f', '#bcbd22', '#17becf', '#9467bd', '#e377c2',
-]
 
 /** Natural order, so cpu2 sorts before cpu10. */
 export const naturalCompare = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' }).compare
