@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -431,41 +431,54 @@ _TCP_READ_LIMIT = 1 << 30
 def parse_proc_tcp(data: bytes) -> list[int]:
     """Socket counts by state number (0..12) from ``/proc/net/tcp`` or ``tcp6``.
 
-    Only the state column (the 4th, two hex digits) is read. The kernel pads every
-    ``/proc/net/tcp`` line to 149 characters plus a newline, so when every line has one
-    length and the state sits at one offset in all of them, the state digits are taken
-    with a single stride slice and counted with ``bytes.count``: no Python code runs per
-    socket. Otherwise (``tcp6`` lines vary in length; the slot number widens after
-    10,000 sockets) each line is split once.
+    Only the state column (the 4th, two hex digits) is read: by :func:`states_by_stride`
+    when every line has the same layout (always for ``tcp`` below 10,000 sockets, since
+    the kernel pads its lines to 149 characters), else by :func:`states_by_line`. A
+    cut-short last line is dropped.
     """
-    counts = [0] * _NSTATES
     header_end = data.find(b"\n") + 1
-    if header_end <= 0:
-        return counts
-    body = data[header_end:]
+    body = data[header_end:] if header_end > 0 else b""
     if body and not body.endswith(b"\n"):
-        body = body[: body.rfind(b"\n") + 1]  # a cut-short last line
-    if not body:
-        return counts
-    first_end = body.find(b"\n") + 1
-    width = first_end
+        body = body[: body.rfind(b"\n") + 1]
+    counts = states_by_stride(body)
+    return counts if counts is not None else states_by_line(body)
+
+
+def states_by_stride(body: bytes) -> list[int] | None:
+    """State counts of equal-length lines by one stride slice, or None if not uniform.
+
+    When every line is ``width`` bytes long and the state field starts at the same
+    ``offset`` in each, ``body[offset + 1 :: width]`` is the low hex digit of every
+    socket's state (the high digit is always 0), and ``bytes.count`` tallies them: no
+    Python code runs per socket. The layout is verified first (newline at the end of
+    every line, spaces around the field, a 0 high digit in every line); anything else,
+    such as the slot number widening from 4 to 5 digits at the 10,000th socket, fails
+    the check and returns None.
+    """
+    width = body.find(b"\n") + 1
+    if width <= 0:
+        return [0] * _NSTATES if not body else None
     lines = len(body) // width
-    fields = body[:first_end].split(None, 4)
-    if len(fields) >= 4 and len(body) == lines * width and len(fields[3]) == 2:
-        offset = body.find(b" " + fields[3] + b" ", 0, first_end) + 1
-        if (
-            offset > 0
-            and body[width - 1 :: width].count(b"\n") == lines
-            and body[offset - 1 :: width].count(b" ") == lines
-            and body[offset + 2 :: width].count(b" ") == lines
-            and body[offset :: width].count(b"0") == lines
-        ):
-            digits = body[offset + 1 :: width]
-            for state, char in enumerate(b"0123456789ABC"):
-                counts[state] = digits.count(char)
-            if sum(counts) == lines:
-                return counts
-            counts = [0] * _NSTATES
+    fields = body[:width].split(None, 4)
+    if len(fields) < 4 or len(fields[3]) != 2 or len(body) != lines * width:
+        return None
+    offset = body.find(b" " + fields[3] + b" ", 0, width) + 1
+    if not (
+        offset > 0
+        and body[width - 1 :: width].count(b"\n") == lines
+        and body[offset - 1 :: width].count(b" ") == lines
+        and body[offset + 2 :: width].count(b" ") == lines
+        and body[offset::width].count(b"0") == lines
+    ):
+        return None
+    digits = body[offset + 1 :: width]
+    counts = [digits.count(char) for char in b"0123456789ABC"]
+    return counts if sum(counts) == lines else None
+
+
+def states_by_line(body: bytes) -> list[int]:
+    """State counts by splitting each line (any layout); malformed lines are skipped."""
+    counts = [0] * _NSTATES
     for line in body.split(b"\n"):
         parts = line.split(None, 4)
         if len(parts) < 4:
@@ -545,15 +558,27 @@ class TcpConnCollector(Collector):
     ``/proc`` (netlink always reports the live kernel, never a captured tree), else the
     files. If netlink fails (address family blocked by seccomp or systemd's
     ``RestrictAddressFamilies``), the collector switches to the files for good and
-    says why in :attr:`fallback_reason`.
+    says why in :attr:`fallback_reason`. ``sock_diag`` (family -> counts by state) is
+    injectable so that this fallback can be tested.
+
+    ``interval_s`` defaults to 2 s: the dump costs 0.5 ms on an idle host and grows by
+    about 0.65 us per socket (a proxy with 100,000 sockets pays some 65 ms per sample).
     """
 
     name = "tcpconn"
 
-    def __init__(self, roots: Roots, *, source: str = "auto", interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        roots: Roots,
+        *,
+        source: str = "auto",
+        interval_s: float = 2.0,
+        sock_diag: Callable[[int], list[int]] = sock_diag_states,
+    ) -> None:
         if source not in ("auto", "netlink", "proc"):
             raise ValueError(f"source must be auto, netlink or proc, not {source!r}")
         self.roots = roots
+        self.sock_diag = sock_diag
         self.interval_s = interval_s
         if source == "auto":
             source = "netlink" if roots.proc == Path("/proc") else "proc"
@@ -571,8 +596,8 @@ class TcpConnCollector(Collector):
         """Counts by state number, from the configured source."""
         if self.source == "netlink":
             try:
-                v4 = sock_diag_states(socket.AF_INET)
-                v6 = sock_diag_states(socket.AF_INET6)
+                v4 = self.sock_diag(socket.AF_INET)
+                v6 = self.sock_diag(socket.AF_INET6)
                 return [a + b for a, b in zip(v4, v6, strict=True)]
             except OSError as exc:
                 # Netlink is an optimisation: the files give the same counts.
