@@ -1,0 +1,217 @@
+"""What this host offers BPF modules: tracefs, tracepoints, BTF, headers, privileges, bcc.
+
+One object answers every "can this run here, and if not exactly why" question, for the
+manager (module availability, attach point choice) and for ``hostscope doctor`` alike, so
+the two can never disagree. Every path is derived from injected roots, so tests point it at
+fixture trees (a tracefs without some tracepoint, a /proc/self/status without capabilities).
+Answers are cached: the kernel does not change under a running daemon, and probing BTF
+costs a few hundred milliseconds. Thread-safe: the daemon may ask from several executors.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostscope.metrics.sources import Roots, read_optional
+
+from .btf import Btf, BtfError
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+#: Where bcc's Python package comes from on Debian/Ubuntu (python3-bpfcc).
+SYSTEM_BCC_DIR = Path("/usr/lib/python3/dist-packages/bcc")
+
+
+@dataclass(frozen=True, slots=True)
+class Privileges:
+    euid: int | None
+    cap_eff: int | None
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """Kernel headers bcc will compile against."""
+
+    build: Path
+    present: bool
+    #: release the headers were built for ("6.1.0-56-amd64"), if known
+    release: str | None
+    matches_kernel: bool
+    detail: str
+
+
+def parse_capeff(status_text: str) -> int | None:
+    """Effective capability mask from /proc/<pid>/status, or None if absent."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return None
+
+
+def parse_uid(status_text: str) -> int | None:
+    """Effective uid from /proc/<pid>/status (``Uid: real effective saved fs``)."""
+    for line in status_text.splitlines():
+        if line.startswith("Uid:"):
+            parts = line.split()
+            if len(parts) >= 3:
+                return int(parts[2])
+    return None
+
+
+def parse_format_fields(text: str) -> list[str]:
+    """Field names of a tracefs ``format`` file (``field:pid_t pid;`` -> ``pid``)."""
+    names = []
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line.startswith("field:"):
+            continue
+        decl = line[len("field:") :].split(";", 1)[0].strip()
+        name = decl.rsplit(" ", 1)[-1]
+        names.append(name.split("[", 1)[0])
+    return names
+
+
+class HostProbe:
+    """Cached facts about the running kernel relevant to BPF modules."""
+
+    def __init__(
+        self,
+        roots: Roots | None = None,
+        *,
+        lib_modules: Path = Path("/lib/modules"),
+        release: str | None = None,
+        bcc_dir: Path = SYSTEM_BCC_DIR,
+    ) -> None:
+        self.roots = roots or Roots()
+        self.lib_modules = lib_modules
+        self.release = release or os.uname().release
+        self.bcc_dir = bcc_dir
+        self._lock = threading.Lock()
+        self._btf: Btf | None = None
+        self._btf_error: str | None = None
+        self._btf_done = False
+        self._bcc: tuple[bool, str] | None = None
+
+    # -- tracefs -----------------------------------------------------------------------
+
+    def tracefs_candidates(self) -> list[Path]:
+        return [self.roots.sys / "kernel" / "tracing",
+                self.roots.sys / "kernel" / "debug" / "tracing"]
+
+    def tracefs(self) -> Path | None:
+        """The mounted tracefs (has an ``events`` directory), or None."""
+        for path in self.tracefs_candidates():
+            if (path / "events").is_dir():
+                return path
+        return None
+
+    def tracepoint_format(self, category: str, event: str) -> str | None:
+        root = self.tracefs()
+        if root is None:
+            return None
+        return read_optional(root / "events" / category / event / "format")
+
+    def has_tracepoint(self, category: str, event: str) -> bool:
+        return self.tracepoint_format(category, event) is not None
+
+    def tracepoint_fields(self, category: str, event: str) -> list[str] | None:
+        text = self.tracepoint_format(category, event)
+        return None if text is None else parse_format_fields(text)
+
+    def kprobes_available(self) -> bool:
+        """Whether the kernel can create kprobes (CONFIG_KPROBES, visible in tracefs)."""
+        root = self.tracefs()
+        if root is not None and (root / "kprobe_events").exists():
+            return True
+        return (self.roots.sys / "bus" / "event_source" / "devices" / "kprobe").is_dir()
+
+    # -- BTF -------------------------------------------------------------------------
+
+    @property
+    def btf_path(self) -> Path:
+        return self.roots.sys / "kernel" / "btf" / "vmlinux"
+
+    def btf(self) -> Btf | None:
+        """The kernel's BTF, parsed on first use; None (see :meth:`btf_error`) if absent."""
+        with self._lock:
+            if not self._btf_done:
+                try:
+                    self._btf = Btf.load(self.btf_path)
+                except BtfError as exc:
+                    self._btf_error = str(exc)
+                self._btf_done = True
+            return self._btf
+
+    def btf_error(self) -> str | None:
+        self.btf()
+        return self._btf_error
+
+    # -- privileges, headers, bcc ---------------------------------------------------------
+
+    def privileges(self) -> Privileges:
+        status = read_optional(self.roots.proc / "self" / "status") or ""
+        cap = parse_capeff(status)
+        euid = parse_uid(status)
+        if cap is None:
+            return Privileges(euid, None, False, "cannot read CapEff from /proc/self/status")
+        has = {c: bool(cap >> c & 1) for c in (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF)}
+        if has[CAP_BPF] and has[CAP_PERFMON]:
+            return Privileges(euid, cap, True, "CAP_BPF and CAP_PERFMON are effective")
+        if has[CAP_SYS_ADMIN]:
+            return Privileges(euid, cap, True, "CAP_SYS_ADMIN is effective")
+        missing = [n for c, n in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
+                   if not has[c]]
+        return Privileges(euid, cap, False,
+                          f"euid {euid} lacks {' and '.join(missing)} (CapEff={cap:#x})")
+
+    def headers(self) -> Headers:
+        build = self.lib_modules / self.release / "build"
+        if not (build / "include").is_dir():
+            return Headers(build, False, None, False,
+                           f"{build} is missing: bcc cannot compile anything")
+        rel = read_optional(build / "include" / "config" / "kernel.release")
+        release = rel.strip() if rel else None
+        matches = release == self.release
+        if matches:
+            detail = f"{build} has headers for the running kernel {self.release}"
+        else:
+            detail = (f"{build} -> {os.path.realpath(build)} holds headers for "
+                      f"{release or 'an unknown release'}, not {self.release}: fine for "
+                      "hostscope's tracepoint programs (arguments come from tracefs, struct "
+                      "offsets from BTF)")
+        return Headers(build, True, release, matches, detail)
+
+    def bcc(self) -> tuple[bool, str]:
+        """Whether bcc's Python bindings import here (cached; importing loads LLVM)."""
+        with self._lock:
+            if self._bcc is None:
+                try:
+                    import bcc
+
+                    version = getattr(bcc, "__version__", "?")
+                    self._bcc = (True, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
+                except Exception as exc:  # noqa: BLE001 - ImportError, OSError from libbcc
+                    self._bcc = (False, f"{type(exc).__name__}: {exc}")
+            return self._bcc
+
+    def facts(self) -> dict[str, Any]:
+        """A JSON-ready summary for status pages."""
+        tracefs = self.tracefs()
+        headers = self.headers()
+        return {
+            "kernel": self.release,
+            "tracefs": str(tracefs) if tracefs else None,
+            "btf": self.btf_path.exists(),
+            "kprobes": self.kprobes_available(),
+            "headers": {"path": str(headers.build), "present": headers.present,
+                        "release": headers.release, "matches_kernel": headers.matches_kernel},
+            "privileged": self.privileges().ok,
+        }

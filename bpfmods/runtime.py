@@ -1,0 +1,173 @@
+"""The only module that touches bcc: compile, attach, read maps, detach.
+
+bcc is imported lazily (it loads libbcc and LLVM, ~0.2 s and ~100 MB of mappings) so that
+importing hostscope never needs it, and a host without bcc still runs everything else.
+
+One lifecycle with one cleanup path: :func:`load` compiles, then attaches each probe in
+order; if anything fails, everything attached so far is detached and every fd closed
+before the error propagates, so a failed enable never leaves a program loaded. bcc's own
+auto-attach (which attaches inside the constructor, where a failure half-way leaves the
+object unreachable but its programs loaded) is disabled.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes as ct
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("hostscope.bpf")
+
+#: Directory holding the .bpf.c files and the shared header.
+SOURCE_DIR = Path(__file__).resolve().parent
+
+#: bcc's BPF subclass once imported (a dict, not a rebound global, for lock-guarded caching)
+_bpf_class: dict[str, Any] = {}
+_import_lock = threading.Lock()
+
+
+class BpfLoadError(RuntimeError):
+    """Compilation or attachment failed; the message says which step and why."""
+
+
+def bcc_bpf_class() -> Any:
+    """bcc's ``BPF`` subclass without auto-attach, imported on first use."""
+    with _import_lock:
+        if "cls" not in _bpf_class:
+            from bcc import BPF
+
+            class ManualAttachBPF(BPF):  # type: ignore[misc, valid-type]
+                """Attach nothing in the constructor: :func:`load` attaches explicitly."""
+
+                def _trace_autoload(self) -> None:
+                    return None
+
+            _bpf_class["cls"] = ManualAttachBPF
+        return _bpf_class["cls"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """One attachment: ``kind`` is "raw_tracepoint" or "tracepoint"."""
+
+    kind: str
+    #: "sched_switch" for raw tracepoints, "sched:sched_switch" for tracepoints
+    event: str
+
+    @property
+    def fn_name(self) -> str:
+        """The C function bcc's TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE macros define."""
+        if self.kind == "raw_tracepoint":
+            return f"raw_tracepoint__{self.event}"
+        category, _, name = self.event.partition(":")
+        return f"tracepoint__{category}__{name}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.event}"
+
+
+class Loaded:
+    """A compiled, attached BPF object. Not thread-safe; the manager serialises access."""
+
+    def __init__(self, bpf: Any, probes: Sequence[ProbeSpec], compile_s: float) -> None:
+        self._bpf = bpf
+        self.probes = list(probes)
+        self.compile_s = compile_s
+        self._rings = False
+        self.closed = False
+        #: ring buffer records dropped because they did not decode
+        self.bad_records = 0
+
+    def table(self, name: str) -> Any:
+        # BPF[name] caches the Table object; get_table() would rebuild its ctypes types on
+        # every call, and a ring buffer's callback lives only as long as its Table does.
+        return self._bpf[name]
+
+    def percpu_array_sums(self, name: str, size: int) -> list[int]:
+        """Per-slot totals of a per-CPU array of integers."""
+        table = self.table(name)
+        return [int(sum(table.getvalue(table.Key(i)))) for i in range(size)]
+
+    def array_values(self, name: str, size: int) -> list[int]:
+        table = self.table(name)
+        return [int(table[table.Key(i)].value) for i in range(size)]
+
+    def open_ring(self, name: str, struct: type[ct.Structure],
+                  handler: Callable[[Any], None]) -> None:
+        """Call ``handler`` with a copy of each record of ring buffer ``name``, decoded as
+        ``struct``, on :meth:`poll`.
+
+        The ctypes layout is declared next to the module rather than taken from bcc's
+        ``event()``, which cannot decode some C types (2-D arrays) and then calls
+        ``sys.exit``. A record whose size differs from the declared struct is counted in
+        ``bad_records`` and dropped, so a layout drift can never read past a record.
+        """
+        table = self.table(name)
+        expected = ct.sizeof(struct)
+
+        def callback(_ctx: Any, data: Any, size: int) -> int:
+            if size != expected:
+                self.bad_records += 1
+                return 0
+            try:
+                handler(struct.from_buffer_copy(ct.string_at(data, size)))
+            except Exception:
+                self.bad_records += 1
+                log.exception("handling a %s record failed", name)
+            return 0
+
+        table.open_ring_buffer(callback)
+        self._rings = True
+
+    def poll(self) -> None:
+        """Drain ring buffers without blocking."""
+        if self._rings and not self.closed:
+            self._bpf.ring_buffer_consume()
+
+    def close(self) -> None:
+        """Detach every probe, close every program and map fd. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._bpf.cleanup()
+        # bcc registers cleanup with atexit, which would keep the object (and its ctypes
+        # tables) alive until exit; it is already clean.
+        atexit.unregister(self._bpf.cleanup)
+
+
+def load(source: str, cflags: Sequence[str], probes: Sequence[ProbeSpec]) -> Loaded:
+    """Compile ``source`` (a file in :data:`SOURCE_DIR`) and attach ``probes`` in order."""
+    cls = bcc_bpf_class()
+    path = SOURCE_DIR / source
+    flags = [f"-I{SOURCE_DIR}", *cflags]
+    start = time.perf_counter()
+    try:
+        bpf = cls(src_file=str(path).encode(), cflags=flags)
+    except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+        # A failed compile leaves nothing to release: bcc creates maps and loads programs
+        # only once the module compiled.
+        raise BpfLoadError(f"compiling {source} failed: {exc}") from None
+    compile_s = time.perf_counter() - start
+    loaded = Loaded(bpf, probes, compile_s)
+    try:
+        for probe in probes:
+            fn = probe.fn_name.encode()
+            if probe.kind == "raw_tracepoint":
+                bpf.attach_raw_tracepoint(tp=probe.event.encode(), fn_name=fn)
+            elif probe.kind == "tracepoint":
+                bpf.attach_tracepoint(tp=probe.event.encode(), fn_name=fn)
+            else:
+                raise BpfLoadError(f"unknown probe kind {probe.kind}")
+    except Exception as exc:
+        loaded.close()
+        if isinstance(exc, BpfLoadError):
+            raise
+        raise BpfLoadError(f"attaching {probe} failed: {exc}") from None
+    return loaded
+
