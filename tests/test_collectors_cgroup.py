@@ -258,10 +258,17 @@ def test_removed_cgroup_and_limits(tmp_path: Path) -> None:
     c = CgroupCollector(roots, rescan_s=3600, hz=100)
     assert DOCKER_SCOPE in c.collect()["cgroup.cpu.usage"]
     # removed after the walk: simply gone from the next collection
-    shutil.rmtree(roots.sys / "fs" / "cgroup" / DOCKER_SCOPE.strip("/"))
+    scope = roots.sys / "fs" / "cgroup" / DOCKER_SCOPE.strip("/")
+    saved = tmp_path / "saved-scope"
+    shutil.copytree(scope, saved)
+    shutil.rmtree(scope)
     raw = c.collect()
     assert DOCKER_SCOPE not in raw["cgroup.cpu.usage"]
     assert DOCKER_SCOPE not in raw["cgroup.container.name"]
+    # recreated under the same path before the next walk (a restarted unit): read in full
+    shutil.copytree(saved, scope)
+    raw = c.collect()
+    assert raw["cgroup.memory.current"][DOCKER_SCOPE] == 100 << 20
     assert len(CgroupCollector(roots, rescan_s=0, max_cgroups=3).paths()) == 3
     assert list(walk_interesting(roots.sys / "fs" / "cgroup", max_depth=0)) == ["/"]
 
