@@ -16,24 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hostscope.metrics.hostinfo import detect_capabilities
 from hostscope.metrics.sources import Roots, read_optional
 
 from .btf import Btf, BtfError
 
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
-
 #: Where bcc's Python package comes from on Debian/Ubuntu (python3-bpfcc).
 SYSTEM_BCC_DIR = Path("/usr/lib/python3/dist-packages/bcc")
-
-
-@dataclass(frozen=True, slots=True)
-class Privileges:
-    euid: int | None
-    cap_eff: int | None
-    ok: bool
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +35,6 @@ class Headers:
     release: str | None
     matches_kernel: bool
     detail: str
-
-
-def parse_capeff(status_text: str) -> int | None:
-    """Effective capability mask from /proc/<pid>/status, or None if absent."""
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return None
-
-
-def parse_uid(status_text: str) -> int | None:
-    """Effective uid from /proc/<pid>/status (``Uid: real effective saved fs``)."""
-    for line in status_text.splitlines():
-        if line.startswith("Uid:"):
-            parts = line.split()
-            if len(parts) >= 3:
-                return int(parts[2])
-    return None
 
 
 def parse_format_fields(text: str) -> list[str]:
@@ -99,6 +70,7 @@ class HostProbe:
         self._btf_error: str | None = None
         self._btf_done = False
         self._bcc: tuple[bool, str] | None = None
+        self._caps: dict[str, Any] | None = None
 
     # -- tracefs -----------------------------------------------------------------------
 
@@ -126,13 +98,6 @@ class HostProbe:
         text = self.tracepoint_format(category, event)
         return None if text is None else parse_format_fields(text)
 
-    def kprobes_available(self) -> bool:
-        """Whether the kernel can create kprobes (CONFIG_KPROBES, visible in tracefs)."""
-        root = self.tracefs()
-        if root is not None and (root / "kprobe_events").exists():
-            return True
-        return (self.roots.sys / "bus" / "event_source" / "devices" / "kprobe").is_dir()
-
     # -- BTF -------------------------------------------------------------------------
 
     @property
@@ -156,21 +121,25 @@ class HostProbe:
 
     # -- privileges, headers, bcc ---------------------------------------------------------
 
-    def privileges(self) -> Privileges:
-        status = read_optional(self.roots.proc / "self" / "status") or ""
-        cap = parse_capeff(status)
-        euid = parse_uid(status)
-        if cap is None:
-            return Privileges(euid, None, False, "cannot read CapEff from /proc/self/status")
-        has = {c: bool(cap >> c & 1) for c in (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF)}
-        if has[CAP_BPF] and has[CAP_PERFMON]:
-            return Privileges(euid, cap, True, "CAP_BPF and CAP_PERFMON are effective")
-        if has[CAP_SYS_ADMIN]:
-            return Privileges(euid, cap, True, "CAP_SYS_ADMIN is effective")
-        missing = [n for c, n in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"))
-                   if not has[c]]
-        return Privileges(euid, cap, False,
-                          f"euid {euid} lacks {' and '.join(missing)} (CapEff={cap:#x})")
+    def capabilities(self) -> dict[str, Any]:
+        """:func:`hostscope.metrics.hostinfo.detect_capabilities` for these roots, cached:
+        privileges, perf, tracefs and kprobes are judged in one place for all of hostscope."""
+        with self._lock:
+            if self._caps is None:
+                self._caps = detect_capabilities(self.roots)
+            return self._caps
+
+    def privileges(self) -> tuple[bool, str]:
+        """(can load tracing BPF programs, why not)."""
+        bpf = self.capabilities()["bpf"]
+        if bpf["available"]:
+            names = self.capabilities()["privileges"]["capabilities"]
+            return True, f"effective capabilities: {', '.join(names)}"
+        return False, str(bpf["reason"])
+
+    def kprobes_available(self) -> bool:
+        """Whether the kernel can create kprobes (CONFIG_KPROBES)."""
+        return bool(self.capabilities()["kprobes"]["available"])
 
     def headers(self) -> Headers:
         build = self.lib_modules / self.release / "build"
@@ -213,5 +182,5 @@ class HostProbe:
             "kprobes": self.kprobes_available(),
             "headers": {"path": str(headers.build), "present": headers.present,
                         "release": headers.release, "matches_kernel": headers.matches_kernel},
-            "privileged": self.privileges().ok,
+            "privileged": self.privileges()[0],
         }

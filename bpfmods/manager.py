@@ -161,10 +161,9 @@ class BpfManager:
         if not ok:
             return False, (f"bcc is not importable ({why}); install python3-bpfcc and run "
                            "bpfmods/install-deps.sh VENV"), None
-        priv = self.host.privileges()
-        if not priv.ok:
-            return False, (f"no privileges to load BPF programs: {priv.detail}; run as "
-                           "root or grant CAP_BPF and CAP_PERFMON"), None
+        privileged, why = self.host.privileges()
+        if not privileged:
+            return False, f"no privileges to load BPF programs: {why}", None
         headers = self.host.headers()
         if not headers.present:
             return False, (f"kernel headers missing: {headers.detail}; run "
