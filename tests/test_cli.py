@@ -1,0 +1,136 @@
+"""The ``hostscope`` command as a user runs it: real subprocesses, live /proc."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hostscope.daemon.version import VERSION
+
+
+def hostscope(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "hostscope"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_version() -> None:
+    result = hostscope("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"hostscope {VERSION}"
+
+
+def test_help_documents_commands_and_config() -> None:
+    top = hostscope("--help")
+    assert top.returncode == 0
+    for word in ("serve", "sample", "version"):
+        assert word in top.stdout
+    serve = hostscope("serve", "--help")
+    for flag in ("--host", "--port", "--interval", "--history", "--process-interval", "--config",
+                 "--allow-remote", "--log-level", "--log-format", "--proc-root", "--sys-root",
+                 "--static-dir", "allowed_hosts", "allowed_origins", "frame_ancestors"):
+        assert flag in serve.stdout, flag
+    sample = hostscope("sample", "--help")
+    assert "--json" in sample.stdout and "NAME_OR_PREFIX" in sample.stdout
+
+
+def test_no_command_prints_usage_and_fails() -> None:
+    result = hostscope()
+    assert result.returncode == 2
+    assert "usage: hostscope" in result.stderr
+
+
+def test_sample_json_shape() -> None:
+    result = hostscope("sample", "--json", "--interval", "0.2", "kernel.all.load",
+                       "kernel.all.cpu.util", "kernel.all.pswitch")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) >= {"kernel.all.load", "kernel.all.cpu.util.busy", "kernel.all.pswitch"}
+    assert all(n.startswith(("kernel.all.load", "kernel.all.cpu.util", "kernel.all.pswitch"))
+               for n in data)
+    load = data["kernel.all.load"]
+    assert load["semantics"] == "instant" and load["indom"] == "kernel.loadavg"
+    assert set(load["instances"]) == {"1 minute", "5 minute", "15 minute"}
+    # Cross-check against the kernel's own text (load averages move slowly).
+    reported = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    ours = [load["instances"][k] for k in ("1 minute", "5 minute", "15 minute")]
+    assert all(abs(a - b) < 0.5 for a, b in zip(ours, reported, strict=True)), (ours, reported)
+    busy = data["kernel.all.cpu.util.busy"]
+    assert busy["value_units"]["kind"] == "utilization"
+    assert 0 <= busy["instances"][""] <= 1.05  # needs two samples: never null here
+    pswitch = data["kernel.all.pswitch"]
+    assert pswitch["value_units"]["label"] == "count / sec"
+    assert pswitch["instances"][""] > 0
+
+
+def test_sample_text_has_units() -> None:
+    result = hostscope("sample", "--interval", "0.2", "kernel.all.cpu.util.busy",
+                       "kernel.all.load", "hinv.ncpu")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    busy = next(line for line in lines if line.startswith("kernel.all.cpu.util.busy"))
+    assert busy.endswith("%")
+    assert any("1 minute" in line for line in lines)
+    assert any(line.startswith("hinv.ncpu") for line in lines)
+
+
+def test_sample_unknown_name_exits_2() -> None:
+    result = hostscope("sample", "kernel.all.load", "no.such.metric")
+    assert result.returncode == 2
+    assert "no.such.metric" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "100"])
+def test_sample_bad_interval(interval: str) -> None:
+    result = hostscope("sample", "--interval", interval, "kernel.all.load")
+    assert result.returncode == 2
+    assert "--interval" in result.stderr
+
+
+def test_serve_refuses_remote_bind_without_flag() -> None:
+    result = hostscope("serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert "refusing to listen on '0.0.0.0'" in result.stderr
+    assert "--allow-remote" in result.stderr
+
+
+def test_serve_reports_config_errors(tmp_path: Path) -> None:
+    config = tmp_path / "hostscope.toml"
+    config.write_text('port = "7471"\n')
+    result = hostscope("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "'port' must be an integer" in result.stderr
+    assert str(config) in result.stderr
+
+    config.write_text("alow_remote = true\n")
+    result = hostscope("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "unknown key 'alow_remote'" in result.stderr
+
+    result = hostscope("serve", "--port", "70000")
+    assert result.returncode == 2
+    assert "'port'" in result.stderr
+
+    result = hostscope("serve", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr
+
+
+def test_serve_reports_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = hostscope("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,117 @@
+"""Configuration: TOML file + flags, strict validation, the loopback-only default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostscope.daemon.config import Config, ConfigError, build_config, is_loopback, known_keys
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hostscope.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe() -> None:
+    config = build_config()
+    assert config == Config()
+    assert config.host == "127.0.0.1" and config.port == 7470
+    assert config.allow_remote is False
+    config.check_bind()
+
+
+def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+host = "::1"
+port = 7471
+interval = 2          # an integer is fine for a float setting
+history = 600.5
+allowed_hosts = ["dash.example"]
+allowed_origins = ["https://other.example:8443"]
+frame_ancestors = ["https://wiki.example"]
+log_format = "json"
+proc_root = "/host/proc"
+""")
+    config = build_config(path, {"port": 9000, "log_level": "debug"})
+    assert config.host == "::1"
+    assert config.port == 9000  # the flag wins
+    assert config.interval == 2.0 and isinstance(config.interval, float)
+    assert config.history == 600.5
+    assert config.allowed_hosts == ("dash.example",)
+    assert config.allowed_origins == ("https://other.example:8443",)
+    assert config.frame_ancestors == ("https://wiki.example",)
+    assert config.log_format == "json" and config.log_level == "debug"
+    assert config.roots().proc == Path("/host/proc")
+    assert config.roots().sys == Path("/sys")
+
+
+def test_every_field_is_a_known_key() -> None:
+    assert set(known_keys()) == set(Config.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prot = 1\n", "unknown key 'prot'"),
+        ("[server]\nport = 1\n", "unknown key 'server'"),
+        ('port = "7470"\n', "'port' must be an integer, got str"),
+        ("port = 7470.0\n", "'port' must be an integer, got float"),
+        ("port = true\n", "'port' must be an integer, got bool"),
+        ("port = 70000\n", "'port' must be >= 0 and <= 65535"),
+        ('interval = "1s"\n', "'interval' must be a number, got str"),
+        ("interval = 0\n", "'interval' must be >= 0.01"),
+        ("interval = nan\n", "'interval' must be a finite number"),
+        ("history = 0\n", "'history' must be > 0"),
+        ("allow_remote = 1\n", "'allow_remote' must be true or false, got int"),
+        ('allowed_hosts = "a"\n', "'allowed_hosts' must be a list of non-empty strings"),
+        ("allowed_hosts = [1]\n", "'allowed_hosts' must be a list of non-empty strings"),
+        ('log_level = "verbose"\n', "'log_level' must be one of debug, info, warning, error"),
+        ('log_format = "xml"\n', "'log_format' must be one of text, json"),
+        ('host = ""\n', "'host' must be a non-empty string"),
+        ("interval = 10\nhistory = 5\n", "interval must not be longer than history"),
+    ],
+)
+def test_bad_files_are_rejected_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        build_config(path)
+    assert message in str(info.value)
+    if not message.startswith("interval must"):  # a per-key error names the file
+        assert f"config file {path}" in str(info.value)
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(path)
+    path.write_bytes(b"host = \"\xff\"\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        build_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        build_config(tmp_path / "nope.toml")
+
+
+def test_bad_flag_values_name_the_command_line() -> None:
+    with pytest.raises(ConfigError, match="command line: key 'port'"):
+        build_config(None, {"port": -1})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"])
+def test_loopback_addresses(host: str) -> None:
+    assert is_loopback(host)
+    Config(host=host).check_bind()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com", ""])
+def test_remote_bind_needs_allow_remote(host: str) -> None:
+    assert not is_loopback(host)
+    with pytest.raises(ConfigError, match="refusing to listen") as info:
+        Config(host=host).check_bind()
+    assert "--allow-remote" in str(info.value)
+    Config(host=host, allow_remote=True).check_bind()
