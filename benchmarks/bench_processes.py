@@ -119,7 +119,7 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=1000, help="processes to have in total")
     parser.add_argument("--samples", type=int, default=30, help="timed samples per figure")
     parser.add_argument("--no-history-fill", action="store_true",
-                        help="skip filling a full retention of history (takes ~30 s)")
+                        help="skip filling a full retention of history (takes ~10 s)")
     args = parser.parse_args()
 
     # Keeping /proc descriptors open needs ~3 per process; the daemon raises its soft
