@@ -456,6 +456,8 @@ export class HostConnection {
     let names = fresh.filter(known)
     let optional = fresh.filter((n) => !known(n))
     if (!names.length) {
+      // Everything asked for is missing from the daemon's list: the panels say so.
+      if (cat) return
       names = optional.slice(0, 1)
       optional = optional.slice(1)
     }

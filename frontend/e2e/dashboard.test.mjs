@@ -1,0 +1,161 @@
+// End-to-end tests of the dashboard against a real daemon (HOSTSCOPE_URL), in headless
+// Chromium. Run by tests/test_dashboard_e2e.py, or by hand:
+//   HOSTSCOPE_URL=http://127.0.0.1:7470 npm run e2e
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { BASE, SERVE, freePort, launch, legendValue, shot, startDaemon } from './support.mjs'
+
+const skip = BASE ? false : 'HOSTSCOPE_URL is not set (run through tests/test_dashboard_e2e.py)'
+
+describe('dashboard', { skip }, () => {
+  let browser
+  before(async () => {
+    browser = await launch()
+  })
+  after(async () => {
+    await browser?.close()
+  })
+
+  it('draws the default host overview with data backfilled from history', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/`)
+    await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
+    // Every default panel is either a chart, the process table or an honest state.
+    const sections = page.locator('main section')
+    assert.ok((await sections.count()) >= 18)
+    await page.waitForFunction(() => document.querySelectorAll('main section canvas').length >= 4)
+    const user = await legendValue(page, 'CPU utilisation', 'user')
+    assert.match(user, /^\d+(\.\d+)? %$/)
+    const used = await legendValue(page, 'Memory', 'used')
+    assert.match(used, /^\d+(\.\d+)? (KiB|MiB|GiB)$/)
+    const host = await page.locator('.hostchip').first().innerText()
+    assert.match(host, /live/)
+    assert.deepEqual(browser.errors, [])
+    await shot(page, 'overview-light.png')
+  })
+
+  it('fills charts from the history, not from the moment the page opened', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=cpu.util&window=300`)
+    await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor()
+    // Move the cursor to the left edge of the data: its time must predate the page.
+    const openedAt = await page.evaluate(() => Date.now() / 1000)
+    const box = await page.locator('section[aria-label="CPU utilisation"] .u-over').boundingBox()
+    await page.mouse.move(box.x + box.width - 2, box.y + box.height / 2)
+    const latest = await page.locator('section[aria-label="CPU utilisation"] .u-series').first().innerText()
+    assert.match(latest, /\d\d:\d\d:\d\d/)
+    // Points are drawn on a canvas: ask the page for the oldest sample it holds.
+    const hasOld = await page.evaluate((opened) => window.__hostscope.oldest() < opened - 2, openedAt)
+    assert.ok(hasOld, 'no sample older than the page: backfill did not arrive')
+  })
+
+  it('adds and removes a widget and keeps the URL in step', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=cpu.util,mem.util`)
+    await page.getByRole('button', { name: '+ Add widget' }).click()
+    await page.getByRole('button', { name: 'Add Process creation' }).click()
+    await page.locator('section[aria-label="Process creation"]').waitFor()
+    await page.waitForFunction(() => location.search.includes('cpu.forks'))
+    await page.locator('section[aria-label="Process creation"]').hover()
+    await page.getByRole('button', { name: 'Remove Process creation' }).click()
+    await page.locator('section[aria-label="Process creation"]').waitFor({ state: 'detached' })
+    await page.waitForFunction(() => !location.search.includes('cpu.forks'))
+  })
+
+  it('adds a custom widget for any metric, with a unit-aware axis', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=cpu.util`)
+    await page.getByRole('button', { name: '+ Add widget' }).click()
+    await page.getByLabel('Any metric of this daemon').fill('mem.util.cached')
+    await page.getByRole('button', { name: 'Add custom widget' }).click()
+    const panel = page.locator('section[aria-label="mem.util.cached"]')
+    await panel.locator('canvas').waitFor()
+    assert.match(await panel.locator('.u-value').nth(1).innerText(), /(KiB|MiB|GiB)$/)
+    await page.waitForFunction(() => location.search.includes('custom:mem.util.cached'))
+    await shot(page, 'custom-widget.png')
+  })
+
+  it('reproduces a view from a pasted URL', async () => {
+    const page = await browser.page()
+    const q = 'panels=cpu.load~2x1,custom:kernel.all.nprocs,mem.util&window=900&theme=dark'
+    await page.goto(`${BASE}/?${q}`)
+    await page.locator('section[aria-label="Load average and runnable"] canvas').waitFor()
+    const titles = await page.locator('main section h3').allInnerTexts()
+    assert.deepEqual(titles, ['Load average and runnable', 'kernel.all.nprocs', 'Memory'])
+    assert.equal(await page.locator('#win').inputValue(), '900')
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark')
+    await page.waitForTimeout(300)
+    const round = new URL(page.url()).searchParams
+    assert.equal(round.get('panels'), 'cpu.load~2x1,custom:kernel.all.nprocs,mem.util')
+    assert.equal(round.get('window'), '900')
+    assert.equal(round.get('theme'), 'dark')
+  })
+
+  it('says clearly when a metric is not on this host', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=custom:no.such.metric`)
+    const state = page.locator('section[aria-label="no.such.metric"] .state')
+    await state.waitFor()
+    await page.waitForFunction(() => /Not available/.test(document.querySelector('main section .state')?.textContent ?? ''))
+    assert.match(await state.innerText(), /does not collect no\.such\.metric/)
+  })
+
+  it('renders panels without chrome in embed mode', async () => {
+    const page = await browser.page()
+    await page.setViewportSize({ width: 800, height: 500 })
+    await page.goto(`${BASE}/embed?panels=cpu.util,mem.util&window=60`)
+    await page.waitForFunction(() => document.querySelectorAll('section canvas').length >= 2)
+    assert.equal(await page.locator('header.top').count(), 0)
+    assert.equal(await page.locator('section').count(), 2)
+    const box = await page.locator('section').first().boundingBox()
+    assert.ok(box.height > 400, `panel should fill the frame, got ${box.height}px`)
+    await shot(page, 'embed.png')
+    await page.setViewportSize({ width: 1400, height: 900 })
+  })
+
+  it('serves a static SVG of a panel', async () => {
+    const r = await fetch(`${BASE}/api/v1/render/cpu.util.svg?seconds=60`)
+    assert.equal(r.status, 200)
+    assert.match(r.headers.get('content-type'), /image\/svg\+xml/)
+    assert.match(await r.text(), /<svg[^>]*>[\s\S]*CPU utilisation/)
+    const bad = await fetch(`${BASE}/api/v1/render/nope.svg`)
+    assert.equal(bad.status, 404)
+    assert.equal((await bad.json()).error.code, 'not_found')
+  })
+
+  it('dark theme overview', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?theme=dark`)
+    await page.waitForFunction(() => document.querySelectorAll('main section canvas').length >= 4)
+    await page.waitForTimeout(500)
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark')
+    await shot(page, 'overview-dark.png')
+  })
+})
+
+describe('reconnect', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD is not set') }, () => {
+  it('shows the disconnection, reconnects after the daemon restarts and backfills the gap', async () => {
+    const port = await freePort()
+    let daemon = await startDaemon(port)
+    const browser = await launch()
+    try {
+      const page = await browser.page()
+      await page.goto(`${daemon.base}/?panels=cpu.util`)
+      await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
+      await page.waitForFunction(() => document.querySelector('.hostchip')?.textContent?.includes('live'))
+      await daemon.stop()
+      await page.locator('section[aria-label="CPU utilisation"] .badge', { hasText: 'disconnected' }).waitFor({ timeout: 10000 })
+      assert.match(await page.locator('.banner.error').first().innerText(), /shutting down|Cannot connect|Lost the connection/)
+      daemon = await startDaemon(port)
+      await page.waitForFunction(() => document.querySelector('.hostchip')?.textContent?.includes('live'), null, { timeout: 20000 })
+      assert.equal(await page.locator('.banner.error').count(), 0)
+      assert.equal(await page.locator('.badge', { hasText: 'disconnected' }).count(), 0)
+      // New samples arrive after the restart.
+      const before = await page.evaluate(() => window.__hostscope.newest())
+      await page.waitForFunction((t) => window.__hostscope.newest() > t, before, { timeout: 10000 })
+    } finally {
+      await browser.close()
+      await daemon.stop()
+    }
+  })
+})
