@@ -25,6 +25,7 @@ import argparse
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -61,11 +62,23 @@ def reap(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 def cpu_ms(fn: Callable[[], object], samples: int) -> float:
-    """Mean CPU milliseconds (user + system of this process) per call of ``fn``."""
-    start = time.process_time()
+    """Median CPU milliseconds (user + system of this process) per call of ``fn``.
+
+    The median, because on a shared machine a few calls pay for other tenants (or a
+    garbage-collector pass) and the mean would measure them rather than hostscope;
+    :data:`MEANS` keeps the mean of the last call, printed alongside.
+    """
+    costs = []
     for _ in range(samples):
+        start = time.process_time()
         fn()
-    return (time.process_time() - start) * 1000 / samples
+        costs.append((time.process_time() - start) * 1000)
+    MEANS.append(statistics.fmean(costs))
+    return statistics.median(costs)
+
+
+#: Means of the measurements, in the order taken (see :func:`cpu_ms`).
+MEANS: list[float] = []
 
 
 def psutil_loop() -> int:
@@ -87,9 +100,10 @@ def psutil_loop() -> int:
     return seen
 
 
-def row(label: str, ms: float) -> None:
-    print(f"  {label:<46} {ms:7.2f} ms/sample  {ms / 10:6.2f} % core @1 Hz  "
-          f"{ms / 10 / DEFAULT_CADENCE_S:6.2f} % @{DEFAULT_CADENCE_S:g} s")
+def row(label: str, ms: float, mean: float | None = None) -> None:
+    extra = f"  (mean {mean:.2f})" if mean is not None else ""
+    print(f"  {label:<42} {ms:7.2f} ms/sample  {ms / 10:5.2f} % core @1 Hz  "
+          f"{ms / 10 / DEFAULT_CADENCE_S:5.2f} % @{DEFAULT_CADENCE_S:g} s{extra}")
 
 
 def rss_kib() -> int:
@@ -140,28 +154,31 @@ def main() -> int:
               f"{os.cpu_count()} CPUs, RLIMIT_NOFILE {soft} -> {hard}, "
               f"{args.samples} samples per figure")
 
+        print("median CPU per sample (mean in parentheses)")
         collect_ms, step_ms, publish_ms, sampler = bench_sampler(None, args.samples)
+        means = MEANS[-3:]
         collector = sampler.collectors[0]
         assert isinstance(collector, ProcessCollector)
         print(f"\nhostscope, descriptors kept open ({collector.open_fds} fds):")
-        row("ProcessCollector.collect()", collect_ms)
-        row("sampler step (collect + rates + derived)", step_ms)
-        row("history append (publish)", publish_ms)
-        row("total per sample", step_ms + publish_ms)
+        row("ProcessCollector.collect()", collect_ms, means[0])
+        row("sampler step (collect + rates + derived)", step_ms, means[1])
+        row("history append (publish)", publish_ms, means[2])
+        row("total per sample", step_ms + publish_ms, means[1] + means[2])
         sampler.close()
 
         collect0_ms, step0_ms, publish0_ms, sampler0 = bench_sampler(0, args.samples)
+        means = MEANS[-3:]
         print("\nhostscope, every file opened per sample (max_open_fds=0):")
-        row("ProcessCollector.collect()", collect0_ms)
-        row("sampler step (collect + rates + derived)", step0_ms)
-        row("total per sample", step0_ms + publish0_ms)
+        row("ProcessCollector.collect()", collect0_ms, means[0])
+        row("sampler step (collect + rates + derived)", step0_ms, means[1])
+        row("total per sample", step0_ms + publish0_ms, means[1] + means[2])
         sampler0.close()
 
         psutil_loop()
-        ps_ms = cpu_ms(psutil_loop, max(3, args.samples // 3))
+        ps_ms = cpu_ms(psutil_loop, max(5, args.samples // 3))
         print("\npsutil (process_iter + oneshot: cpu_times, memory_info, io_counters,")
         print("        num_threads, status, cmdline), no rates, no history:")
-        row("psutil loop", ps_ms)
+        row("psutil loop", ps_ms, MEANS[-1])
         print(f"\n  hostscope sampler step is {ps_ms / step_ms:.1f}x cheaper than the psutil loop")
 
         target = 25.0
