@@ -1,0 +1,73 @@
+import { mount } from '@vue/test-utils'
+import { describe, expect, it } from 'vitest'
+import { panelById } from '../lib/catalogue'
+import { LIVE, createLive } from '../lib/live'
+import type { Descriptor } from '../lib/protocol'
+import { HostConnection } from '../stores/host'
+import PanelCard from './PanelCard.vue'
+import Sparkline from './Sparkline.vue'
+import WidgetCatalogue from './WidgetCatalogue.vue'
+
+function conn(metrics: string[], caps: Record<string, { available: boolean; reason?: string }> = {}) {
+  const c = new HostConnection('', 300, { frame: (cb) => cb() })
+  const u = { label: '', kind: 'none', per_sec: false, base_factor: 1 }
+  c.catalogue.value = new Map(
+    metrics.map((name) => [name, { name, type: 'double', semantics: 'instant', units: u, value_units: u, indom: null, help: `help of ${name}` } as Descriptor]),
+  )
+  c.info.value = { hostname: 'vm', kernel: '6.18', ncpu: 2, memory_bytes: 1, uptime_s: 1, interval_s: 1, version: '0', protocol: 1, capabilities: caps }
+  return c
+}
+
+function mountCard(id: string, c: HostConnection, editable = false) {
+  return mount(PanelCard, {
+    props: { panel: panelById(id)!, conn: c, editable },
+    global: { provide: { [LIVE as symbol]: createLive(300, false) } },
+  })
+}
+
+describe('PanelCard states', () => {
+  it('says a metric is absent on this host, with the daemon’s reason for PSI', () => {
+    const w = mountCard('cpu.pressure', conn(['kernel.all.load'], { psi: { available: false, reason: 'kernel built without CONFIG_PSI' } }))
+    expect(w.text()).toContain('Not available: kernel built without CONFIG_PSI.')
+  })
+
+  it('shows BPF panels as coming soon or unavailable, as the daemon reports', () => {
+    expect(mountCard('bpf.runqlat', conn([], { bpf: { available: true } })).text()).toContain('Coming soon')
+    expect(mountCard('bpf.runqlat', conn([], { bpf: { available: false, reason: 'no CAP_BPF' } })).text()).toContain(
+      'Not available on this daemon: no CAP_BPF.',
+    )
+  })
+
+  it('is connecting before the first data, and offers labelled controls', async () => {
+    const w = mountCard('cpu.load', conn(['kernel.all.load', 'kernel.all.runnable', 'kernel.all.blocked']), true)
+    expect(w.text()).toContain('Connecting…')
+    const labels = w.findAll('button').map((b) => b.attributes('aria-label'))
+    expect(labels).toContain('Remove Load average and runnable')
+    await w.find('button[aria-label="Remove Load average and runnable"]').trigger('click')
+    expect(w.emitted('remove')).toHaveLength(1)
+  })
+})
+
+describe('WidgetCatalogue', () => {
+  it('adds catalogue and custom widgets and rejects unknown metrics', async () => {
+    const w = mount(WidgetCatalogue, { props: { conn: conn(['disk.dev.aveq']), present: [] } })
+    expect(w.findAll('h3').map((h) => h.text())).toEqual(['CPU', 'Memory', 'Disk', 'Network', 'Processes', 'Containers', 'BPF', 'Flame graphs', 'Custom'])
+    await w.find('button[aria-label="Add CPU utilisation"]').trigger('click')
+    expect(w.emitted('add')![0]).toEqual(['cpu.util'])
+    await w.find('#custom-metric').setValue('nope.metric')
+    await w.find('form').trigger('submit')
+    expect(w.text()).toContain('nope.metric is not a metric of this daemon.')
+    await w.find('#custom-metric').setValue('disk.dev.aveq')
+    await w.find('form').trigger('submit')
+    expect(w.emitted('add')![1]).toEqual(['custom:disk.dev.aveq'])
+  })
+})
+
+describe('Sparkline', () => {
+  it('draws a line with gaps', () => {
+    const w = mount(Sparkline, { props: { values: [0, 0.5, null, 1], width: 30, height: 10 } })
+    const d = w.find('path').attributes('d')!
+    expect(d.match(/M/g)).toHaveLength(2)
+    expect(d).toContain('L10.0 5.0')
+  })
+})
