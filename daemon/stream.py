@@ -75,12 +75,17 @@ class _Connection:
     def send(self, message: dict[str, Any]) -> None:
         self.client.offer(encode.dumps(message).encode())
 
-    def error(self, code: str, message: str, ref: object = None) -> None:
+    def error(
+        self, code: str, message: str, ref: object = None, names: list[str] | None = None
+    ) -> None:
         log.info(
             "bad websocket message",
             extra={"client": self.client.peer, "code": code, "detail": message},
         )
-        self.send({"type": "error", "code": code, "message": message, "ref": ref})
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message, "ref": ref}
+        if names is not None:
+            error["names"] = names  # machine-readable list of the unknown names
+        self.send(error)
 
     # -- dropping -----------------------------------------------------------------
 
@@ -148,7 +153,8 @@ class _Connection:
         except (ApiError, UnknownMetricError, BadParameter) as exc:
             known = translate(exc)
             assert known is not None
-            self.error(known[1], known[2], ref)
+            names = exc.names if isinstance(exc, UnknownMetricError) else None
+            self.error(known[1], known[2], ref, names)
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         names = _names(message, "names", required=True)

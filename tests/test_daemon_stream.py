@@ -292,6 +292,7 @@ async def test_unknown_names_listed_and_nothing_subscribed(daemon: Daemon) -> No
         await subscribe(ws, names=["kernel.all.load", "no.such", "kernel.all.nope"])
         error = await recv(ws)
         assert error["code"] == "unknown_metric"
+        assert error["names"] == ["kernel.all.nope", "no.such"]
         assert "no.such" in error["message"] and "kernel.all.nope" in error["message"]
         assert "kernel.all.load" not in error["message"]
         with pytest.raises(TimeoutError):
