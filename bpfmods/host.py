@@ -171,6 +171,21 @@ class HostProbe:
                     self._bcc = (False, f"{type(exc).__name__}: {exc}")
             return self._bcc
 
+    def not_ready(self) -> str | None:
+        """Why no BPF module can run here (first blocking reason), or None if they can."""
+        ok, why = self.bcc()
+        if not ok:
+            return f"bcc is not importable: {why}"
+        privileged, why = self.privileges()
+        if not privileged:
+            return f"no privileges: {why}"
+        headers = self.headers()
+        if not headers.present:
+            return f"kernel headers: {headers.detail}"
+        if self.tracefs() is None:
+            return "tracefs is not mounted"
+        return None
+
     def facts(self) -> dict[str, Any]:
         """A JSON-ready summary for status pages."""
         tracefs = self.tracefs()

@@ -87,7 +87,7 @@ class Loaded:
     def table(self, name: str) -> Any:
         # BPF[name] caches the Table object; get_table() would rebuild its ctypes types on
         # every call, and a ring buffer's callback lives only as long as its Table does.
-        return self._bpf[name]
+        return self._bpf[name.encode()]
 
     def percpu_array_sums(self, name: str, size: int) -> list[int]:
         """Per-slot totals of a per-CPU array of integers."""
@@ -171,3 +171,22 @@ def load(source: str, cflags: Sequence[str], probes: Sequence[ProbeSpec]) -> Loa
         raise BpfLoadError(f"attaching {probe} failed: {exc}") from None
     return loaded
 
+
+
+def own_program_ids(proc: Path = Path("/proc")) -> list[int]:
+    """IDs of the BPF programs this process holds open (from /proc/self/fdinfo).
+
+    Each loaded program is an fd whose fdinfo has a ``prog_id:`` line; after a module is
+    disabled there must be none of ours left, which tests and status pages check here
+    without needing bpftool.
+    """
+    from hostscope.metrics.sources import list_dir, read_optional
+
+    ids: set[int] = set()  # a program and its attachment (link) fd both name it
+    fdinfo = proc / "self" / "fdinfo"
+    for fd in list_dir(fdinfo):
+        text = read_optional(fdinfo / fd, limit=8192)
+        for line in (text or "").splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return sorted(ids)
