@@ -44,6 +44,11 @@ class Collector(ABC):
     name: str = ""
     #: Own sampling cadence in seconds; None means every tick of the sampler.
     interval_s: float | None = None
+    #: Metrics kept in the history (None = all). Collectors with many instances record
+    #: only what is charted over time, to keep history memory proportionate.
+    history_metrics: frozenset[str] | None = None
+    #: Whether the history keeps a 24-hour per-minute tier for this collector.
+    history_coarse: bool = True
 
     @abstractmethod
     def descriptors(self) -> list[MetricDesc]:

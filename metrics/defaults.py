@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from .collector import Collector
+from .collectors.cgroup import CgroupCollector
 from .collectors.cpu import CpuCollector
 from .collectors.host import HostCollector
 from .collectors.memory import MemoryCollector
+from .collectors.process import ProcessCollector
 from .collectors.psi import PsiCollector
 from .history import History
 from .model import MetricRegistry
@@ -15,12 +17,13 @@ from .sources import Roots
 
 def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list[Collector]:
     """Every collector hostscope runs by default, reading under ``roots``."""
-    del process_interval_s  # used once the process collector lands
     return [
         CpuCollector(roots),
         MemoryCollector(roots),
         PsiCollector(roots),  # registers nothing where PSI is absent; .reason says why
         HostCollector(roots),  # every 10 s: identity and inventory change rarely
+        ProcessCollector(roots, interval_s=process_interval_s),
+        CgroupCollector(roots, interval_s=2.0),
     ]
 
 

@@ -145,7 +145,8 @@ class Sampler:
             )
             if history is not None:
                 history.add_group(
-                    collector.name, every * interval_s, coarse=collector.interval_s is None
+                    collector.name, every * interval_s, coarse=collector.history_coarse,
+                    metrics=collector.history_metrics,
                 )
 
     def group_interval_s(self, group: str) -> float:

@@ -253,6 +253,11 @@ class ProcessCollector(Collector):
     """
 
     name = "process"
+    #: Only what the dashboard charts per process over time (sparklines, drill-down):
+    #: about 21 MiB an hour for 1,000 processes instead of ~110 MiB for every series.
+    history_metrics = frozenset({"proc.cpu.util", "proc.memory.rss", "proc.io.total_bytes"})
+    #: Processes come and go too fast for a day-long per-minute record to pay its way.
+    history_coarse = False
 
     def __init__(
         self,
