@@ -13,20 +13,17 @@ from typing import Any
 from aiohttp import web
 
 from hostscope.metrics.model import UnknownMetricError
+from hostscope.metrics.processes import MAX_LIMIT, SORT_METRICS, top_processes
 
 from . import encode
 from .errors import BadParameter, TooManyNames
-from .host import as_dict, optional_module
 from .keys import CLOCK, HOST, HUB, SAMPLER, STARTED, TICKER
 from .version import PROTOCOL, VERSION
 
 MAX_NAMES = 200
 MAX_HISTORY_S = 86400.0
 DEFAULT_HISTORY_S = 300.0
-MAX_PROCESSES = 1000
 DEFAULT_PROCESSES = 25
-PROCESS_SORTS = ("cpu", "rss", "io")
-PROCESSES_MODULE = "hostscope.metrics.processes"
 
 
 # -- parameter parsing ---------------------------------------------------------------
@@ -183,25 +180,18 @@ async def host_handler(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _top_processes() -> Any:
-    module = optional_module(PROCESSES_MODULE)
-    return getattr(module, "top_processes", None)
-
-
 async def processes_handler(request: web.Request) -> web.Response:
     sort = request.query.get("sort", "cpu")
-    if sort not in PROCESS_SORTS:
-        raise BadParameter(f"'sort' must be one of {', '.join(PROCESS_SORTS)}, got {sort!r}")
-    limit = int_param(request, "limit", DEFAULT_PROCESSES, 1, MAX_PROCESSES)
-    container = request.query.get("container") or None
+    if sort not in SORT_METRICS:
+        raise BadParameter(f"'sort' must be one of {', '.join(SORT_METRICS)}, got {sort!r}")
+    limit = int_param(request, "limit", DEFAULT_PROCESSES, 1, MAX_LIMIT)
+    # Absent: every process; present but empty: processes in no container (the host).
+    container = request.query.get("container")
     sampler = request.app[SAMPLER]
-    top = _top_processes()
-    rows: list[Any] = []
-    if top is not None:
-        rows = [
-            r if isinstance(r, dict) else as_dict(r)
-            for r in top(sampler.latest, sort=sort, limit=limit, container=container)
-        ]
+    rows = top_processes(sampler.latest, sort=sort, limit=limit, container=container)
+    for row in rows:
+        for key, value in row.items():
+            row[key] = _clean(value)
     return web.json_response({"timestamp": _ts(sampler.latest_timestamp), "processes": rows})
 
 

@@ -9,34 +9,11 @@ daemon runs, and reading it per request would cost file reads for nothing).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
-from types import ModuleType
 from typing import Any
 
 from hostscope.metrics.hostinfo import detect_capabilities, read_host_identity
 from hostscope.metrics.sources import Roots
-
-
-def optional_module(name: str) -> ModuleType | None:
-    """Import ``name`` if it exists in this build; errors inside it still surface."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
-
-
-def as_dict(value: Any) -> dict[str, Any]:
-    """A JSON object from a dict, an object with ``to_json()`` or a dataclass."""
-    if isinstance(value, dict):
-        return dict(value)
-    if hasattr(value, "to_json"):
-        return dict(value.to_json())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"cannot turn {type(value).__name__} into a JSON object")
 
 
 @dataclasses.dataclass(slots=True)

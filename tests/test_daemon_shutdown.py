@@ -57,8 +57,10 @@ async def test_signal_closes_websockets_with_1001_and_exits(sig: signal.Signals)
             assert json.loads(await ws.recv())["type"] == "hello"
             await ws.send(json.dumps({"type": "subscribe", "names": ["kernel.all.load"]}))
             assert json.loads(await ws.recv())["type"] == "meta"
-            while json.loads(await asyncio.wait_for(ws.recv(), 5))["backfill"]:
-                pass  # wait for a live frame: the stream is flowing
+            while True:  # wait for a live frame: the stream is flowing
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if msg["type"] == "samples" and not msg["backfill"]:
+                    break
 
             started = time.monotonic()
             proc.send_signal(sig)
