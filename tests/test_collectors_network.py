@@ -7,18 +7,19 @@ tests/fixtures/network/capture.py (imported here for the large ones).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import resource
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -43,13 +44,22 @@ from hostscope.metrics.sampler import Sampler
 from hostscope.metrics.sources import Roots
 from tests.support import FIXTURES, FakeClock, copy_fixture, fixture_roots
 
-sys.path.insert(0, str(FIXTURES / "network"))
-from capture import (  # the fixture builder, shared with the tests
-    CRAFTED_TCP4,
-    CRAFTED_TCP6,
-    tcp4_line,
-    tcp4_table,
-)
+
+def _load_fixture_builder() -> ModuleType:
+    """tests/fixtures/network/capture.py, imported under a name of its own."""
+    path = FIXTURES / "network" / "capture.py"
+    spec = importlib.util.spec_from_file_location("hostscope_network_fixture_builder", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_builder = _load_fixture_builder()
+CRAFTED_TCP4: list[tuple[int, int]] = _builder.CRAFTED_TCP4
+CRAFTED_TCP6: list[tuple[int, int]] = _builder.CRAFTED_TCP6
+tcp4_line: Callable[..., str] = _builder.tcp4_line
+tcp4_table: Callable[[list[tuple[int, int]]], str] = _builder.tcp4_table
 
 CRAFTED = FIXTURES / "network" / "crafted"
 
