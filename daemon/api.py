@@ -164,7 +164,7 @@ async def host_handler(request: web.Request) -> web.Response:
     identity: dict[str, Any] = dict(info.identity) if info is not None else {}
     identity["uptime_s"] = info.uptime_s(now) if info is not None else None
     ticker = app[TICKER]
-    body = {
+    body: dict[str, Any] = {
         **identity,
         "interval_s": sampler.interval_s,
         "version": VERSION,
@@ -177,6 +177,13 @@ async def host_handler(request: web.Request) -> web.Response:
             "last_duration_ms": round(ticker.last_duration_s * 1000, 3),
         },
     }
+    history = sampler.history
+    if history is not None:
+        body["history"] = {
+            "series": history.series_count,
+            "bytes": history.nbytes(),
+            "dropped_series": history.dropped_series,
+        }
     return web.json_response(body)
 
 

@@ -77,6 +77,8 @@ class Client:
         #: False while a subscription is being set up (meta, backfill): the hub skips it.
         self.live = False
         self.closed = False
+        #: The subscription key the hub counts this client under (None: not counted).
+        self.counted_key: SubKey | None = None
 
     @property
     def sub_key(self) -> SubKey:
@@ -125,6 +127,7 @@ class Hub:
         self._group_metrics: dict[str, frozenset[str]] = {}
         self._generation = 0
         self._layout_cache: dict[SubKey, _Cached] = {}
+        self._sub_users: dict[SubKey, int] = {}
         self._interned: dict[LayoutKey, Layout] = {}
         self._next_layout_id = 1
         self._desc_json: dict[str, dict[str, object]] = {}
@@ -141,7 +144,7 @@ class Hub:
         if client in self.clients:
             del self.clients[client]
             self._set_layout(client, None)
-            self._prune()
+            self._count_key(client, None)
 
     def resolve(
         self, names: Iterable[str], optional: Iterable[str] = ()
@@ -184,9 +187,9 @@ class Hub:
 
     def subscription_changed(self, client: Client) -> Layout:
         """Recompute ``client``'s layout after its subscription changed; returns it."""
+        self._count_key(client, client.sub_key)
         layout = self.current_layout(client)
         self._set_layout(client, layout)
-        self._prune()
         return layout
 
     # -- per-tick work --------------------------------------------------------------
@@ -259,6 +262,7 @@ class Hub:
             if added:
                 client.metrics = tuple(sorted(set(client.metrics) | added))
                 client.absent = tuple(still)
+                self._count_key(client, client.sub_key)
                 # Forget the layout so the next publish sends a fresh meta.
                 self._release(client.layout)
                 client.layout = None
@@ -335,10 +339,21 @@ class Hub:
             for key in [k for k, c in self._layout_cache.items() if c.layout is layout]:
                 del self._layout_cache[key]
 
-    def _prune(self) -> None:
-        used = {c.sub_key for c in self.clients}
-        for key in [k for k in self._layout_cache if k not in used]:
-            del self._layout_cache[key]
+    def _count_key(self, client: Client, key: SubKey | None) -> None:
+        """Move ``client`` to subscription ``key``; forget layouts nobody subscribes to."""
+        old = client.counted_key
+        if old == key:
+            return
+        if old is not None:
+            users = self._sub_users[old] - 1
+            if users:
+                self._sub_users[old] = users
+            else:
+                del self._sub_users[old]
+                self._layout_cache.pop(old, None)
+        if key is not None:
+            self._sub_users[key] = self._sub_users.get(key, 0) + 1
+        client.counted_key = key
         if len(self._meta_cache) > 256:
             self._meta_cache.clear()
 

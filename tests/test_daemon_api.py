@@ -168,6 +168,7 @@ async def test_host_identity_and_collectors(server: Server) -> None:
     cpu = next(c for c in body["collectors"] if c["name"] == "cpu")
     assert cpu["collections"] >= 2 and cpu["errors"] == 0 and cpu["stale"] is False
     assert body["sampling"]["ticks"] >= 2
+    assert body["history"]["series"] > 0 and body["history"]["bytes"] > 0
 
 
 async def test_processes_shape(server: Server) -> None:

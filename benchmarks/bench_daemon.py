@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Cost of the daemon as a user runs it: a real ``hostscope serve`` subprocess at 1 Hz.
+
+    .venv/bin/python benchmarks/bench_daemon.py [--duration 60] [--clients 100]
+
+Phases (each a fresh daemon, measured after a warm-up):
+
+0. no client: the cost of sampling alone (every default collector, history);
+a. one websocket client subscribed to the default dashboard set: daemon CPU (% of one
+   core, from /proc/PID/stat utime+stime over the window) and RSS (VmRSS, VmHWM);
+b. N concurrent clients (default 100), same subscription: daemon CPU and the latency from
+   a frame's sample timestamp ``t`` to its arrival at the client (wall clocks of the same
+   host; includes collection, encoding, compression and the client's own parsing);
+c. frame size after the first, for the default set: raw JSON bytes, bytes on the wire
+   (counted under the websocket library, so permessage-deflate and framing included) and
+   a zlib re-compression with aiohttp's settings as a cross-check.
+
+Targets (issue): 1 client <= 0.4 % of one core and RSS <= 40 MB; 100 clients <= 2 % and
+p99 <= 20 ms; frames <= 1 KB on the wire. Figures are printed whether or not they are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+
+#: The dashboard's default metric set (prefixes); only those that exist are subscribed.
+DEFAULT_SET = [
+    "kernel.all.cpu.util", "kernel.percpu.cpu.util", "kernel.all.load", "kernel.all.runnable",
+    "kernel.all.pswitch", "mem.util", "mem.vmstat", "disk.dev", "network.interface",
+    "network.tcp.retranssegs", "network.tcpconn", "kernel.all.pressure",
+]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def hostscope_command() -> list[str]:
+    script = Path(sys.executable).parent / "hostscope"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
+
+
+def cpu_seconds(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class Daemon:
+    def __init__(self, interval: float) -> None:
+        self.proc = subprocess.Popen(
+            [*hostscope_command(), "serve", "--port", "0", "--interval", str(interval)],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            found = re.search(r"msg=listening url=(http://\S+)", line)
+            if found:
+                self.url = found.group(1)
+                break
+        else:
+            raise SystemExit("hostscope serve did not start")
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "api/v1/stream"
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class ClientStats:
+    latencies: list[float] = field(default_factory=list)
+    raw_sizes: list[int] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
+    wire_bytes: int = 0
+    counting: bool = False
+
+
+def count_wire_bytes(ws: ClientConnection, stats: ClientStats) -> None:
+    """Count bytes as they arrive from the socket (before inflating)."""
+    original = ws.data_received
+
+    def data_received(data: bytes) -> None:
+        if stats.counting:
+            stats.wire_bytes += len(data)
+        original(data)
+
+    ws.data_received = data_received  # type: ignore[method-assign]
+
+
+async def client(url: str, names: list[str], stats: ClientStats, events: tuple[asyncio.Event,
+                 asyncio.Event], keep_frames: bool) -> None:
+    ready, stop = events
+    async with connect(url, max_size=None) as ws:
+        if keep_frames:
+            count_wire_bytes(ws, stats)
+        await ws.recv()  # hello
+        await ws.send(json.dumps({"type": "subscribe", "names": names, "backfill": 0}))
+        seen_live = 0
+        while not stop.is_set():
+            try:
+                text = await asyncio.wait_for(ws.recv(), 2)
+            except TimeoutError:
+                continue
+            now = time.time()
+            if not text.startswith('{"type":"samples"'):
+                continue
+            # Cheap extraction of the one timestamp: parsing 100 clients' frames fully would
+            # add client-side delay to the measured latency.
+            start = text.index('"t":[') + 5
+            t = float(text[start : text.index("]", start)])
+            seen_live += 1
+            if seen_live == 1:
+                ready.set()
+                stats.counting = True
+                continue  # "after the first"
+            if not ready.is_set() or not stats.counting:
+                continue
+            stats.latencies.append(now - t)
+            if keep_frames:
+                stats.raw_sizes.append(len(text.encode()))
+                stats.frames.append(text.encode())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(daemon: Daemon, names: list[str], nclients: int, duration: float,
+                  warmup: float) -> tuple[dict, list[ClientStats]]:
+    stop = asyncio.Event()
+    stats = [ClientStats() for _ in range(nclients)]
+    readies = [asyncio.Event() for _ in range(nclients)]
+    tasks = [
+        asyncio.create_task(client(daemon.ws_url, names, s, (r, stop), keep_frames=(i == 0)))
+        for i, (s, r) in enumerate(zip(stats, readies, strict=True))
+    ]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    await asyncio.sleep(warmup)
+    for s in stats:
+        s.latencies.clear()
+        s.raw_sizes.clear()
+        s.frames.clear()
+        s.wire_bytes = 0
+    pid = daemon.proc.pid
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(duration)
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    for s in stats:
+        s.counting = False
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    result = {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, **memory_kb(pid)}
+    return result, stats
+
+
+async def idle(daemon: Daemon, duration: float, warmup: float) -> dict:
+    await asyncio.sleep(warmup)
+    pid = daemon.proc.pid
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(duration)
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    return {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, **memory_kb(pid)}
+
+
+def resolve(daemon: Daemon) -> list[str]:
+    names = [m["name"] for m in daemon.get("/api/v1/metrics")["metrics"]]
+    return [p for p in DEFAULT_SET if any(n == p or n.startswith(p + ".") for n in names)]
+
+
+def deflated_sizes(frames: list[bytes]) -> list[int]:
+    """Sizes under permessage-deflate as aiohttp sends (level 1, 15-bit window, context
+    kept across messages, sync flush with the 4-byte tail removed)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    out = []
+    for frame in frames:
+        data = compressor.compress(frame) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        out.append(len(data) - 4)
+    return out
+
+
+def collector_costs(daemon: Daemon) -> str:
+    host = daemon.get("/api/v1/host")
+    parts = [f"{c['name']} {c.get('last_duration_ms', 0):.2f} ms/{c['interval_s']:g}s"
+             for c in host["collectors"]]
+    return ", ".join(parts)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args()
+    print(f"hostscope daemon benchmark: {args.duration:g} s per phase at "
+          f"{1 / args.interval:g} Hz, {os.cpu_count()} CPUs")
+
+    daemon = Daemon(args.interval)
+    try:
+        names = resolve(daemon)
+        print(f"default set present here: {', '.join(names)}")
+        missing = [p for p in DEFAULT_SET if p not in names]
+        if missing:
+            print(f"  (absent on this build/host: {', '.join(missing)})")
+        base = await idle(daemon, args.duration, args.warmup)
+        print(f"[0] no client:   CPU {base['cpu_pct']:.2f} % of one core, "
+              f"RSS {base['VmRSS'] / 1024:.1f} MB (peak {base['VmHWM'] / 1024:.1f} MB)")
+        print(f"    collection cost (last tick): {collector_costs(daemon)}")
+    finally:
+        daemon.stop()
+
+    daemon = Daemon(args.interval)
+    try:
+        one, stats = await measure(daemon, names, 1, args.duration, args.warmup)
+        series = len(json.loads(stats[0].frames[0])["v"]) if stats[0].frames else 0
+        print(f"[a] 1 client:    CPU {one['cpu_pct']:.2f} % of one core, "
+              f"RSS {one['VmRSS'] / 1024:.1f} MB (peak {one['VmHWM'] / 1024:.1f} MB); "
+              f"{series} columns; latency p50 "
+              f"{statistics.median(stats[0].latencies) * 1000:.1f} ms")
+        frames = stats[0].frames
+        if frames:
+            raw = statistics.mean(stats[0].raw_sizes)
+            wire = stats[0].wire_bytes / len(frames)
+            deflated = statistics.mean(deflated_sizes(frames)[1:] or [0])
+            print(f"[c] frame size:  {raw:.0f} B JSON, {wire:.0f} B on the wire "
+                  f"(permessage-deflate + framing, pings included), "
+                  f"{deflated:.0f} B zlib cross-check; {len(frames)} frames")
+    finally:
+        daemon.stop()
+
+    if args.clients > 0:
+        daemon = Daemon(args.interval)
+        try:
+            many, stats = await measure(daemon, names, args.clients, args.duration, args.warmup)
+            latencies = [x for s in stats for x in s.latencies]
+            expected = args.clients * args.duration / args.interval
+            print(f"[b] {args.clients} clients: CPU {many['cpu_pct']:.2f} % of one core, "
+                  f"RSS {many['VmRSS'] / 1024:.1f} MB; latency p50 "
+                  f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 "
+                  f"{percentile(latencies, 0.99) * 1000:.1f} ms, max "
+                  f"{max(latencies) * 1000:.1f} ms over {len(latencies)} frames "
+                  f"({len(latencies) / expected:.0%} of expected)")
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
