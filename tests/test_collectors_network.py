@@ -407,28 +407,38 @@ def _fd_room(needed: int) -> None:
 
 
 @contextlib.contextmanager
-def _open_connections(count: int) -> Iterator[list[socket.socket]]:
+def _open_connections(
+    count: int,
+) -> Iterator[tuple[list[socket.socket], list[socket.socket]]]:
     """``count`` established loopback TCP connections, half over IPv4 and half IPv6.
 
-    Yields the client ends; the listening and accepted sockets are closed on exit too.
+    Yields (client ends, accepted ends); everything, listeners included, is closed on
+    exit.
     """
     clients: list[socket.socket] = []
-    others: list[socket.socket] = []
+    accepted: list[socket.socket] = []
+    listeners: list[socket.socket] = []
     try:
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
             server = socket.socket(family)
-            others.append(server)
+            listeners.append(server)
             server.bind((host, 0))
             server.listen(4096)
             for _ in range(count // 2):
                 client = socket.socket(family)
                 clients.append(client)
                 client.connect(server.getsockname()[:2])
-                others.append(server.accept()[0])
-        yield clients
+                accepted.append(server.accept()[0])
+        yield clients, accepted
     finally:
-        for sock in clients + others:
+        for sock in clients + accepted + listeners:
             sock.close()
+
+
+def _state(collector: TcpConnCollector, leaf: str) -> int:
+    value = collector.collect()[f"network.tcpconn.{leaf}"][SINGULAR]
+    assert isinstance(value, int)
+    return value
 
 
 def _cost_us(collector: TcpConnCollector, repeat: int = 20) -> float:
@@ -446,13 +456,11 @@ def test_live_tcpconn_with_2000_loopback_connections() -> None:
     files = TcpConnCollector(Roots(), source="proc")
     assert netlink.source == "netlink"
     cost_idle = (_cost_us(netlink), _cost_us(files))
-    with _open_connections(count) as clients:
+    with _open_connections(count) as (clients, accepted):
         by_netlink = netlink.collect()
         by_files = files.collect()
         ps = Counter(c.status for c in psutil.net_connections("tcp"))
-        established = by_netlink["network.tcpconn.established"][SINGULAR]
-        assert isinstance(established, int)
-        assert established >= 2 * count  # both ends of each connection
+        assert _state(netlink, "established") >= 2 * count  # both ends of each connection
         # Our connections hold still, but other processes' come and go meanwhile, and
         # both /proc/net/tcp and the netlink dump are read in pieces, each resuming at a
         # position in the hash table: while thousands of earlier TIME_WAIT sockets
@@ -464,13 +472,19 @@ def test_live_tcpconn_with_2000_loopback_connections() -> None:
                 ours, rel=rel, abs=20)
             assert ps[leaf.upper()] == pytest.approx(ours, rel=2 * rel, abs=20)
         cost_busy = (_cost_us(netlink), _cost_us(files))
-        # Closing the client ends first puts ~2000 sockets in TIME_WAIT.
+        # Clients close first: they wait in FIN_WAIT2, their peers in CLOSE_WAIT ...
         for sock in clients:
             sock.close()
         time.sleep(0.2)
-        time_wait = netlink.collect()["network.tcpconn.time_wait"][SINGULAR]
-        assert isinstance(time_wait, int)
-        assert time_wait >= 0.9 * count
+        assert _state(netlink, "fin_wait2") >= 0.95 * count
+        assert _state(netlink, "close_wait") >= count
+        assert _state(files, "close_wait") >= count
+        # ... until the peers close too: then the clients sit in TIME_WAIT.
+        for sock in accepted:
+            sock.close()
+        time.sleep(0.2)
+        assert _state(netlink, "time_wait") >= 0.95 * count
+        assert _state(netlink, "close_wait") < count
     print(f"\ntcpconn collect(): idle netlink {cost_idle[0]:.0f} us, files "
           f"{cost_idle[1]:.0f} us; with {2 * count} more sockets netlink "
           f"{cost_busy[0]:.0f} us, files {cost_busy[1]:.0f} us")
