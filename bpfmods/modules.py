@@ -405,18 +405,19 @@ class RunqLatency(_HistogramModule):
     plans = (
         AttachPlan(
             "raw_tracepoint",
-            tuple(ProbeSpec("raw_tracepoint", e)
-                  for e in ("sched_wakeup", "sched_wakeup_new", "sched_switch")),
+            tuple(ProbeSpec("raw_tracepoint", e) for e in
+                  ("sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_exit")),
             {"HS_USE_RAW_TP": 1},
             raw_args={"sched_switch": SCHED_SWITCH_ARGS,
                       "sched_wakeup": ("struct task_struct *",),
-                      "sched_wakeup_new": ("struct task_struct *",)},
+                      "sched_wakeup_new": ("struct task_struct *",),
+                      "sched_process_exit": ("struct task_struct *",)},
             offsets=TASK_PID,
         ),
         AttachPlan(
             "tracepoint",
-            tuple(ProbeSpec("tracepoint", f"sched:{e}")
-                  for e in ("sched_wakeup", "sched_wakeup_new", "sched_switch")),
+            tuple(ProbeSpec("tracepoint", f"sched:{e}") for e in
+                  ("sched_wakeup", "sched_wakeup_new", "sched_switch", "sched_process_exit")),
             {"HS_USE_RAW_TP": 0},
         ),
     )

@@ -18,18 +18,36 @@
 #endif
 #define HS_DEFERRED (HS_FILTER_CGROUP_ID || HS_FILTER_TGID)
 
-BPF_TABLE("lru_hash", u32, u64, start, HS_MAX_ENTRIES);
+/* Keyed by task: the task_struct pointer with raw tracepoints (no read needed to get it),
+ * the pid with tracepoints. Entries are reused in place (timestamp 0 = not queued) rather
+ * than deleted and re-inserted, and the map is a plain preallocated hash, not LRU: on a
+ * context-switch storm (bench_bpf.py) inserts, deletes and LRU bookkeeping were most of the
+ * cost. Exiting tasks are removed at sched_process_exit, so the map holds live tasks only;
+ * should a host have more than HS_RUNQ_ENTRIES of them, the excess go unmeasured. */
+#define HS_RUNQ_ENTRIES 65536
+BPF_HASH(start, u64, u64, HS_RUNQ_ENTRIES);
 BPF_PERCPU_ARRAY(hist, u64, HS_HIST_SLOTS);
 #if HS_DEFERRED
-BPF_TABLE("lru_hash", u32, u64, pending, HS_MAX_ENTRIES);
+BPF_HASH(pending, u64, u64, HS_RUNQ_ENTRIES);
 #endif
 
-static __always_inline void hs_enqueue(u32 pid)
+static __always_inline void hs_exit(u64 task)
 {
-    if (pid == 0)  /* the per-CPU idle tasks never wait in a run queue */
+    start.delete(&task);
+#if HS_DEFERRED
+    pending.delete(&task);
+#endif
+}
+
+static __always_inline void hs_enqueue(u64 task)
+{
+    u64 now = bpf_ktime_get_ns();
+    u64 *tsp = start.lookup(&task);
+    if (tsp) {
+        *tsp = now;
         return;
-    u64 ts = bpf_ktime_get_ns();
-    start.update(&pid, &ts);
+    }
+    start.update(&task, &now);
 }
 
 static __always_inline void hs_record(u64 usec)
@@ -40,28 +58,34 @@ static __always_inline void hs_record(u64 usec)
         *count += 1;  /* per-CPU slot: no other CPU writes it */
 }
 
-static __always_inline void hs_switch_in(u32 pid)
+static __always_inline void hs_switch_in(u64 task)
 {
-    u64 *tsp = start.lookup(&pid);
-    if (!tsp)
+    u64 *tsp = start.lookup(&task);
+    if (!tsp || !*tsp)
         return;
     u64 usec = (bpf_ktime_get_ns() - *tsp) / 1000;
-    start.delete(&pid);
+    *tsp = 0;
 #if HS_DEFERRED
-    pending.update(&pid, &usec);
+    u64 *parked = pending.lookup(&task);
+    if (parked)
+        *parked = usec + 1;  /* +1: 0 means nothing parked */
+    else {
+        u64 v = usec + 1;
+        pending.update(&task, &v);
+    }
 #else
     hs_record(usec);
 #endif
 }
 
-static __always_inline void hs_switch_out(u32 pid)
+static __always_inline void hs_switch_out(u64 task)
 {
 #if HS_DEFERRED
-    u64 *parked = pending.lookup(&pid);
-    if (!parked)
+    u64 *parked = pending.lookup(&task);
+    if (!parked || !*parked)
         return;
-    u64 usec = *parked;
-    pending.delete(&pid);
+    u64 usec = *parked - 1;
+    *parked = 0;
 #if HS_FILTER_CGROUP_ID
     if (bpf_get_current_cgroup_id() != HS_FILTER_CGROUP_ID)
         return;
@@ -77,24 +101,32 @@ static __always_inline void hs_switch_out(u32 pid)
 #if HS_USE_RAW_TP
 RAW_TRACEPOINT_PROBE(sched_wakeup)
 {
-    hs_enqueue(hs_read_u32(ctx->args[0], HS_TASK_PID_OFF));
+    hs_enqueue(ctx->args[0]);
     return 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 {
-    hs_enqueue(hs_read_u32(ctx->args[0], HS_TASK_PID_OFF));
+    hs_enqueue(ctx->args[0]);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    hs_exit(ctx->args[0]);
     return 0;
 }
 
 /* args: bool preempt, struct task_struct *prev, *next, unsigned int prev_state (>= 5.18) */
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    u32 prev = hs_read_u32(ctx->args[1], HS_TASK_PID_OFF);
+    u64 prev = ctx->args[1];
     hs_switch_out(prev);
-    if (ctx->args[0] || (u32)ctx->args[3] == 0)
+    /* Still runnable: preempted, or the idle task (pid 0), which never queues. The pid is
+     * read only on this path; a task that blocked needs no read at all. */
+    if ((ctx->args[0] || (u32)ctx->args[3] == 0) && hs_read_u32(prev, HS_TASK_PID_OFF) != 0)
         hs_enqueue(prev);
-    hs_switch_in(hs_read_u32(ctx->args[2], HS_TASK_PID_OFF));
+    hs_switch_in(ctx->args[2]);
     return 0;
 }
 #else
@@ -110,11 +142,17 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new)
     return 0;
 }
 
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    hs_exit(args->pid);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-    u32 prev = args->prev_pid;
+    u64 prev = args->prev_pid;
     hs_switch_out(prev);
-    if ((args->prev_state & HS_TASK_REPORT_MASK) == 0)
+    if ((args->prev_state & HS_TASK_REPORT_MASK) == 0 && prev != 0)
         hs_enqueue(prev);
     hs_switch_in(args->next_pid);
     return 0;

@@ -147,7 +147,7 @@ def test_refcount_shares_one_attachment_and_detaches_with_the_last_user(
     first = manager.enable("runqlat", {}, "alice")
     assert first["state"] == "on" and first["users"] == ["alice"]
     ours = own_program_ids()
-    assert len(ours) == 3  # wakeup, wakeup_new, switch
+    assert len(ours) == 4  # wakeup, wakeup_new, switch, process_exit
     assert set(ours) <= system_prog_ids() - before
 
     second = manager.enable("runqlat", {}, "bob")
