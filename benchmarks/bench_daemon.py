@@ -210,6 +210,17 @@ def deflated_sizes(frames: list[bytes]) -> list[int]:
     return out
 
 
+def history_size(daemon: Daemon) -> str:
+    """What the history holds now, and its bound at full retention (see metrics/history.py:
+    at most 4 bytes per fine sample for an hour plus 4 per minute for a day, per series)."""
+    host = daemon.get("/api/v1/host")
+    history = host.get("history") or {}
+    series = history.get("series", 0)
+    bound = series * (4 * 3600 / host["interval_s"] + 4 * 1440)
+    return (f"history {series} series, {history.get('bytes', 0) / 1024:.0f} KiB now, "
+            f"<= {bound / 2**20:.1f} MiB after 1 h")
+
+
 def collector_costs(daemon: Daemon) -> str:
     host = daemon.get("/api/v1/host")
     parts = [f"{c['name']} {c.get('last_duration_ms', 0):.2f} ms/{c['interval_s']:g}s"
@@ -249,6 +260,7 @@ async def main() -> None:
               f"RSS {one['VmRSS'] / 1024:.1f} MB (peak {one['VmHWM'] / 1024:.1f} MB); "
               f"{series} columns; latency p50 "
               f"{statistics.median(stats[0].latencies) * 1000:.1f} ms")
+        print(f"    {history_size(daemon)}")
         frames = stats[0].frames
         if frames:
             raw = statistics.mean(stats[0].raw_sizes)
