@@ -31,7 +31,8 @@ describe('dashboard', { skip }, () => {
     const host = await page.locator('.hostchip').first().innerText()
     assert.match(host, /live/)
     assert.deepEqual(browser.errors, [])
-    await shot(page, 'overview-light.png')
+    await page.waitForTimeout(2500) // a process table poll and a few live frames
+    await shot(page, 'overview-light.png', true)
   })
 
   it('fills charts from the history, not from the moment the page opened', async () => {
@@ -129,7 +130,8 @@ describe('dashboard', { skip }, () => {
     await page.waitForFunction(() => document.querySelectorAll('main section canvas').length >= 4)
     await page.waitForTimeout(500)
     assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark')
-    await shot(page, 'overview-dark.png')
+    await page.waitForTimeout(2500)
+    await shot(page, 'overview-dark.png', true)
   })
 })
 

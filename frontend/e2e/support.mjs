@@ -114,6 +114,6 @@ export async function legendValue(page, title, label) {
     .innerText()
 }
 
-export async function shot(page, name) {
-  if (SHOTS) await page.screenshot({ path: join(SHOTS, name) })
+export async function shot(page, name, fullPage = false) {
+  if (SHOTS) await page.screenshot({ path: join(SHOTS, name), fullPage })
 }

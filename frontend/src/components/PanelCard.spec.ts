@@ -64,10 +64,12 @@ describe('WidgetCatalogue', () => {
 })
 
 describe('Sparkline', () => {
-  it('draws a line with gaps', () => {
-    const w = mount(Sparkline, { props: { values: [0, 0.5, null, 1], width: 30, height: 10 } })
+  it('draws a line with gaps, bridging a slower collector’s single nulls', () => {
+    const w = mount(Sparkline, { props: { values: [0, 0.5, null, null, 1], width: 40, height: 10 } })
     const d = w.find('path').attributes('d')!
     expect(d.match(/M/g)).toHaveLength(2)
     expect(d).toContain('L10.0 5.0')
+    const bridged = mount(Sparkline, { props: { values: [0, null, 1], width: 20, height: 10 } })
+    expect(bridged.find('path').attributes('d')!.match(/M/g)).toHaveLength(1)
   })
 })

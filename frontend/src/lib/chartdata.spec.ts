@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { panelById, type PanelSpec } from './catalogue'
-import { buildChart, type SourceLike } from './chartdata'
+import { bridgeCadence, buildChart, type SourceLike } from './chartdata'
 import type { Descriptor } from './protocol'
 import { Timeline, seriesKey } from './timeline'
 
@@ -54,5 +54,19 @@ describe('buildChart', () => {
     tl.add([1], [seriesKey('a.b', ''), seriesKey('c.d', '')], [[1], [2]], [1, 1])
     const m = buildChart(p, source(tl, [desc('a.b', 'bytes', true, 1024), desc('c.d', 'time', false, 1e-3)]))
     expect(m.series.map((x) => x.scale)).toEqual(['bytes/s', 'time'])
+  })
+})
+
+describe('bridgeCadence', () => {
+  it('spans the nulls of a slower collector but keeps real gaps', () => {
+    const t = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    const col = [1, null, 2, null, 3, null, null, null, null, null, 4]
+    expect(bridgeCadence(col, t)).toEqual([1, undefined, 2, undefined, 3, null, null, null, null, null, 4])
+  })
+  it('leaves a dense column alone, single missing samples included', () => {
+    const col = [1, 2, null, 4]
+    expect(bridgeCadence(col, [1, 2, 3, 4])).toEqual([1, 2, null, 4])
+    const dense = [1, 2, 3]
+    expect(bridgeCadence(dense, [1, 2, 3])).toBe(dense)
   })
 })

@@ -24,7 +24,7 @@ export interface ChartModel {
   series: ChartSeries[]
   data: AlignedData
   /** Unstacked values, for the legend and tooltips of stacked charts. */
-  raw: Column[]
+  raw: (number | null | undefined)[][]
   stack: boolean
   /** Instances left out because the panel shows at most `limit` per metric. */
   hidden: number
@@ -55,6 +55,38 @@ function unitsFor(desc: Descriptor | undefined, percent: boolean): UnitsLike {
   return baseUnits(desc.value_units.kind, desc.value_units.per_sec)
 }
 
+/**
+ * Collectors run at their own cadence (processes and cgroups every 2 s under a 1 s
+ * stream), so a column holds a value every other frame with nulls between. uPlot draws
+ * `null` as a gap and spans `undefined`: nulls shorter than 1.5x the column's own
+ * cadence become undefined (drawn through), longer runs stay gaps (a missed collection,
+ * a daemon restart). Returns the column itself when nothing needs bridging.
+ */
+export function bridgeCadence(col: Column, times: number[]): (number | null | undefined)[] {
+  let cadence = Infinity
+  let prev = -1
+  let sparse = false
+  for (let i = 0; i < col.length; i++) {
+    if (col[i] === null) continue
+    if (prev >= 0) {
+      cadence = Math.min(cadence, times[i] - times[prev])
+      if (i - prev > 1) sparse = true
+    }
+    prev = i
+  }
+  if (!sparse || !Number.isFinite(cadence)) return col
+  const out: (number | null | undefined)[] = col.slice()
+  prev = -1
+  for (let i = 0; i < col.length; i++) {
+    if (col[i] === null) continue
+    if (prev >= 0 && i - prev > 1 && times[i] - times[prev] <= 1.5 * cadence) {
+      for (let j = prev + 1; j < i; j++) out[j] = undefined
+    }
+    prev = i
+  }
+  return out
+}
+
 function peak(col: Column, from: number): number {
   let m = -Infinity
   for (let i = Math.max(0, from); i < col.length; i++) {
@@ -68,7 +100,7 @@ export function buildChart(panel: PanelSpec, src: SourceLike, opts: BuildOptions
   const limit = opts.limit ?? 16
   const tl = src.timelineFor(panel.series[0]?.metric ?? '')
   const series: ChartSeries[] = []
-  const cols: Column[] = []
+  const cols: (number | null | undefined)[][] = []
   let hidden = 0
   for (const spec of panel.series) {
     let instances = [...(tl.instances.get(spec.metric) ?? [])].sort(naturalCompare)
@@ -94,7 +126,8 @@ export function buildChart(panel: PanelSpec, src: SourceLike, opts: BuildOptions
         units,
         color: PALETTE[series.length % PALETTE.length],
       })
-      cols.push(spec.percent ? col.map((x) => (x === null ? null : x / 100)) : opts.snapshot ? col.slice() : col)
+      const own = spec.percent ? col.map((x) => (x === null ? null : x / 100)) : opts.snapshot ? col.slice() : col
+      cols.push(bridgeCadence(own, tl.times))
     }
   }
   const stack = !!panel.stack && series.length > 1
@@ -104,13 +137,13 @@ export function buildChart(panel: PanelSpec, src: SourceLike, opts: BuildOptions
     // Cumulative sums, bottom series first; a gap in every series stays a gap.
     drawn = []
     const n = tl.length
-    let acc: Column = new Array<number | null>(n).fill(null)
+    let acc: (number | null | undefined)[] = new Array<number | null>(n).fill(null)
     for (const col of cols) {
-      const next: Column = new Array<number | null>(n)
+      const next: (number | null | undefined)[] = new Array<number | null>(n)
       for (let i = 0; i < n; i++) {
         const a = acc[i]
         const b = col[i]
-        next[i] = a === null ? b : b === null ? a : a + b
+        next[i] = a == null ? b : b == null ? a : a + b
       }
       drawn.push(next)
       acc = next
