@@ -104,4 +104,4 @@ def test_dashboard_end_to_end(daemon: str) -> None:
     passed = next(
         (int(line.split()[-1]) for line in output.splitlines() if line.startswith("# pass")), 0
     )
-    assert passed >= 9, output
+    assert passed >= 11, output

@@ -2,7 +2,7 @@
 // (the system's /usr/bin/chromium; never a downloaded browser) and, for tests that
 // restart a daemon, a real `hostscope serve` owned by the test.
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -79,8 +79,15 @@ export async function waitHealthy(base, timeoutMs = 20000) {
 }
 
 /** Start a daemon with SERVE on `port`; resolves once /healthz answers. */
-export async function startDaemon(port) {
+export async function startDaemon(port, { allowedOrigins = [] } = {}) {
   const [cmd, ...args] = SERVE.map((a) => a.replaceAll('{port}', String(port)))
+  let configDir = null
+  if (allowedOrigins.length) {
+    configDir = mkdtempSync(join(tmpdir(), 'hostscope-e2e-conf-'))
+    const file = join(configDir, 'hostscope.toml')
+    writeFileSync(file, `allowed_origins = ${JSON.stringify(allowedOrigins)}\n`)
+    args.push('--config', file)
+  }
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', (d) => (stderr += d))
@@ -96,6 +103,7 @@ export async function startDaemon(port) {
     child,
     stop() {
       return new Promise((resolve) => {
+        if (configDir) rmSync(configDir, { recursive: true, force: true })
         if (child.exitCode !== null) return resolve()
         child.once('exit', () => resolve())
         child.kill('SIGTERM')

@@ -28,6 +28,14 @@ export function streamUrl(base: string): string {
   return url.toString()
 }
 
+function originOf(base: string): string {
+  try {
+    return new URL(base).origin
+  } catch {
+    return base
+  }
+}
+
 /** Why a daemon could not be reached, in terms a person can act on. */
 export function unreachableMessage(base: string): string {
   const where = base || location.origin
@@ -35,7 +43,7 @@ export function unreachableMessage(base: string): string {
   const mixed = location.protocol === 'https:' && base.startsWith('http:')
   return mixed
     ? `Cannot reach ${where}: this page is served over HTTPS and the browser blocks plain-HTTP daemons (mixed content). Serve that daemon over HTTPS.`
-    : `Cannot reach ${where}. If the daemon is running there, it must allow this page's origin: add "${location.origin}" to its allowed_origins.`
+    : `Cannot reach ${where}. If a hostscope daemon is running there, the two daemons must trust each other: add "${location.origin}" to the allowed_origins of the daemon at ${where}, and "${originOf(base)}" to the allowed_origins of the daemon serving this page (which lets this page connect to it).`
 }
 
 export async function getJson<T>(base: string, path: string, signal?: AbortSignal): Promise<T> {

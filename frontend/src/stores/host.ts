@@ -121,8 +121,12 @@ export class HostConnection {
     this.main = new Timeline(windowS + 10)
   }
 
+  /** Host name as the daemon reports it, with the address when it is not this page's. */
   get label(): string {
-    return this.hello.value?.host ?? this.info.value?.hostname ?? (this.base || location.host)
+    const name = this.hello.value?.host ?? this.info.value?.hostname
+    const addr = this.base.replace(/^https?:\/\//, '')
+    if (!name) return addr || location.host
+    return addr ? `${name} (${addr})` : name
   }
 
   get intervalS(): number {
@@ -418,6 +422,8 @@ export class HostConnection {
   private sent: string[][] = []
 
   private notice(code: string, message: string): void {
+    // Retries repeat the same failure: say it once.
+    if (this.notices.value.some((n) => n.message === message)) return
     this.notices.value = [...this.notices.value.slice(-4), { at: this.env.now(), code, message }]
   }
 
