@@ -5,8 +5,11 @@ from __future__ import annotations
 from .collector import Collector
 from .collectors.cgroup import CgroupCollector
 from .collectors.cpu import CpuCollector
+from .collectors.disk import DiskCollector
+from .collectors.filesys import FilesysCollector
 from .collectors.host import HostCollector
 from .collectors.memory import MemoryCollector
+from .collectors.network import NetworkCollector, TcpConnCollector
 from .collectors.process import ProcessCollector
 from .collectors.psi import PsiCollector
 from .history import History
@@ -21,6 +24,12 @@ def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list
         CpuCollector(roots),
         MemoryCollector(roots),
         PsiCollector(roots),  # registers nothing where PSI is absent; .reason says why
+        DiskCollector(roots),
+        FilesysCollector(roots),  # every 5 s; tmpfs and network filesystems off by default
+        NetworkCollector(roots),
+        # Per-state TCP counts make the kernel walk the whole TCP hash table (~0.6 ms
+        # through netlink even when idle), so they have their own 2 s cadence.
+        TcpConnCollector(roots),
         HostCollector(roots),  # every 10 s: identity and inventory change rarely
         ProcessCollector(roots, interval_s=process_interval_s),
         CgroupCollector(roots, interval_s=2.0),

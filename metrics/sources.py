@@ -38,8 +38,9 @@ class Roots:
 class SourceUnavailable(Exception):
     """A source file could not be read for an expected reason.
 
-    ``reason`` is one of ``"missing"`` (file or feature absent, or the process
-    vanished), ``"denied"`` (permission) or ``"vanished"`` (process exited mid-read).
+    ``reason`` is one of ``"missing"`` (file or feature absent), ``"denied"``
+    (permission), ``"vanished"`` (process exited mid-read) or ``"too large"`` (more
+    than the caller's size limit: a parse of a prefix would silently under-count).
     """
 
     def __init__(self, path: Path, reason: str, detail: str = "") -> None:
@@ -83,13 +84,17 @@ def read_bytes(path: Path, limit: int = 4 << 20) -> bytes:
     try:
         chunks: list[bytes] = []
         size = 0
-        while size < limit:
+        while True:
             try:
-                chunk = os.read(fd, min(65536, limit - size))
+                chunk = os.read(fd, min(65536, limit - size) if size < limit else 1)
             except OSError as exc:
                 raise translate(exc, path) from None
             if not chunk:
                 break
+            if size >= limit:
+                # Silently parsing a prefix would under-count (e.g. sockets in a huge
+                # /proc/net/tcp); say that the source was too large instead.
+                raise SourceUnavailable(path, "too large", f"more than {limit} bytes")
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks)

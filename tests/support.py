@@ -36,5 +36,5 @@ def fixture_roots(*parts: str) -> Roots:
 def copy_fixture(tmp_path: Path, *parts: str) -> Roots:
     """A writable copy of a fixture tree, for tests that change files between samples."""
     dest = tmp_path / "tree"
-    shutil.copytree(FIXTURES.joinpath(*parts), dest)
+    shutil.copytree(FIXTURES.joinpath(*parts), dest, symlinks=True)
     return Roots.under(dest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hostscope.metrics.collector import Collector, Derivation, Raw, ratio
@@ -113,3 +115,14 @@ def test_failing_derivation_loses_only_its_own_metric() -> None:
     assert sampler.latest["x.level"] == {"": 3.0}
     assert "x.broken" not in sampler.latest
     assert "ZeroDivisionError" in (sampler.status["x"].last_error or "")
+
+
+def test_read_bytes_refuses_to_parse_a_prefix_of_a_huge_file(tmp_path: Path) -> None:
+    from hostscope.metrics.sources import SourceUnavailable, read_bytes, read_optional
+
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 1000)
+    assert read_bytes(path, limit=1000) == b"x" * 1000
+    with pytest.raises(SourceUnavailable, match="too large"):
+        read_bytes(path, limit=999)
+    assert read_optional(tmp_path / "absent") is None
