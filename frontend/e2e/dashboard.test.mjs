@@ -61,6 +61,12 @@ describe('dashboard', { skip }, () => {
     await page.getByRole('button', { name: 'Remove Process creation' }).click()
     await page.locator('section[aria-label="Process creation"]').waitFor({ state: 'detached' })
     await page.waitForFunction(() => !location.search.includes('cpu.forks'))
+    // reorder and resize from the keyboard-reachable buttons
+    await page.getByRole('button', { name: 'Move CPU utilisation later' }).focus()
+    await page.keyboard.press('Enter')
+    await page.waitForFunction(() => location.search.includes('panels=mem.util,cpu.util'))
+    await page.getByRole('button', { name: 'Change height of Memory' }).click()
+    await page.waitForFunction(() => location.search.includes('mem.util~2x2'))
   })
 
   it('adds a custom widget for any metric, with a unit-aware axis', async () => {
@@ -90,6 +96,41 @@ describe('dashboard', { skip }, () => {
     assert.equal(round.get('panels'), 'cpu.load~2x1,custom:kernel.all.nprocs,mem.util')
     assert.equal(round.get('window'), '900')
     assert.equal(round.get('theme'), 'dark')
+  })
+
+  it('zooms by dragging, pauses, and goes back to live', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=cpu.util,mem.util&window=60`)
+    const over = page.locator('section[aria-label="CPU utilisation"] .u-over')
+    await over.waitFor()
+    await page.waitForTimeout(500)
+    const box = await over.boundingBox()
+    await page.mouse.move(box.x + box.width * 0.5, box.y + 20)
+    await page.mouse.down()
+    await page.mouse.move(box.x + box.width * 0.8, box.y + 20, { steps: 5 })
+    await page.mouse.up()
+    await page.getByText('Zoomed in: charts are paused.').waitFor()
+    assert.equal(await page.getByRole('button', { name: 'Reset zoom' }).count(), 1)
+    await page.getByRole('button', { name: 'back to live' }).click()
+    await page.getByText('Zoomed in').waitFor({ state: 'detached' })
+    await page.getByRole('button', { name: '❚❚ Pause' }).click()
+    await page.getByText('Paused: charts are frozen').waitFor()
+    await page.getByRole('button', { name: '▶ Resume' }).click()
+    await page.getByRole('button', { name: '❚❚ Pause' }).waitFor()
+  })
+
+  it('scopes the process table to one container', async () => {
+    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`)).json()).processes
+    const container = procs.map((p) => p.container).find((c) => c)
+    if (!container) return // no process in any container on this host
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=proc.top~2x2&container=${encodeURIComponent(container)}`)
+    const rows = page.locator('section[aria-label="Top processes"] tbody tr')
+    await rows.first().waitFor({ timeout: 10000 })
+    const shown = await page.locator('section[aria-label="Top processes"] tbody td.cmd .ctr').allInnerTexts()
+    assert.ok(shown.length > 0)
+    assert.ok(shown.every((c) => c === container), `rows outside ${container}: ${shown}`)
+    assert.equal(await page.locator('#ctr').inputValue(), container)
   })
 
   it('says clearly when a metric is not on this host', async () => {
