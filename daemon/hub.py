@@ -32,12 +32,17 @@ from . import encode
 #: Instance domains narrowed by ``filter.container``, and the string metric that names
 #: each instance's container.
 CONTAINER_SOURCE = {"proc": "proc.id.container", "cgroup": "cgroup.container.name"}
-#: Backfill frames hold at most this many timestamps, and at most BACKFILL_CELLS values.
+#: Backfill frames hold at most this many timestamps, and about BACKFILL_CELLS values
+#: (encoding 10,000 values takes ~4 ms, the longest the loop is held per frame).
 BACKFILL_TIMESTAMPS = 600
-BACKFILL_CELLS = 60_000
+BACKFILL_CELLS = 10_000
+#: History is read for backfill in batches of about this many values (~10 ms each).
+BACKFILL_QUERY_CELLS = 50_000
 
 LayoutKey = tuple[tuple[str, tuple[str, ...]], ...]
 SubKey = tuple[tuple[str, ...], str | None]
+#: (timestamps, one column of values per series) of one backfill frame.
+Chunk = tuple[list[float], list[list[float | None]]]
 
 _G6 = "%.6g".__mod__
 
@@ -404,31 +409,65 @@ class Hub:
                     append(encode.number(v))
         return encode.samples_frame(layout.id, (tick.timestamp,), cols, backfill=False)
 
-    def backfill(
-        self, layout: Layout, seconds: float, *, after: float | None = None
-    ) -> tuple[list[tuple[list[float], list[list[float | None]]]], float | None]:
-        """History for ``layout``'s columns: (chunks of (times, columns), last time).
+    async def backfill(self, layout: Layout, seconds: float) -> tuple[list[Chunk], float | None]:
+        """History of ``layout``'s columns over the last ``seconds``, in frame-sized chunks,
+        and the newest timestamp included (None if there is none).
 
-        Groups of different collectors are merged on their timestamps (every collector
-        collected in a tick shares the tick's timestamp); a column is None where its
-        collector did not run. Only timestamps after ``after`` are returned, so a caller
-        can top up what arrived while it was sending.
+        History is read in batches of about :data:`BACKFILL_QUERY_CELLS` values with the
+        event loop free in between, so an hour of history for a big subscription does not
+        stall every other client. Everything is cut at the newest tick published when
+        the call started; :meth:`backfill_since` returns what came after.
         """
         history = self.sampler.history
         now = self.sampler.latest_timestamp
         if history is None or now is None or not layout.key or seconds <= 0:
+            return [], None
+        points = seconds / self.sampler.interval_s + 1
+        parts: list[tuple[list[float], list[list[float | None]]]] = []
+        batch: list[tuple[str, tuple[str, ...]]] = []
+        cells = 0
+        for group in layout.key:
+            batch.append(group)
+            cells += len(group[1]) * points
+            if cells >= BACKFILL_QUERY_CELLS:
+                parts.append(self._read_history(tuple(batch), seconds, now, None))
+                batch, cells = [], 0
+                await asyncio.sleep(0)
+        if batch:
+            parts.append(self._read_history(tuple(batch), seconds, now, None))
+        stamps, columns = _combine(parts)
+        return _chunk(stamps, columns), (stamps[-1] if stamps else None)
+
+    def backfill_since(self, layout: Layout, after: float) -> tuple[list[Chunk], float]:
+        """Chunks of what was published after ``after`` (synchronous: a few ticks)."""
+        now = self.sampler.latest_timestamp
+        if self.sampler.history is None or now is None or now <= after or not layout.key:
             return [], after
-        instances = {name: set(insts) for name, insts in layout.key}
+        seconds = now - after + self.sampler.interval_s
+        stamps, columns = self._read_history(layout.key, seconds, now, after)
+        return _chunk(stamps, columns), (stamps[-1] if stamps else after)
+
+    def _read_history(
+        self, part: LayoutKey, seconds: float, now: float, after: float | None
+    ) -> tuple[list[float], list[list[float | None]]]:
+        """(timestamps in (after, now], one column per (metric, instance) of ``part``).
+
+        Groups of different collectors are merged on their timestamps (every collector
+        collected in a tick shares the tick's timestamp); a column is None where its
+        collector did not run.
+        """
+        history = self.sampler.history
+        assert history is not None
+        instances = {name: set(insts) for name, insts in part}
         slices = history.query(list(instances), seconds, now=now, instances=instances)
         column_of: dict[tuple[str, str], int] = {}
-        for name, insts in layout.key:
+        for name, insts in part:
             for inst in insts:
                 column_of[(name, inst)] = len(column_of)
-        stamps = sorted({t for s in slices for t in s.timestamps if after is None or t > after})
-        if not stamps:
-            return [], after
-        ncols = len(column_of)
-        columns: list[list[float | None]] = [[None] * len(stamps) for _ in range(ncols)]
+        stamps = sorted({
+            t for s in slices for t in s.timestamps if t <= now and (after is None or t > after)
+        })
+        columns: list[list[float | None]] = [[None] * len(stamps) for _ in column_of]
         position = {t: i for i, t in enumerate(stamps)}
         for piece in slices:
             where = [position.get(t) for t in piece.timestamps]
@@ -444,12 +483,7 @@ class Hub:
                 for pos, value in zip(where, values, strict=True):
                     if pos is not None:
                         target[pos] = value
-        per_frame = max(1, min(BACKFILL_TIMESTAMPS, BACKFILL_CELLS // max(1, ncols)))
-        chunks = [
-            (stamps[i : i + per_frame], [c[i : i + per_frame] for c in columns])
-            for i in range(0, len(stamps), per_frame)
-        ]
-        return chunks, stamps[-1]
+        return stamps, columns
 
     @staticmethod
     def encode_backfill(
@@ -458,6 +492,38 @@ class Hub:
         return encode.samples_frame(
             layout.id, times, (encode.numbers(c) for c in columns), backfill=True
         )
+
+
+def _combine(
+    parts: list[tuple[list[float], list[list[float | None]]]],
+) -> tuple[list[float], list[list[float | None]]]:
+    """Columns of several history reads side by side on the union of their timestamps."""
+    if len(parts) == 1:
+        return parts[0]
+    stamps = sorted({t for part_stamps, _ in parts for t in part_stamps})
+    position = {t: i for i, t in enumerate(stamps)}
+    columns: list[list[float | None]] = []
+    for part_stamps, part_columns in parts:
+        if part_stamps == stamps:
+            columns.extend(part_columns)
+            continue
+        where = [position[t] for t in part_stamps]
+        for column in part_columns:
+            full: list[float | None] = [None] * len(stamps)
+            for pos, value in zip(where, column, strict=True):
+                full[pos] = value
+            columns.append(full)
+    return stamps, columns
+
+
+def _chunk(stamps: list[float], columns: list[list[float | None]]) -> list[Chunk]:
+    """Frame-sized pieces: at most BACKFILL_TIMESTAMPS timestamps and about
+    BACKFILL_CELLS values each (so encoding one frame takes a few milliseconds)."""
+    per_frame = max(1, min(BACKFILL_TIMESTAMPS, BACKFILL_CELLS // max(1, len(columns))))
+    return [
+        (stamps[i : i + per_frame], [c[i : i + per_frame] for c in columns])
+        for i in range(0, len(stamps), per_frame)
+    ]
 
 
 def interval_multiple(requested: float, base: float) -> int:

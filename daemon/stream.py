@@ -40,7 +40,10 @@ MAX_BACKFILL_S = 3600.0
 DEFAULT_BACKFILL_S = 300.0
 HEARTBEAT_S = 25.0
 MAX_MSG_SIZE = 64 * 1024
+WRITER_LIMIT = 16 * 1024
 TRY_AGAIN_LATER = 1013
+#: Seconds a client may take to make room for the next backfill frame.
+BACKFILL_SEND_TIMEOUT_S = 10.0
 #: Seconds to wait for a dropped or shut-down client's close handshake.
 CLOSE_TIMEOUT_S = 2.0
 #: Then this long for it to read what is buffered before the socket is cut.
@@ -178,21 +181,44 @@ class _Connection:
         layout = hub.subscription_changed(client)
         client.offer(hub.meta_frame(client))
         if backfill and backfill > 0:
-            chunks, last = hub.backfill(layout, backfill)
+            chunks, last = await hub.backfill(layout, backfill)
             for times, columns in chunks:
-                if not client.offer(hub.encode_backfill(layout, times, columns)):
+                if not await self.push(hub.encode_backfill(layout, times, columns)):
                     return
-                await asyncio.sleep(0)  # big backfills must not stall other clients
-                if client.closed:
-                    return
-            if last is not None:
-                # Top up ticks published while we yielded; no await from here to live.
-                more, _ = hub.backfill(layout, backfill, after=last)
+                await asyncio.sleep(0)  # let other clients' frames through between chunks
+            # Top up what was published meanwhile until nothing is left; the last check
+            # and going live happen without an await, so no tick falls in between.
+            while last is not None and not client.closed:
+                more, newest = hub.backfill_since(layout, last)
+                if not more:
+                    break
                 for times, columns in more:
-                    client.offer(hub.encode_backfill(layout, times, columns))
-            if client.closed:
-                return
+                    if not await self.push(hub.encode_backfill(layout, times, columns)):
+                        return
+                last = newest
+        if client.closed:
+            return
         client.live = True
+
+    async def push(self, frame: bytes) -> bool:
+        """Queue a backfill frame, waiting for room (the client is not live yet, so the
+        hub is not feeding it); a client that does not make room in time is dropped."""
+        client = self.client
+        if client.closed:
+            return False
+        try:
+            client.queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(client.queue.put(frame), BACKFILL_SEND_TIMEOUT_S)
+        except TimeoutError:
+            if not client.closed:
+                client.closed = True
+                self.overflow(client)
+            return False
+        return not client.closed
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         names = _names(message, "names", required=True)
@@ -264,6 +290,9 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=MAX_MSG_SIZE,
         compress=True,
         timeout=CLOSE_TIMEOUT_S,
+        # Check for a full socket every 16 KiB written (aiohttp's default is 64 KiB): a
+        # stalled client is noticed sooner and pins less memory before it is dropped.
+        writer_limit=WRITER_LIMIT,
     )
     await ws.prepare(request)
     hub = app[HUB]

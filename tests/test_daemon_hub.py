@@ -254,12 +254,12 @@ def test_unregister_releases_layouts() -> None:
     assert hub._interned == {} and hub._layout_cache == {}
 
 
-def test_backfill_merges_groups_by_timestamp() -> None:
+async def test_backfill_merges_groups_by_timestamp() -> None:
     sampler, _, hub = make(proc_interval=2.0)
     for _ in range(6):
         tick(sampler, hub)
     c = client(hub, "kernel.all.load", "proc.memory.rss")
-    chunks, last = hub.backfill(c.layout, 3600)
+    chunks, last = await hub.backfill(c.layout, 3600)
     ((times, columns),) = chunks
     assert len(times) == 6 and times == sorted(times) and last == times[-1]
     by = dict(zip((tuple(s) for s in c.layout.series()), columns, strict=True))
@@ -270,9 +270,32 @@ def test_backfill_merges_groups_by_timestamp() -> None:
     assert frame["backfill"] is True and frame["seq"] == c.layout.id
     assert len(frame["v"]) == len(by)
 
+    assert hub.backfill_since(c.layout, last) == ([], last)
     tick(sampler, hub)
-    more, newest = hub.backfill(c.layout, 3600, after=last)
+    more, newest = hub.backfill_since(c.layout, last)
     assert len(more) == 1 and len(more[0][0]) == 1 and newest > last
+
+
+async def test_backfill_in_batches_matches_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    sampler, table, hub = make(proc_interval=2.0)
+    for i in range(30):
+        table.table[f"{1000 + i}:1"] = ("web-1", float(i))
+        tick(sampler, hub)
+    c = client(hub, "kernel", "proc.memory.rss")
+    whole, last = await hub.backfill(c.layout, 3600)
+    monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_QUERY_CELLS", 50)
+    monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_CELLS", 100)
+    batched, last_batched = await hub.backfill(c.layout, 3600)
+    assert last_batched == last
+    assert len(batched) > len(whole)
+
+    def joined(chunks: list) -> tuple[list[float], list[list[float | None]]]:
+        times = [t for ts, _ in chunks for t in ts]
+        ncols = len(chunks[0][1])
+        return times, [[v for _, cols in chunks for v in cols[i]] for i in range(ncols)]
+
+    assert joined(batched) == joined(whole)
+    assert all(len(ts) * len(cols) <= max(100, len(cols)) for ts, cols in batched)
 
 
 # -- encoding ------------------------------------------------------------------------

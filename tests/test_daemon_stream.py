@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostscope.daemon.app import create_app
 from hostscope.daemon.config import Config
-from hostscope.daemon.keys import HUB, SAMPLER
+from hostscope.daemon.hub import Hub
+from hostscope.daemon.keys import HUB, SAMPLER, WEBSOCKETS
 from hostscope.metrics.defaults import build_sampler
 from hostscope.metrics.history import History
 from hostscope.metrics.sampler import Sampler, SystemClock
@@ -88,6 +89,13 @@ async def daemon() -> AsyncIterator[Daemon]:
     runner, d = await run_daemon(Config(interval=INTERVAL))
     yield d
     await runner.cleanup()
+
+
+def on_grid(gaps: list[float], interval: float) -> bool:
+    """Each gap is a whole number (>= 1) of intervals, give or take timer jitter: ticks
+    follow the daemon's monotonic grid (a loaded machine may skip a slot, never drift)."""
+    return all(g > interval * 0.6 and abs(g / interval - round(g / interval)) < 0.4
+               for g in gaps)
 
 
 async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
@@ -165,7 +173,7 @@ async def test_subscribe_backfill_then_live(daemon: Daemon) -> None:
                 live.append(msg)
         assert all(len(m["t"]) == 1 and all(len(c) == 1 for c in m["v"]) for m in live)
         gaps = [b["t"][0] - a["t"][0] for a, b in itertools.pairwise(live)]
-        assert all(INTERVAL * 0.5 < g < INTERVAL * 2.5 for g in gaps), gaps
+        assert on_grid(gaps, INTERVAL), gaps
         # Rounded to 6 significant digits.
         for m in live:
             for (value,) in m["v"]:
@@ -317,7 +325,7 @@ async def test_interval_is_a_multiple_of_the_base(daemon: Daemon) -> None:
         assert meta["interval_s"] == pytest.approx(0.3)
         stamps = [(await recv_type(ws, "samples"))["t"][0] for _ in range(4)]
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
-        assert all(0.2 < g < 0.45 for g in gaps), gaps
+        assert on_grid(gaps, 0.3), gaps
 
 
 async def test_container_filter_keeps_host_metrics(daemon: Daemon) -> None:
@@ -382,7 +390,84 @@ async def test_same_origin_is_accepted(daemon: Daemon) -> None:
 # -- flow control --------------------------------------------------------------------
 
 
+async def stalled_client(daemon: Daemon) -> ClientConnection:
+    """A client on a congested path: it never reads, its receive buffer is tiny and the
+    daemon's kernel send buffer for it is tiny (as on a slow link), so the daemon's
+    writes back up after a few frames instead of after megabytes of kernel buffering."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", daemon.port))
+    sock.setblocking(False)
+    before = set(daemon.app[WEBSOCKETS])
+    ws = await connect(daemon.url, sock=sock, max_queue=1, max_size=None, compression=None)
+    (server_side,) = set(daemon.app[WEBSOCKETS]) - before
+    transport = server_side._req.transport  # the daemon's end of this connection
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return ws
+
+
+async def collect_until_dropped(
+    fast: ClientConnection, hub: Hub
+) -> tuple[list[float], list[float]]:
+    """Read the fast client until the hub has dropped a client (and 20 more frames)."""
+    arrivals: list[float] = []
+    stamps: list[float] = []
+    deadline = time.monotonic() + 30
+    while hub.stats.dropped == 0 or len(arrivals) < 20:
+        assert time.monotonic() < deadline, "slow client was never dropped"
+        msg = await recv(fast)
+        if msg["type"] == "samples":
+            arrivals.append(time.monotonic())
+            stamps.extend(msg["t"])
+    return arrivals, stamps
+
+
+async def expect_1013(slow: ClientConnection) -> None:
+    """Reading now yields what was buffered, then the close frame 1013."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(slow.recv(), 10)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1013
+    assert info.value.rcvd.reason == "client too slow"
+
+
 async def test_slow_client_dropped_fast_client_on_schedule() -> None:
+    interval = 0.05
+    runner, daemon = await run_daemon(Config(interval=interval, client_queue=8))
+    hub = daemon.app[HUB]
+    try:
+        async with connect(daemon.url) as fast:
+            await hello(fast)
+            await subscribe(fast, names=["kernel.all.load"], backfill=0)
+            await recv_type(fast, "meta")
+
+            # Live frames of every kernel metric (~1.5 KB each, 20 a second) back up in
+            # the slow client's buffers until its queue overflows.
+            slow = await stalled_client(daemon)
+            await slow.send(json.dumps({"type": "subscribe", "names": ["kernel", "hinv"],
+                                        "backfill": 0}))
+            arrivals, stamps = await collect_until_dropped(fast, hub)
+            assert hub.stats.dropped == 1
+            assert len(hub.clients) == 1  # only the fast client is still registered
+
+            # The fast client kept its schedule while the slow one was stuck for seconds:
+            # sample times on the daemon's grid, frames arriving at the tick rate.
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
+            assert on_grid(gaps, interval), gaps
+            assert max(gaps) < 0.2, gaps
+            spacing = [b - a for a, b in itertools.pairwise(arrivals)]
+            assert max(spacing) < 0.2, spacing
+            await expect_1013(slow)
+    finally:
+        await runner.cleanup()
+
+
+async def test_client_too_slow_for_its_backfill_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client gets this long to make room for each backfill frame (10 s in production).
+    monkeypatch.setattr("hostscope.daemon.stream.BACKFILL_SEND_TIMEOUT_S", 0.5)
     interval = 0.05
     sampler = prefilled_sampler(1200, interval)
     runner, daemon = await run_daemon(Config(interval=interval, client_queue=8), sampler)
@@ -392,44 +477,13 @@ async def test_slow_client_dropped_fast_client_on_schedule() -> None:
             await hello(fast)
             await subscribe(fast, names=["kernel.all.load"], backfill=0)
             await recv_type(fast, "meta")
-
-            # The slow client: tiny receive buffer, never reads, and keeps asking for the
-            # whole history of every kernel metric (~0.5 MB each time). Once the kernel's
-            # socket buffers are full its writer blocks, its queue fills and it is dropped.
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", daemon.port))
-            sock.setblocking(False)
-            slow = await connect(daemon.url, sock=sock, max_queue=1, max_size=None,
-                                 compression=None)
-            for _ in range(20):
-                await slow.send(json.dumps({"type": "subscribe", "names": ["kernel", "hinv"],
-                                            "backfill": 3600}))
-
-            arrivals: list[float] = []
-            stamps: list[float] = []
-            deadline = time.monotonic() + 30
-            while hub.stats.dropped == 0 or len(arrivals) < 20:
-                assert time.monotonic() < deadline, "slow client was never dropped"
-                msg = await recv(fast)
-                if msg["type"] == "samples":
-                    arrivals.append(time.monotonic())
-                    stamps.extend(msg["t"])
-            assert hub.stats.dropped == 1
-            assert len(hub.clients) == 1  # only the fast client is still registered
-
-            # The fast client never missed a tick while the slow one was stuck.
-            gaps = [b - a for a, b in itertools.pairwise(stamps)]
-            assert max(gaps) < interval * 3, max(gaps)
+            slow = await stalled_client(daemon)
+            await slow.send(json.dumps({"type": "subscribe", "names": ["kernel", "hinv"],
+                                        "backfill": 3600}))  # ~0.7 MB of history
+            arrivals, _ = await collect_until_dropped(fast, hub)
+            assert len(hub.clients) == 1
             spacing = [b - a for a, b in itertools.pairwise(arrivals)]
-            assert max(spacing) < interval * 4, max(spacing)
-
-            # Now read: everything buffered, then the close frame 1013.
-            with pytest.raises(ConnectionClosed) as info:
-                while True:
-                    await asyncio.wait_for(slow.recv(), 10)
-            assert info.value.rcvd is not None
-            assert info.value.rcvd.code == 1013
-            assert info.value.rcvd.reason == "client too slow"
+            assert max(spacing) < 0.3, spacing
+            await expect_1013(slow)
     finally:
         await runner.cleanup()

@@ -65,11 +65,15 @@ async def test_ticks_stay_on_the_grid() -> None:
     # The first collection also pays for starting the worker thread: measure from the 2nd.
     starts = collector.started[1:]
     assert len(starts) >= 17
-    offsets = [(s - starts[0]) / interval for s in starts]
-    # Every tick starts within 20 ms of its grid slot: the 10 ms of work does not add up.
-    assert all(abs(o - round(o)) * interval < 0.02 for o in offsets), offsets
-    assert round(offsets[-1]) == len(starts) - 1
-    assert ticker.skipped == 0
+    slots = [round((s - starts[0]) / interval) for s in starts]
+    late = sorted(s - starts[0] - k * interval for s, k in zip(starts, slots, strict=True))
+    # Ticks start on their grid slot (timer jitter only): the 10 ms of work per tick does
+    # not accumulate. Over 20 ticks, a drifting loop would be 200 ms late by the end.
+    assert late[len(late) // 2] < 0.005, late
+    assert late[-1] < interval * 0.45, late
+    assert slots == sorted(set(slots))
+    # Every slot either ran or was counted as skipped (a loaded machine may skip one).
+    assert slots[-1] + 1 - len(starts) <= ticker.skipped
     assert [t.seq for t in ticks] == list(range(len(ticks)))
     assert len(ticks) in (len(starts) + 1, len(starts) + 2)
     assert sampler.latest["test.sleepy.calls"][""] == len(ticks)
@@ -77,14 +81,16 @@ async def test_ticks_stay_on_the_grid() -> None:
 
 async def test_overrun_skips_and_counts_missed_slots() -> None:
     interval = 0.05
-    collector = Sleepy({4: 0.13})  # the fifth tick takes 2.6 intervals
+    collector = Sleepy({4: 0.125})  # the fifth tick takes 2.5 intervals
     sampler = Sampler([collector], registry=MetricRegistry(), interval_s=interval)
     ticker = Ticker(sampler, lambda tick: None, clock=SystemClock())
     await run_for(ticker, 0.6)
-    assert ticker.skipped == 2
     starts = collector.started[1:]
     slots = [round((s - starts[0]) / interval) for s in starts]
-    assert slots[:5] == [0, 1, 2, 3, 6]  # slots 4 and 5 skipped, no burst of catch-up ticks
+    # The slots the long tick ran over were skipped and counted, not made up in a burst.
+    assert ticker.skipped >= 2
+    assert slots[:4] == [0, 1, 2, 3]
+    assert slots[4] >= 6 and slots[4] - 4 <= ticker.skipped
     assert all(b - a == 1 for a, b in itertools.pairwise(slots[4:]))
 
 
