@@ -28,13 +28,17 @@ from hostscope.metrics.collectors.network import (
     NETLINK_SOCK_DIAG,
     SOCK_DIAG_BY_FAMILY,
     TCP_STATES,
+    TCPDIAG_GETSOCK,
     NetworkCollector,
     SnmpPicker,
+    SockDiagError,
     TcpConnCollector,
+    TcpStateDump,
     parse_net_dev,
     parse_proc_tcp,
     parse_snmp,
     parse_sock_diag,
+    parse_sockstat,
     sock_diag_states,
     states_by_line,
     states_by_stride,
@@ -137,6 +141,24 @@ def test_collect_crafted_tree() -> None:
     for absent in ("network.tcp.incsumerrors", "network.udp.incsumerrors",
                    "network.tcp.reqqfulldrop", "network.tcp.rcvqdrop"):
         assert absent not in raw
+    assert one["network.sockstat.tcp.tw"] == 57
+    assert one["network.sockstat.tcp.orphan"] == 3
+    assert one["network.sockstat.tcp.alloc"] == 40
+    assert one["network.sockstat.tcp.mem"] == 19 * collector.page_size
+
+
+def test_parse_sockstat_and_a_missing_file(tmp_path: Path) -> None:
+    text = (CRAFTED / "proc/net/sockstat").read_text()
+    parsed = parse_sockstat(text)
+    assert parsed["TCP"] == {"inuse": 12, "orphan": 3, "tw": 57, "alloc": 40, "mem": 19}
+    assert parsed["FRAG"] == {"inuse": 0, "memory": 0}
+    cut = text[: text.index("tw 57") + 4]  # "... tw 5": the last line is not trusted
+    assert "TCP" not in parse_sockstat(cut)
+    assert parse_sockstat("TCP: inuse x tw 2\n")["TCP"] == {"tw": 2}
+    roots = copy_fixture(tmp_path, "network", "crafted")
+    (roots.proc / "net/sockstat").unlink()
+    raw = NetworkCollector(roots, page_size=4096).collect()
+    assert not any(name.startswith("network.sockstat") for name in raw)
 
 
 def test_semantics() -> None:
@@ -162,6 +184,7 @@ def test_collect_captured_live_tree() -> None:
     assert "lo" not in raw["network.interface.speed"]
     assert "network.tcp.outtransmits" not in raw
     assert {"network.tcp.insegs", "network.udp.indatagrams", "network.ip.inreceives"} <= set(raw)
+    assert raw["network.sockstat.tcp.alloc"][SINGULAR] >= raw["network.tcp.currestab"][SINGULAR]
 
 
 # --- through a real Sampler -------------------------------------------------------------
@@ -282,11 +305,12 @@ def test_tcpconn_from_crafted_files(tmp_path: Path) -> None:
     assert collector.collect()["network.tcpconn.listen"] == {SINGULAR: 3}
 
 
-def _diag_msg(state: int, attrs: bytes = b"") -> bytes:
+def _diag_msg(state: int, attrs: bytes = b"", *, kind: int = SOCK_DIAG_BY_FAMILY,
+              seq: int = 1) -> bytes:
     """One inet_diag reply: nlmsghdr + inet_diag_msg (72 bytes) + attributes."""
     msg = struct.pack("=BBBB48xIIIII", socket.AF_INET, state, 0, 0, 0, 0, 0, 1000, 4242)
     payload = msg + attrs
-    header = struct.pack("=IHHII", 16 + len(payload), SOCK_DIAG_BY_FAMILY, 2, 1, 0)
+    header = struct.pack("=IHHII", 16 + len(payload), kind, 2, seq, 0)
     return header + payload + b"\0" * (-len(payload) % 4)
 
 
@@ -299,30 +323,65 @@ def test_parse_sock_diag_messages() -> None:
     assert parse_sock_diag(_diag_msg(8) + done, counts) is True
     assert counts[1] == 2 and counts[10] == 1 and counts[6] == 1 and counts[8] == 1
     error = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -13) + b"\0" * 16
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(SockDiagError) as exc:
         parse_sock_diag(error, counts)
-    assert exc.value.errno == 13
+    assert exc.value.errno == 13 and isinstance(exc.value, OSError)
     assert parse_sock_diag(struct.pack("=IHHII", 4, 20, 0, 0, 0), counts) is False
 
 
+def test_parse_sock_diag_one_walk_replies_stale_dumps_and_buffer_end() -> None:
+    counts = [0] * 13
+    done = struct.pack("=IHHIIi", 20, 3, 2, 7, 0, 0)
+    stale_done = struct.pack("=IHHIIi", 20, 3, 2, 6, 0, 0)
+    buf = (_diag_msg(1, kind=TCPDIAG_GETSOCK, seq=6)  # the rest of an abandoned dump
+           + stale_done
+           + _diag_msg(10, kind=TCPDIAG_GETSOCK, seq=7)
+           + _diag_msg(1, kind=SOCK_DIAG_BY_FAMILY, seq=7)  # not this request's type
+           + _diag_msg(6, kind=TCPDIAG_GETSOCK, seq=7))
+    assert parse_sock_diag(buf, counts, kind=TCPDIAG_GETSOCK, seq=7) is False
+    assert counts[10] == 1 and counts[6] == 1 and counts[1] == 0
+    # a reused receive buffer: only the first ``end`` bytes are this read's
+    reused = bytearray(done + _diag_msg(1, kind=TCPDIAG_GETSOCK, seq=7))
+    assert parse_sock_diag(reused, counts, kind=TCPDIAG_GETSOCK, seq=7, end=0) is False
+    assert parse_sock_diag(reused, counts, kind=TCPDIAG_GETSOCK, seq=7, end=20) is True
+    assert counts[1] == 0
+
+
 def test_netlink_failure_falls_back_to_the_files(tmp_path: Path) -> None:
-    def refused(family: int) -> list[int]:
+    def refused() -> list[int]:
         # what socket(AF_NETLINK, ...) raises under RestrictAddressFamilies/seccomp
         raise OSError(97, "Address family not supported by protocol")
 
     roots = copy_fixture(tmp_path, "network", "crafted")
-    collector = TcpConnCollector(roots, source="netlink", sock_diag=refused)
+    collector = TcpConnCollector(roots, source="netlink", dump_states=refused)
     raw = collector.collect()
     assert collector.source == "proc"
     assert "Address family not supported" in (collector.fallback_reason or "")
     assert raw["network.tcpconn.established"] == {SINGULAR: 8}
 
 
+def test_netlink_timeout_fails_one_collection_only(tmp_path: Path) -> None:
+    calls = []
+
+    def slow() -> list[int]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TimeoutError("timed out")
+        return [0, 5] + [0] * 11
+
+    roots = copy_fixture(tmp_path, "network", "crafted")
+    collector = TcpConnCollector(roots, source="netlink", dump_states=slow)
+    with pytest.raises(TimeoutError):
+        collector.collect()
+    assert collector.source == "netlink" and collector.fallback_reason is None
+    assert collector.collect()["network.tcpconn.established"] == {SINGULAR: 5}
+
+
 def test_tcpconn_has_its_own_cadence() -> None:
     sampler = Sampler([TcpConnCollector(fixture_roots("network", "crafted"))],
                       registry=MetricRegistry(), clock=FakeClock())
-    assert sampler.group_interval_s("tcpconn") == 2.0
-    assert [bool(sampler.sample().groups) for _ in range(4)] == [True, False, True, False]
+    assert sampler.group_interval_s("tcpconn") == 5.0
+    assert [bool(sampler.sample().groups) for _ in range(6)] == [True] + [False] * 4 + [True]
 
 
 # --- live cross-checks -----------------------------------------------------------------
@@ -496,3 +555,110 @@ def test_live_sock_diag_matches_proc_files_at_rest() -> None:
     files = parse_proc_tcp(Path("/proc/net/tcp").read_bytes())
     assert v4[10] == files[10]  # listening sockets do not churn
     assert NETLINK_SOCK_DIAG == 4
+
+
+@pytest.mark.live
+def test_live_one_walk_dump_counts_both_families_like_two_dumps_and_ss() -> None:
+    count = 400  # 200 connections per family: 400 established sockets each
+    _fd_room(2 * count + 256)
+    dump = TcpStateDump()
+    with _open_connections(count):
+        one = dump()
+        two = dump.per_family()
+        ss = Counter(line.split()[0] for line in subprocess.run(
+            ["ss", "-tanH"], capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.splitlines() if line.strip())
+        v6 = sock_diag_states(socket.AF_INET6)
+    dump.close()
+    assert dump.mode == "one walk" and dump.note is None
+    # IPv6 sockets are in the one walk: it sees both families' established sockets
+    assert v6[1] >= count and one[1] >= 2 * count
+    # Other processes' short-lived connections come and go between the dumps; ours
+    # and the listeners hold still.
+    for state, name in ((1, "ESTAB"), (10, "LISTEN")):
+        assert one[state] == pytest.approx(two[state], abs=20)
+        assert one[state] == pytest.approx(ss[name], abs=20)
+
+
+class _TruncatedRequest(TcpStateDump):
+    """Sends an ``inet_diag_req`` shorter than the kernel requires: really refused."""
+
+    def one_walk_request(self) -> bytes:
+        return super().one_walk_request()[:40]
+
+
+class _NoListenersRequest(TcpStateDump):
+    """A one-walk request that leaves out LISTEN, so the first-use check must fail."""
+
+    def one_walk_request(self) -> bytes:
+        return struct.pack("=BBBB48xII", 0, 0, 0, 0, 0xFFFFFFFF & ~(1 << 10), 0)
+
+
+@pytest.mark.live
+def test_live_refused_one_walk_request_falls_back_to_per_family_dumps() -> None:
+    with socket.create_server(("::1", 0), family=socket.AF_INET6):
+        dump = _TruncatedRequest()
+        counts = dump()
+        assert dump.mode == "per family"
+        assert "refused" in (dump.note or "") and "Invalid argument" in (dump.note or "")
+        assert counts[10] >= 1  # our IPv6 listener, from the per-family dumps
+        assert dump()[10] == pytest.approx(counts[10], abs=5)
+        dump.close()
+
+        checked = _NoListenersRequest()
+        counts = checked()
+        assert checked.mode == "per family" and "listening" in (checked.note or "")
+        assert counts[10] >= 1
+        checked.close()
+
+
+@pytest.mark.live
+def test_live_tcpconn_collector_uses_one_walk_and_closes_its_socket() -> None:
+    collector = TcpConnCollector(Roots())
+    raw = collector.collect()
+    dump = collector.dump_states
+    assert isinstance(dump, TcpStateDump) and dump.mode == "one walk"
+    assert raw["network.tcpconn.listen"][SINGULAR] >= 0
+    collector.close()
+    assert dump._sock is None
+
+
+@pytest.mark.live
+def test_live_per_second_counts_against_the_per_state_walk() -> None:
+    """What network.tcp.currestab and network.sockstat.tcp.tw can stand in for.
+
+    While our connections are established, CurrEstab counts them; once the clients
+    close first, they are orphaned FIN_WAIT2 sockets the kernel keeps as timewait
+    minisockets: counted by sockstat's tw although the walk reports FIN_WAIT2; once
+    the peers close, TIME_WAIT in both.
+    """
+    count = 200
+    _fd_room(2 * count + 256)
+    network = NetworkCollector(Roots())
+    dump = TcpStateDump()
+
+    def per_second() -> tuple[int, int]:
+        raw = network.collect()
+        return (int(raw["network.tcp.currestab"][SINGULAR]),
+                int(raw["network.sockstat.tcp.tw"][SINGULAR]))
+
+    estab0, tw0 = per_second()
+    with _open_connections(count) as (clients, accepted):
+        estab, _ = per_second()
+        assert estab - estab0 == pytest.approx(2 * count, abs=20)
+        for sock in clients:
+            sock.close()
+        time.sleep(0.2)
+        states = dump()
+        estab, tw = per_second()
+        assert states[5] >= 0.95 * count  # FIN_WAIT2 in the walk ...
+        assert tw - tw0 >= 0.95 * count  # ... timewait sockets for sockstat
+        # CurrEstab still counts the peers, now in CLOSE_WAIT
+        assert estab == pytest.approx(states[1] + states[8], abs=20)
+        for sock in accepted:
+            sock.close()
+        time.sleep(0.2)
+        states = dump()
+        _, tw = per_second()
+        assert tw == pytest.approx(states[6] + states[5], rel=0.05, abs=20)
+    dump.close()
