@@ -158,6 +158,11 @@ class _Connection:
             assert known is not None
             names = exc.names if isinstance(exc, UnknownMetricError) else None
             self.error(known[1], known[2], ref, names)
+        except Exception:
+            # A bug, not the client's fault: say so, keep the connection (as REST's 500).
+            log.exception("websocket message failed", extra={"client": self.client.peer})
+            self.send({"type": "error", "code": "internal",
+                       "message": "internal error (logged on the server)", "ref": ref})
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         names = _names(message, "names", required=True)

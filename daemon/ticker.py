@@ -56,13 +56,14 @@ class Ticker:
         due = self.clock.mono()
         while True:
             started = self.clock.mono()
-            tick = await loop.run_in_executor(self.executor, self.sampler.collect)
             try:
+                tick = await loop.run_in_executor(self.executor, self.sampler.collect)
                 self.sampler.publish(tick)
                 self.on_tick(tick)
             except Exception:
-                # A bug in publishing must not stop sampling for everyone.
-                log.exception("publishing a tick failed", extra={"seq": tick.seq})
+                # The sampler isolates collector failures; anything reaching here is a bug,
+                # and it must not stop sampling for everyone.
+                log.exception("sampling tick failed")
             now = self.clock.mono()
             self.ticks += 1
             self.last_duration_s = now - started
