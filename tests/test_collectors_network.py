@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from hostscope.metrics.collectors.network import (
+    LINK_REFRESH_FACTOR,
     NETLINK_SOCK_DIAG,
     SOCK_DIAG_BY_FAMILY,
     TCP_STATES,
@@ -241,7 +242,33 @@ def test_interface_attributes_refresh_every_n_samples(tmp_path: Path) -> None:
     assert collector.collect()["network.interface.up"]["eth0"] == 1
     raw = collector.collect()  # 3 samples after the first read
     assert raw["network.interface.up"]["eth0"] == 0
-    assert "eth0" not in raw["network.interface.speed"]
+    assert "eth0" not in raw["network.interface.speed"]  # re-read: operstate changed
+
+
+def test_mtu_and_speed_are_re_read_less_often_and_returned_dicts_never_change(
+    tmp_path: Path,
+) -> None:
+    roots = copy_fixture(tmp_path, "network", "crafted")
+    collector = NetworkCollector(roots, attr_refresh_every=2)
+    first = collector.collect()
+    up_before = dict(first["network.interface.up"])
+    eth0 = roots.sys / "class/net/eth0"
+    (eth0 / "mtu").write_text("1400\n")
+    (eth0 / "operstate").write_text("down\n")
+    link_every = 2 * LINK_REFRESH_FACTOR
+    seen = [collector.collect() for _ in range(link_every)]
+    # operstate and up within 2 samples; the MTU only at the slower link refresh,
+    # except that the operstate change made it re-read at once here
+    assert seen[1]["network.interface.up"]["eth0"] == 0
+    assert seen[1]["network.interface.mtu"]["eth0"] == 1400
+    (eth0 / "mtu").write_text("1300\n")
+    more = [collector.collect() for _ in range(link_every)]
+    mtus = [raw["network.interface.mtu"]["eth0"] for raw in more]
+    # read at the 3rd collection, due again 24 later: the new MTU shows from then on
+    assert mtus == sorted(mtus, reverse=True) and mtus[-1] == 1300
+    assert 1 <= mtus.count(1400) <= 2
+    # a dict handed out is never changed afterwards (the rate layer keeps them)
+    assert first["network.interface.up"] == up_before
 
 
 # --- TCP connection states --------------------------------------------------------------
@@ -583,15 +610,15 @@ def test_live_one_walk_dump_counts_both_families_like_two_dumps_and_ss() -> None
 class _TruncatedRequest(TcpStateDump):
     """Sends an ``inet_diag_req`` shorter than the kernel requires: really refused."""
 
-    def one_walk_request(self) -> bytes:
-        return super().one_walk_request()[:40]
+    def one_walk_request(self, states: int = 0xFFFFFFFF) -> bytes:
+        return super().one_walk_request(states)[:40]
 
 
 class _NoListenersRequest(TcpStateDump):
     """A one-walk request that leaves out LISTEN, so the first-use check must fail."""
 
-    def one_walk_request(self) -> bytes:
-        return struct.pack("=BBBB48xII", 0, 0, 0, 0, 0xFFFFFFFF & ~(1 << 10), 0)
+    def one_walk_request(self, states: int = 0xFFFFFFFF) -> bytes:
+        return super().one_walk_request(states & ~(1 << 10))
 
 
 @pytest.mark.live

@@ -348,11 +348,25 @@ class _IfaceAttrs:
     up: int
     mtu: int | None
     speed: int | None
-    read_at: int
+    operstate: str
+    up_at: int  # collection when operstate was read
+    link_at: int  # collection when mtu and speed were read
+
+
+#: ``mtu`` and ``speed`` are re-read this many times less often than ``operstate``.
+LINK_REFRESH_FACTOR = 12
 
 
 class NetworkCollector(Collector):
-    """``network.interface.*``, ``network.tcp.*``, ``network.udp.*``, ``network.ip.*``."""
+    """``network.interface.*``, ``network.tcp.*``, ``network.udp.*``, ``network.ip.*``,
+    ``network.sockstat.tcp.*``.
+
+    Interface attributes: ``operstate`` (hence ``up``) is re-read every
+    ``attr_refresh_every`` samples; ``mtu`` and ``speed`` when ``operstate`` changed
+    (a link going down or coming up renegotiates its speed) and otherwise every
+    ``attr_refresh_every * LINK_REFRESH_FACTOR`` samples (a minute by default). An MTU
+    set by hand therefore shows within a minute; everything else within 5 samples.
+    """
 
     name = "network"
 
@@ -363,12 +377,27 @@ class NetworkCollector(Collector):
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
         self.attr_refresh_every = max(1, attr_refresh_every)
         self._attrs: dict[str, _IfaceAttrs] = {}
+        # The up/mtu/speed dicts of the last collection, handed out again while no
+        # attribute and no interface changed (never mutated once returned).
+        self._attr_raw: tuple[dict[str, int | float | str], ...] = ({}, {}, {})
         self._collections = 0
+        self._refresh_due = 0  # collection at which some interface's operstate is due
         self._snmp = SnmpPicker(_wanted(("Ip", "Tcp", "Udp")))
         self._netstat = SnmpPicker(_wanted(("TcpExt",)))
         self._dev_metrics = tuple(
             (f"network.interface.{leaf}", col) for leaf, col, _ in DEV_FIELDS
         )
+        # prefix -> ((key, metric), ...) in file order: the snmp values to publish
+        by_prefix: dict[str, list[tuple[str, str]]] = {}
+        for f in PROTO_FIELDS:
+            by_prefix.setdefault(f.prefix, []).append((f.key, f.metric))
+        self._proto = tuple((prefix, tuple(keys)) for prefix, keys in by_prefix.items())
+        proc_net = roots.proc / "net"
+        self._dev_path = proc_net / "dev"
+        self._snmp_path = proc_net / "snmp"
+        self._netstat_path = proc_net / "netstat"
+        self._sockstat_path = proc_net / "sockstat"
+        self._sys_net = str(roots.sys / "class" / "net")
 
     def descriptors(self) -> list[MetricDesc]:
         kw: dict[str, Any] = {"indom": "network.interface", "labels": ("interface",)}
@@ -401,57 +430,71 @@ class NetworkCollector(Collector):
 
     def collect(self) -> Raw:
         self._collections += 1
-        proc_net = self.roots.proc / "net"
-        ifaces = parse_net_dev(read_text(proc_net / "dev"))
-        raw: Raw = {}
+        ifaces = parse_net_dev(read_text(self._dev_path))
         items = ifaces.items()
-        for metric, col in self._dev_metrics:
-            raw[metric] = {name: values[col] for name, values in items}
+        raw: Raw = {
+            metric: {name: values[col] for name, values in items}
+            for metric, col in self._dev_metrics
+        }
         self._interface_attrs(ifaces, raw)
-        stats = self._snmp.pick(read_text(proc_net / "snmp"))
-        netstat = read_optional(proc_net / "netstat")
+        stats = self._snmp.pick(read_text(self._snmp_path))
+        netstat = read_optional(self._netstat_path)
         if netstat is not None:
             stats.update(self._netstat.pick(netstat))
-        for f in PROTO_FIELDS:
-            value = stats.get(f.prefix, {}).get(f.key)
-            if value is not None:
-                raw[f.metric] = {SINGULAR: value}
-        sockstat = read_optional(proc_net / "sockstat")
+        for prefix, fields in self._proto:
+            picked = stats.get(prefix)
+            if picked:
+                for key, metric in fields:
+                    value = picked.get(key)
+                    if value is not None:
+                        raw[metric] = {SINGULAR: value}
+        sockstat = read_optional(self._sockstat_path)
         if sockstat is not None:
-            tcp = parse_sockstat(sockstat).get("TCP", {})
-            for metric, key, _ in SOCKSTAT_FIELDS:
-                if key in tcp:
-                    raw[metric] = {SINGULAR: tcp[key]}
-            if "mem" in tcp:
-                raw["network.sockstat.tcp.mem"] = {SINGULAR: tcp["mem"] * self.page_size}
+            tcp = parse_sockstat(sockstat).get("TCP")
+            if tcp:
+                for metric, key, _ in SOCKSTAT_FIELDS:
+                    value = tcp.get(key)
+                    if value is not None:
+                        raw[metric] = {SINGULAR: value}
+                if "mem" in tcp:
+                    raw["network.sockstat.tcp.mem"] = {SINGULAR: tcp["mem"] * self.page_size}
         return raw
 
     def _interface_attrs(self, ifaces: Mapping[str, object], raw: Raw) -> None:
-        mtu: dict[str, int | float | str] = {}
-        speed: dict[str, int | float | str] = {}
-        up: dict[str, int | float | str] = {}
-        net = self.roots.sys / "class" / "net"
-        attrs: dict[str, _IfaceAttrs] = {}
         now = self._collections
-        for name in ifaces:
-            cached = self._attrs.get(name)
-            if cached is None or now - cached.read_at >= self.attr_refresh_every:
-                cached = self._read_attrs(net / name, now)
-                if cached is None:
-                    continue  # no sysfs, or the interface went away since /proc/net/dev
-            attrs[name] = cached
-            up[name] = cached.up
-            if cached.mtu is not None:
-                mtu[name] = cached.mtu
-            if cached.speed is not None:
-                speed[name] = cached.speed
-        self._attrs = attrs
+        every = self.attr_refresh_every
+        known = self._attrs
+        changed = known.keys() != ifaces.keys()
+        if changed or now >= self._refresh_due:
+            attrs: dict[str, _IfaceAttrs] = {}
+            for name in ifaces:
+                cached = known.get(name)
+                if cached is None or now - cached.up_at >= every:
+                    cached = self._read_attrs(name, cached, now)
+                    changed = True
+                    if cached is None:
+                        continue  # no sysfs, or the interface went away since /proc/net/dev
+                attrs[name] = cached
+            self._attrs = attrs
+            self._refresh_due = min((c.up_at for c in attrs.values()), default=now) + every
+        if changed:
+            up: dict[str, int | float | str] = {}
+            mtu: dict[str, int | float | str] = {}
+            speed: dict[str, int | float | str] = {}
+            for name, cached in self._attrs.items():
+                up[name] = cached.up
+                if cached.mtu is not None:
+                    mtu[name] = cached.mtu
+                if cached.speed is not None:
+                    speed[name] = cached.speed
+            self._attr_raw = (up, mtu, speed)
+        up, mtu, speed = self._attr_raw
         raw["network.interface.up"] = up
         raw["network.interface.mtu"] = mtu
         raw["network.interface.speed"] = speed
 
-    @staticmethod
-    def _read_attrs(path: Path, now: int) -> _IfaceAttrs | None:
+    def _read_attrs(self, name: str, cached: _IfaceAttrs | None, now: int) -> _IfaceAttrs | None:
+        path = Path(self._sys_net, name)
         operstate = read_optional(path / "operstate")
         if operstate is None:
             return None
@@ -460,13 +503,23 @@ class NetworkCollector(Collector):
         if operstate == "unknown":
             flags = _to_int(read_optional(path / "flags"), 16)
             up = 1 if flags is not None and flags & _IFF_UP else 0
+        if (
+            cached is not None
+            and cached.operstate == operstate
+            and now - cached.link_at < self.attr_refresh_every * LINK_REFRESH_FACTOR
+        ):
+            cached.up = up
+            cached.up_at = now
+            return cached
         mbit = _to_int(read_optional(path / "speed"))
         return _IfaceAttrs(
             up=up,
             mtu=_to_int(read_optional(path / "mtu")),
             # -1 (unknown) on virtual devices; old kernels printed it as 4294967295
             speed=mbit * _MBIT if mbit is not None and 0 < mbit < 0xFFFFFFFF else None,
-            read_at=now,
+            operstate=operstate,
+            up_at=now,
+            link_at=now,
         )
 
 
@@ -660,9 +713,9 @@ class TcpStateDump:
     requested and only each reply's state byte is read.
 
     ``mode`` is ``"one walk"`` or ``"per family"``. The one-walk request is checked
-    once against the per-family dumps (listening sockets, which do not churn, must
-    agree); if the kernel refuses the request or the check fails, the dump uses the
-    per-family requests from then on and says why in :attr:`note`. The netlink socket
+    on first use against the per-family requests (the listening sockets they count
+    must agree); if the kernel refuses the request or the check fails, the dump uses
+    the per-family requests from then on and says why in :attr:`note`. The netlink socket
     stays open between calls; a dump abandoned half way (a timeout) closes it, so a
     late reply can never be counted in the next dump.
     """
@@ -679,25 +732,44 @@ class TcpStateDump:
     def __call__(self) -> list[int]:
         if self.mode == "one walk":
             try:
-                counts = self._request(TCPDIAG_GETSOCK, self.one_walk_request())
+                if not self._checked:
+                    self._checked = True
+                    problem = self._check_one_walk()
+                    if problem is not None:
+                        self.mode = "per family"
+                        self.note = problem
+                        return self.per_family()
+                return self._request(TCPDIAG_GETSOCK, self.one_walk_request())
             except SockDiagError as exc:
                 self.mode = "per family"
                 self.note = f"the one-walk TCPDIAG_GETSOCK request was refused: {exc}"
-            else:
-                if self._checked:
-                    return counts
-                self._checked = True
-                listen = self.per_family()[_LISTEN]
-                if counts[_LISTEN] == listen:
-                    return counts
-                self.mode = "per family"
-                self.note = (f"the one-walk request saw {counts[_LISTEN]} listening sockets, "
-                             f"the per-family requests {listen}")
         return self.per_family()
 
-    def one_walk_request(self) -> bytes:
-        """The ``inet_diag_req`` (v1) payload: any family, every state, no extensions."""
-        return _INET_DIAG_REQ_V1.pack(0, 0, 0, 0, _ALL_STATES, 0)
+    def one_walk_request(self, states: int = _ALL_STATES) -> bytes:
+        """The ``inet_diag_req`` (v1) payload: any family, ``states``, no extensions."""
+        return _INET_DIAG_REQ_V1.pack(0, 0, 0, 0, states, 0)
+
+    def _check_one_walk(self) -> str | None:
+        """None if the one-walk request covers both families, else what disagreed.
+
+        Compares listening sockets, counted by the one-walk request and by one request
+        per family. Listening-only dumps skip the established hash, so this costs
+        microseconds; it is tried three times, because another process may open or
+        close a listener between the dumps.
+        """
+        listen = 1 << _LISTEN
+        one = per_family = 0
+        for _ in range(3):
+            one = self._request(TCPDIAG_GETSOCK, self.one_walk_request(listen))[_LISTEN]
+            per_family = sum(
+                self._request(SOCK_DIAG_BY_FAMILY,
+                              _INET_DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, listen))[_LISTEN]
+                for family in (socket.AF_INET, socket.AF_INET6)
+            )
+            if one == per_family:
+                return None
+        return (f"the one-walk request saw {one} listening sockets, the per-family "
+                f"requests {per_family}")
 
     def per_family(self) -> list[int]:
         """Counts from one ``SOCK_DIAG_BY_FAMILY`` dump per family (two walks)."""
