@@ -21,6 +21,8 @@ from .model import MetricDesc
 Raw = dict[str, dict[str, int | float | str]]
 #: Values as consumers see them (counters converted to rates; None = no value yet).
 Cooked = dict[str, dict[str, float | str | None]]
+#: Read-only view of cooked values, as derivations receive them.
+CookedView = Mapping[str, Mapping[str, float | str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,18 @@ class Collector(ABC):
     def derivations(self) -> list[Derivation]:
         """Metrics derived from this collector's cooked values (default: none)."""
         return []
+
+    def derive_all(self, cooked: CookedView) -> Cooked | None:
+        """Every derived metric at once, or None to have each :class:`Derivation` run.
+
+        An optional fast path for collectors with many derivations over few instances
+        (the CPU's twelve, the disks' twenty), where calling one closure per metric
+        costs more than the arithmetic. It must return exactly what the derivations'
+        ``compute`` functions would (the tests compare the two); if it raises, the
+        sampler records the error and falls back to the derivations one by one, so a
+        bad formula still loses only its own metric.
+        """
+        return None
 
     @abstractmethod
     def collect(self) -> Raw:

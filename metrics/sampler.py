@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .collector import Collector, Cooked, Derivation, Raw
+from .collector import Collector, Cooked, CookedView, Derivation, Raw
 from .history import History
 from .model import MetricDesc, MetricRegistry
 from .rates import RateConverter
@@ -92,6 +92,33 @@ class Tick:
         return merged
 
 
+class LatestTimes(Mapping[str, float]):
+    """Metric -> wall-clock time of the tick that last published it.
+
+    A view over the per-group publication times, so that publishing a group records
+    one time instead of one per metric.
+    """
+
+    __slots__ = ("_group_of", "_group_time", "_latest")
+
+    def __init__(self, latest: CookedView, group_of: Mapping[str, str],
+                 group_time: Mapping[str, float]) -> None:
+        self._latest = latest
+        self._group_of = group_of
+        self._group_time = group_time
+
+    def __getitem__(self, name: str) -> float:
+        if name not in self._latest:
+            raise KeyError(name)
+        return self._group_time[self._group_of[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+
 class Sampler:
     """Schedules collectors at multiples of a base interval and keeps the latest values."""
 
@@ -114,16 +141,20 @@ class Sampler:
         self._rates = RateConverter()
         self._descs: dict[str, dict[str, MetricDesc]] = {}
         self._derivations: dict[str, list[Derivation]] = {}
+        self._derived_names: dict[str, frozenset[str]] = {}
         self._counters: dict[str, dict[str, int | None]] = {}
+        self._declared: dict[str, frozenset[str]] = {}
+        self._group_time: dict[str, float] = {}
         self._group_metrics: dict[str, frozenset[str]] = {}
         self._every: dict[str, int] = {}
         self.status: dict[str, CollectorStatus] = {}
         self.seq = 0
         self.latest: Cooked = {}
         self.latest_raw: Raw = {}
-        self.latest_time: dict[str, float] = {}
         self.latest_timestamp: float | None = None
         self.metric_group: dict[str, str] = {}
+        self.latest_time: Mapping[str, float] = LatestTimes(
+            self.latest, self.metric_group, self._group_time)
         names = [c.name for c in self.collectors]
         if len(names) != len(set(names)) or not all(names):
             raise ValueError(f"collector names must be unique and non-empty: {names}")
@@ -133,8 +164,10 @@ class Sampler:
             registry.register_all(descs)
             registry.register_all(d.desc for d in derivs)
             self._descs[collector.name] = {d.name: d for d in descs}
+            self._declared[collector.name] = frozenset(self._descs[collector.name])
             self._counters[collector.name] = RateConverter.counters_of(self._descs[collector.name])
             self._derivations[collector.name] = derivs
+            self._derived_names[collector.name] = frozenset(d.desc.name for d in derivs)
             every = max(1, round((collector.interval_s or interval_s) / interval_s))
             self._every[collector.name] = every
             self.status[collector.name] = CollectorStatus(collector.name, every * interval_s)
@@ -165,12 +198,12 @@ class Sampler:
             try:
                 raw = collector.collect()
                 mono = self.clock.mono()
-                descs = self._descs[collector.name]
-                unknown = set(raw) - set(descs)
-                if unknown:
-                    raise RuntimeError(f"undeclared metrics {sorted(unknown)}")
+                declared = self._declared[collector.name]
+                if not declared.issuperset(raw):
+                    raise RuntimeError(f"undeclared metrics {sorted(set(raw) - declared)}")
                 cooked = self._rates.convert(self._counters[collector.name], raw, mono)
-                self._derive(collector.name, cooked, status)
+                if self._derivations[collector.name]:
+                    self._derive(collector, cooked, status)
             except Exception as exc:  # noqa: BLE001 - isolate any collector failure
                 status.errors += 1
                 status.stale = True
@@ -190,8 +223,28 @@ class Sampler:
             tick.groups[collector.name] = GroupSample(raw, cooked)
         return tick
 
-    def _derive(self, group: str, cooked: Cooked, status: CollectorStatus) -> None:
-        """Compute derived metrics; a failing derivation loses only its own metric."""
+    def _derive(self, collector: Collector, cooked: Cooked, status: CollectorStatus) -> None:
+        """Compute derived metrics; a failing derivation loses only its own metric.
+
+        A collector's :meth:`Collector.derive_all` computes them all in one pass; if it
+        has none, fails, or returns metrics it did not declare, each derivation runs
+        on its own.
+        """
+        group = collector.name
+        try:
+            derived = collector.derive_all(cooked)
+            if derived is not None:
+                if not self._derived_names[group].issuperset(derived):
+                    undeclared = sorted(set(derived) - self._derived_names[group])
+                    raise RuntimeError(f"undeclared derived metrics {undeclared}")
+                cooked.update(derived)
+                return
+        except Exception as exc:  # noqa: BLE001 - the derivations one by one still run
+            status.errors += 1
+            status.last_error = f"derive_all: {type(exc).__name__}: {exc}"
+            if status.errors == 1 or status.errors % 60 == 0:
+                log.warning("derive_all failed",
+                            extra={"collector": group, "error": status.last_error})
         for derivation in self._derivations[group]:
             try:
                 cooked[derivation.desc.name] = dict(derivation.compute(cooked))
@@ -205,17 +258,18 @@ class Sampler:
 
     def publish(self, tick: Tick) -> None:
         """Make a tick's values current and record them in the history."""
-        latest, latest_raw, latest_time = self.latest, self.latest_raw, self.latest_time
+        latest, latest_raw = self.latest, self.latest_raw
         for group, sample in tick.groups.items():
             # A group's metrics are replaced wholesale, so metrics it no longer reports
             # (a feature gone, every instance vanished) disappear from "latest" too.
-            for name in self._group_metrics[group].difference(sample.cooked):
-                latest.pop(name, None)
-                latest_raw.pop(name, None)
+            metrics = self._group_metrics[group]
+            if len(sample.cooked) != len(metrics):
+                for name in metrics.difference(sample.cooked):
+                    latest.pop(name, None)
+                    latest_raw.pop(name, None)
             latest.update(sample.cooked)
             latest_raw.update(sample.raw)
-            for name in sample.cooked:
-                latest_time[name] = tick.timestamp
+            self._group_time[group] = tick.timestamp
             if self.history is not None:
                 self.history.append(group, tick.timestamp, sample.cooked)
         self.latest_timestamp = tick.timestamp

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hostscope.metrics.collector import CookedView
 from hostscope.metrics.collectors.cpu import CpuCollector, parse_loadavg, parse_stat
 from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Sampler
@@ -89,3 +90,45 @@ def test_live_cpu_matches_os_and_busy_loop_shows_up() -> None:
     assert busy is not None and busy >= 0.6 / ncpu
     load1 = float(Path("/proc/loadavg").read_text().split()[0])
     assert sampler.latest["kernel.all.load"]["1 minute"] == pytest.approx(load1, abs=0.5)
+
+
+def _one_by_one(collector: CpuCollector, cooked: CookedView) -> dict[str, object]:
+    return {d.desc.name: dict(d.compute(cooked)) for d in collector.derivations()}
+
+
+def test_derive_all_equals_the_derivations_one_by_one(tmp_path: Path) -> None:
+    roots = copy_fixture(tmp_path, "cpu", "old-kernel")
+    collector = CpuCollector(roots, hz=100)
+    clock = FakeClock()
+    sampler = Sampler([collector], registry=MetricRegistry(), clock=clock)
+    stat = roots.proc / "stat"
+    cases: list[CookedView] = []
+    for step in range(3):
+        cooked = sampler.sample().groups["cpu"].cooked
+        cases.append({k: v for k, v in cooked.items() if "util" not in k})
+        stat.write_text(stat.read_text().replace(f"cpu  {100 + 60 * step} ",
+                                                 f"cpu  {160 + 60 * step} "))
+        clock.advance(1.0)
+    steady = cases[-1]
+    cases += [
+        {**steady, "hinv.ncpu": {"": 0}},  # no CPUs: no utilisation, not a crash
+        {k: v for k, v in steady.items() if k != "hinv.ncpu"},
+        {**steady, "kernel.percpu.cpu.steal": {"cpu0": None, "cpu1": 1.0}},
+        {**steady, "kernel.all.cpu.irq.soft": {"": None}},
+        {},
+    ]
+    for cooked in cases:
+        assert collector.derive_all(cooked) == _one_by_one(collector, cooked)
+    assert cases[0]["kernel.all.cpu.user"] == {"": None}  # the first sample was covered
+    assert collector.derive_all(steady)["kernel.all.cpu.util.busy"][""] is not None
+
+
+@pytest.mark.live
+def test_live_derive_all_equals_the_derivations_one_by_one() -> None:
+    collector = CpuCollector(Roots())
+    sampler = Sampler([collector], registry=MetricRegistry())
+    for _ in range(3):
+        cooked = sampler.sample().groups["cpu"].cooked
+        assert {k: v for k, v in cooked.items() if k in _one_by_one(collector, cooked)} == (
+            _one_by_one(collector, cooked))
+        time.sleep(0.05)

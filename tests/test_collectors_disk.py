@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hostscope.metrics.collector import CookedView
 from hostscope.metrics.collectors.disk import (
     DiskCollector,
     classify_device,
@@ -235,6 +236,38 @@ def test_rates_await_util_and_queue_through_sampler(tmp_path: Path) -> None:
     assert c["disk.dev.await"]["sda"] is None
 
 
+def _one_by_one(collector: DiskCollector, cooked: CookedView) -> dict[str, object]:
+    return {d.desc.name: dict(d.compute(cooked)) for d in collector.derivations()}
+
+
+def _inputs(cooked: CookedView) -> dict[str, dict[str, float | str | None]]:
+    return {k: dict(v) for k, v in cooked.items()
+            if not k.endswith(("util", "await", "avg_qlen"))}
+
+
+def test_derive_all_equals_the_derivations_one_by_one(tmp_path: Path) -> None:
+    roots = tree(tmp_path, "crafted")
+    clock = FakeClock()
+    collector = DiskCollector(roots)
+    sampler = Sampler([collector], registry=MetricRegistry(), clock=clock)
+    cases = [_inputs(sampler.sample().groups["disk"].cooked)]  # first sample: all None
+    edit_line(roots, "sda", f0=1100, f3=800, f4=2050, f7=1750, f9=2600, f10=3600)
+    clock.advance(1.0)
+    cases.append(_inputs(sampler.sample().groups["disk"].cooked))
+    edit_line(roots, "sda", f9=5200)  # busier than wall time: clamped
+    clock.advance(2.0)
+    steady = _inputs(sampler.sample().groups["disk"].cooked)
+    cases.append(steady)
+    no_disks = {**steady, "hinv.ndisk": {SINGULAR: 0}}
+    writes_only = {**steady, "disk.dev.read": {"sda": 0.0}, "disk.dev.read_rawactive": {}}
+    cases += [no_disks, writes_only, {k: v for k, v in steady.items() if k != "hinv.ndisk"},
+              {**steady, "disk.dev.aveq": {"sda": None}}, {}]
+    for cooked in cases:
+        assert collector.derive_all(cooked) == _one_by_one(collector, cooked)
+    assert collector.derive_all(steady)["disk.dev.util"]["sda"] == 1.0
+    assert collector.derive_all(no_disks)["disk.all.util"] == {SINGULAR: None}
+
+
 def test_u32_time_wrap_is_continuous_per_disk_and_a_gap_in_the_sum(tmp_path: Path) -> None:
     roots = tree(tmp_path, "crafted")
     clock = FakeClock()
@@ -397,3 +430,12 @@ def test_live_write_fsync_and_uncached_read_move_the_rates(tmp_path: Path) -> No
     assert increase >= 0.9 * size_kb
     assert from_rate == pytest.approx(increase, rel=0.1)
     assert sampler.latest[f"disk.{group}.r_await"][inst] is not None
+
+
+@pytest.mark.live
+def test_live_derive_all_equals_the_derivations_one_by_one() -> None:
+    collector = DiskCollector(Roots())
+    sampler = Sampler([collector], registry=MetricRegistry())
+    for _ in range(3):
+        cooked = _inputs(sampler.sample().groups["disk"].cooked)
+        assert collector.derive_all(cooked) == _one_by_one(collector, cooked)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hostscope.metrics.collector import Collector, Derivation, Raw, ratio
+from hostscope.metrics.collector import Collector, Cooked, CookedView, Derivation, Raw, ratio
 from hostscope.metrics.history import History
 from hostscope.metrics.model import COUNT, NONE, MetricDesc, MetricRegistry, counter, instant
 from hostscope.metrics.sampler import Sampler
@@ -126,3 +126,56 @@ def test_read_bytes_refuses_to_parse_a_prefix_of_a_huge_file(tmp_path: Path) -> 
     with pytest.raises(SourceUnavailable, match="too large"):
         read_bytes(path, limit=999)
     assert read_optional(tmp_path / "absent") is None
+
+
+class Batched(ScriptedCollector):
+    """Derives in one pass; ``mode`` makes that pass misbehave."""
+
+    def __init__(self, name: str, script: list[Raw | Exception], mode: str) -> None:
+        super().__init__(name, script)
+        self.mode = mode
+        self.batches = 0
+
+    def derive_all(self, cooked: CookedView) -> Cooked:
+        self.batches += 1
+        if self.mode == "raise":
+            raise ValueError("bad batch")
+        if self.mode == "undeclared":
+            return {"elsewhere.metric": {"": 1.0}}
+        return {f"{self.name}.double": {k: 2 * v for k, v in cooked[f"{self.name}.ops"].items()
+                                        if isinstance(v, float)}}
+
+
+@pytest.mark.parametrize("mode", ["ok", "raise", "undeclared"])
+def test_derive_all_is_used_and_a_failing_one_falls_back_to_each_derivation(mode: str) -> None:
+    clock = FakeClock()
+    col = Batched("b", [{"b.ops": {"x": 10}}, {"b.ops": {"x": 30}}], mode)
+    sampler = Sampler([col], registry=MetricRegistry(), clock=clock)
+    sampler.sample()
+    clock.advance(2.0)
+    sampler.sample()
+    assert col.batches == 2
+    assert sampler.latest["b.double"] == {"x": 20.0}  # by the batch or by the fallback
+    assert "elsewhere.metric" not in sampler.latest
+    status = sampler.status["b"]
+    if mode == "ok":
+        assert status.errors == 0
+    else:
+        assert status.errors == 2 and not status.stale
+        assert (status.last_error or "").startswith("derive_all:")
+        assert ("bad batch" if mode == "raise" else "undeclared derived") in status.last_error
+
+
+def test_latest_time_is_the_time_of_the_tick_that_published_each_metric() -> None:
+    clock = FakeClock()
+    fast = ScriptedCollector("fast", [{"fast.level": {"": 1.0}}])
+    slow = ScriptedCollector("slow", [{"slow.level": {"": 2.0}}], interval_s=2.0)
+    sampler = Sampler([fast, slow], registry=MetricRegistry(), clock=clock)
+    start = clock.wall()
+    sampler.sample()
+    clock.advance(1.0)
+    sampler.sample()
+    assert sampler.latest_time["fast.level"] == start + 1.0
+    assert sampler.latest_time["slow.level"] == start
+    assert set(sampler.latest_time) == set(sampler.latest)
+    assert "absent.metric" not in sampler.latest_time

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from ..collector import Collector, Derivation, Raw, ratio
+from ..collector import Collector, Cooked, CookedView, Derivation, Raw, ratio
 from ..model import (
     COUNT,
     MSEC,
@@ -60,31 +60,50 @@ UTIL_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle", ("idle",)),
 )
 _BUSY = ("user", "nice", "sys", "irq.hard", "irq.soft", "steal")
+# Index tables of CpuCollector.derive_all, built once.
+_LEAVES = tuple(leaf for leaf, _, _ in CPU_FIELDS)
+_ALL_NAMES = tuple(f"kernel.all.cpu.{leaf}" for leaf in _LEAVES)
+_PERCPU_NAMES = tuple(f"kernel.percpu.cpu.{leaf}" for leaf in _LEAVES)
+_PERCPU_USER, _PERCPU_SYS = _LEAVES.index("user"), _LEAVES.index("sys")
+_BUSY_POSITIONS = tuple(_LEAVES.index(leaf) for leaf in _BUSY)
+_EMPTY: Mapping[str, float | str | None] = {}
+_ALL_UTIL = (
+    *((f"kernel.all.cpu.util.{leaf}", tuple(_LEAVES.index(s) for s in sources))
+      for leaf, sources in UTIL_PARTS),
+    ("kernel.all.cpu.util.busy", _BUSY_POSITIONS),
+)
 
 
 def parse_stat(text: str, hz: int) -> dict[str, object]:
-    """Parse /proc/stat into totals, per-CPU times (ms) and scheduler counters."""
+    """Parse /proc/stat into totals, per-CPU times (ms) and scheduler counters.
+
+    Each line is split into at most 12 fields: the ``intr`` line carries one count per
+    interrupt source (hundreds of them, thousands on big hosts) of which only the
+    total, the first, is used.
+    """
     scale = 1000.0 / hz
     out: dict[str, object] = {"percpu": {}}
     percpu: dict[str, list[int]] = out["percpu"]  # type: ignore[assignment]
-    for line in text.splitlines():
-        parts = line.split()
+    for line in text.split("\n"):
+        parts = line.split(None, 11)
         if not parts:
             continue
         key = parts[0]
         if key.startswith("cpu"):
-            ticks = [int(v) for v in parts[1:11]]
-            ticks += [0] * (10 - len(ticks))
-            ms = [int(t * scale) for t in ticks]
+            ms = [int(int(v) * scale) for v in parts[1:11]]
+            if len(ms) < 10:
+                ms += [0] * (10 - len(ms))
             if key == "cpu":
                 out["all"] = ms
             else:
                 percpu[key] = ms
-        elif key in ("ctxt", "processes", "procs_running", "procs_blocked", "btime"):
+        elif key in _STAT_SCALARS:
             out[key] = int(parts[1])
-        elif key == "intr":
-            out["intr"] = int(parts[1])
     return out
+
+
+_STAT_SCALARS = frozenset({"ctxt", "processes", "procs_running", "procs_blocked", "btime",
+                           "intr"})
 
 
 def parse_loadavg(text: str) -> dict[str, float | int]:
@@ -108,6 +127,8 @@ class CpuCollector(Collector):
     def __init__(self, roots: Roots, *, hz: int | None = None) -> None:
         self.roots = roots
         self.hz = hz or os.sysconf("SC_CLK_TCK")
+        self._stat_path = roots.proc / "stat"
+        self._loadavg_path = roots.proc / "loadavg"
 
     def descriptors(self) -> list[MetricDesc]:
         descs: list[MetricDesc] = []
@@ -172,29 +193,64 @@ class CpuCollector(Collector):
             )
         return derivs
 
+    def derive_all(self, cooked: CookedView) -> Cooked:
+        """The derivations above in one pass (same arithmetic, same order of operations)."""
+        get = cooked.get
+        ncpu = get("hinv.ncpu", _EMPTY).get(SINGULAR)
+        usable = ncpu.__class__ in (int, float) and ncpu != 0
+        totals = [get(name, _EMPTY).get(SINGULAR) for name in _ALL_NAMES]
+        out: Cooked = {}
+        for name, positions in _ALL_UTIL:
+            parts = [totals[i] for i in positions]
+            # as _all_util: rate is ms of CPU time per second; / 1000 -> CPUs busy;
+            # / ncpu -> fraction (ratio() without its per-call checks)
+            if None in parts or not usable:
+                out[name] = {SINGULAR: None}
+            else:
+                out[name] = {SINGULAR: sum(parts) / ncpu * 1e-3}  # type: ignore[arg-type,operator]
+        percpu = [get(name, _EMPTY) for name in _PERCPU_NAMES]
+        sources = [percpu[i] for i in _BUSY_POSITIONS]
+        busy: dict[str, float | str | None] = {}
+        for cpu in percpu[_PERCPU_USER]:
+            parts = [values.get(cpu) for values in sources]
+            busy[cpu] = None if None in parts else sum(parts) / 1000.0  # type: ignore[arg-type]
+        out["kernel.percpu.cpu.util.busy"] = busy
+        out["kernel.percpu.cpu.util.user"] = {
+            cpu: ratio(v, 1000.0) for cpu, v in percpu[_PERCPU_USER].items()
+        }
+        out["kernel.percpu.cpu.util.sys"] = {
+            cpu: ratio(v, 1000.0) for cpu, v in percpu[_PERCPU_SYS].items()
+        }
+        return out
+
     def collect(self) -> Raw:
-        stat = parse_stat(read_text(self.roots.proc / "stat"), self.hz)
-        load = parse_loadavg(read_text(self.roots.proc / "loadavg"))
+        stat = parse_stat(read_text(self._stat_path), self.hz)
+        load = parse_loadavg(read_text(self._loadavg_path))
         raw: Raw = {}
         percpu: dict[str, list[int]] = stat["percpu"]  # type: ignore[assignment]
         all_ms: list[int] = stat["all"]  # type: ignore[assignment]
-        for leaf, idx, _ in CPU_FIELDS:
-            raw[f"kernel.all.cpu.{leaf}"] = {SINGULAR: all_ms[idx]}
-            raw[f"kernel.percpu.cpu.{leaf}"] = {cpu: ms[idx] for cpu, ms in percpu.items()}
+        cpus = percpu.items()
+        for all_name, percpu_name, idx in _FIELD_NAMES:
+            raw[all_name] = {SINGULAR: all_ms[idx]}
+            raw[percpu_name] = {cpu: ms[idx] for cpu, ms in cpus}
         raw["hinv.ncpu"] = {SINGULAR: len(percpu)}
         raw["kernel.all.load"] = {k: load[k] for k in ("1 minute", "5 minute", "15 minute")}
         raw["kernel.all.runnable"] = {SINGULAR: int(stat.get("procs_running", load["runnable"]))}
         raw["kernel.all.blocked"] = {SINGULAR: int(stat.get("procs_blocked", 0))}
         raw["kernel.all.nprocs"] = {SINGULAR: load["nprocs"]}
-        for name, key in (("pswitch", "ctxt"), ("intr", "intr"), ("sysfork", "processes")):
+        for name, key in (("kernel.all.pswitch", "ctxt"), ("kernel.all.intr", "intr"),
+                          ("kernel.all.sysfork", "processes"), ("kernel.all.boottime", "btime")):
             if key in stat:
-                raw[f"kernel.all.{name}"] = {SINGULAR: int(stat[key])}  # type: ignore[call-overload]
-        if "btime" in stat:
-            raw["kernel.all.boottime"] = {SINGULAR: int(stat["btime"])}  # type: ignore[call-overload]
+                raw[name] = {SINGULAR: stat[key]}  # type: ignore[dict-item]
         return raw
 
 
-CookedView = Mapping[str, Mapping[str, float | str | None]]
+#: (kernel.all name, kernel.percpu name, /proc/stat column) per CPU_FIELDS entry
+_FIELD_NAMES = tuple(
+    (f"kernel.all.cpu.{leaf}", f"kernel.percpu.cpu.{leaf}", idx) for leaf, idx, _ in CPU_FIELDS
+)
+
+
 Compute = Callable[[CookedView], dict[str, float | None]]
 
 
