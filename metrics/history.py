@@ -212,27 +212,30 @@ class History:
         Computing means at flush time (once a minute) instead of accumulating every
         tick keeps the per-tick path minimal; the fine ring always still holds the
         minute whenever retention is at least one coarse step (with a shorter retention,
-        the mean covers the points still retained).
+        the mean covers the points still retained). The minute's points are one or two
+        slices of each ring, summed at C speed; NaN (no value) propagates into the sum,
+        and only then are the points filtered one by one.
         """
         assert group.coarse_bucket is not None
         cap = self.coarse_capacity
         head = group.coarse_head
         full = len(group.coarse_times) >= cap
         _ring_write(group.coarse_times, cap, head, group.coarse_bucket * self.coarse_step_s)
-        n = min(group.bucket_n, len(group.times))
-        fine_cap = group.capacity
-        last = (group.head - 1) % fine_cap if len(group.times) >= fine_cap else len(group.times) - 1
-        positions = [(last - i) % fine_cap for i in range(n)]
+        length = len(group.times)
+        n = min(group.bucket_n, length)
+        # ring positions of the newest n points: [end - n, end), wrapping below zero
+        end = group.head if length >= group.capacity else length
+        start = end - n
         for series in group.series.values():
             fine = series.fine
-            total, k = 0.0, 0
-            for pos in positions:
-                if pos < len(fine):
-                    v = fine[pos]
-                    if not math.isnan(v):
-                        total += v
-                        k += 1
-            _ring_write(series.coarse, cap, head, total / k if k else NAN)
+            points = fine[start:end] if start >= 0 else fine[start:] + fine[:end]
+            total = sum(points)
+            if math.isnan(total):  # some points have no value
+                values = [v for v in points if not math.isnan(v)]
+                mean = sum(values) / len(values) if values else NAN
+            else:
+                mean = total / len(points) if points else NAN
+            _ring_write(series.coarse, cap, head, mean)
         if full:
             group.coarse_head = (head + 1) % cap
 

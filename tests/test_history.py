@@ -140,3 +140,18 @@ def test_float32_precision_is_enough_for_display() -> None:
     [sl] = h.query(["m.a"], 10)
     value = sl.series[("m.a", "")][0]
     assert value is not None and math.isclose(value, 123456.789, rel_tol=1e-6)
+
+
+def test_coarse_means_skip_missing_points_and_span_the_ring_wrap() -> None:
+    h = History(retention_s=90, coarse_step_s=60, coarse_retention_s=3600)
+    h.add_group("g", 1.0)
+    for t in range(240):
+        minute = t // 60
+        a = None if minute == 2 and t % 60 < 30 else float(t)  # minute 2: first half absent
+        b = None if minute == 1 else 1.0  # minute 1: no value at all
+        h.append("g", float(t), {"m.a": {"": a}, "m.b": {"": b}})
+    [coarse] = h.query(["m.a", "m.b"], 3600)
+    assert coarse.step_s == 60 and coarse.timestamps == [0.0, 60.0, 120.0]
+    # minutes 1 and 2 were read back across the wrap of the 90-point fine ring
+    assert coarse.series[("m.a", "")] == [29.5, 89.5, 164.5]
+    assert coarse.series[("m.b", "")] == [1.0, None, 1.0]
