@@ -5,8 +5,9 @@ consecutive raw values and *monotonic* time, so wall-clock steps (NTP, suspend) 
 produce a bogus rate. It handles:
 
 * the first sample of an instance: no rate (None), never zero;
-* instances that appear or vanish (a disk hot-plugged, a process exiting): state is
-  per (metric, instance) and dropped when the instance is not reported;
+* instances that appear or vanish (a disk hot-plugged, a process exiting): the base
+  of a rate is the previous collection of the same collector, so an instance (or a
+  metric) it did not report starts afresh;
 * wrap of 32- and 64-bit counters: a decrease from the top quarter of the type's range
   to the bottom quarter is taken as one wrap;
 * resets (a counter that goes down for any other reason, e.g. an interface recreated
@@ -44,41 +45,54 @@ def counter_delta(old: int | float, new: int | float, wrap_bits: int | None) -> 
 
 
 class RateConverter:
-    """Turns raw collections into cooked values, keeping the previous raw per instance.
+    """Turns raw collections into cooked values, keeping the previous raw per group.
 
-    Raw dicts handed to :meth:`convert` are kept by reference as the next interval's
-    base, so collectors must not mutate a dict after returning it (none do: each
-    collection builds fresh dicts). Not thread-safe: one sampler thread owns it.
+    State is one previous collection per ``group`` (the sampler passes the collector's
+    name): the raw dict and its monotonic time, so one time difference serves every
+    counter of the collection. A metric or instance missing from the previous
+    collection has no rate this time, exactly like a new instance. Raw dicts handed
+    to :meth:`convert` are kept by reference as the next interval's base, so
+    collectors must not mutate a dict after returning it (none do: each collection
+    builds fresh dicts or hands out again one it never changes). Not thread-safe:
+    one sampler thread owns it.
     """
 
     def __init__(self) -> None:
-        # metric -> (monotonic time of previous collection, instance -> raw value)
-        self._prev: dict[str, tuple[float, Mapping[str, int | float | str]]] = {}
+        # group -> (monotonic time of previous collection, its raw values)
+        self._prev: dict[str, tuple[float, Raw]] = {}
 
     @staticmethod
     def counters_of(descs: Mapping[str, MetricDesc]) -> dict[str, int | None]:
         """Counter metric -> wrap width; computed once per collector, not per value."""
         return {name: d.type.wrap_bits for name, d in descs.items() if d.is_counter}
 
-    def convert(self, counters: Mapping[str, int | None], raw: Raw, mono: float) -> Cooked:
-        """Cooked values for ``raw`` collected at monotonic time ``mono``.
+    def convert(
+        self, counters: Mapping[str, int | None], raw: Raw, mono: float, *, group: str = "",
+    ) -> Cooked:
+        """Cooked values for ``raw``, collected by ``group`` at monotonic time ``mono``.
 
         ``counters`` maps each counter metric to its wrap width (:meth:`counters_of`);
         other metrics pass through unchanged (the same dict objects).
         """
+        prev = self._prev.get(group)
+        self._prev[group] = (mono, raw)
         cooked: Cooked = {}
-        prev_all = self._prev
+        if prev is None or mono <= prev[0]:
+            for name, instances in raw.items():
+                cooked[name] = (
+                    dict.fromkeys(instances) if name in counters else instances  # type: ignore[assignment]
+                )
+            return cooked
+        prev_raw = prev[1]
+        inv_dt = 1.0 / (mono - prev[0])
         for name, instances in raw.items():
             if name not in counters:
                 cooked[name] = instances  # type: ignore[assignment]
                 continue
-            prev = prev_all.get(name)
-            prev_all[name] = (mono, instances)
-            if prev is None or mono <= prev[0]:
+            prev_values = prev_raw.get(name)
+            if prev_values is None:
                 cooked[name] = dict.fromkeys(instances)
                 continue
-            prev_mono, prev_values = prev
-            inv_dt = 1.0 / (mono - prev_mono)
             out: dict[str, float | str | None] = {}
             for inst, value in instances.items():
                 old = prev_values.get(inst)
@@ -94,5 +108,6 @@ class RateConverter:
 
     def forget(self, names: set[str]) -> None:
         """Drop state of metrics no longer collected (their next sample starts afresh)."""
-        for name in names:
-            self._prev.pop(name, None)
+        for group, (mono, raw) in list(self._prev.items()):
+            if not names.isdisjoint(raw):
+                self._prev[group] = (mono, {k: v for k, v in raw.items() if k not in names})

@@ -201,7 +201,8 @@ class Sampler:
                 declared = self._declared[collector.name]
                 if not declared.issuperset(raw):
                     raise RuntimeError(f"undeclared metrics {sorted(set(raw) - declared)}")
-                cooked = self._rates.convert(self._counters[collector.name], raw, mono)
+                cooked = self._rates.convert(self._counters[collector.name], raw, mono,
+                                             group=collector.name)
                 if self._derivations[collector.name]:
                     self._derive(collector, cooked, status)
             except Exception as exc:  # noqa: BLE001 - isolate any collector failure

@@ -70,6 +70,29 @@ def test_missed_collection_rates_over_the_real_interval() -> None:
     assert conv.convert(DESCS, {"a.c64": {"i": 40}}, 2.0)["a.c64"]["i"] == 20.0
 
 
+def test_state_is_per_group_and_a_metric_missing_last_time_starts_afresh() -> None:
+    conv = RateConverter()
+    conv.convert(DESCS, {"a.c64": {"i": 0}, "a.c32": {"i": 0}}, 0.0, group="g1")
+    conv.convert(DESCS, {"a.c64": {"i": 1000}}, 0.5, group="g2")  # another collector
+    out = conv.convert(DESCS, {"a.c64": {"i": 10}}, 1.0, group="g1")
+    assert out == {"a.c64": {"i": 10.0}}
+    # a.c32 was not in g1's previous collection: no rate, then rates again
+    assert conv.convert(DESCS, {"a.c32": {"i": 50}}, 2.0, group="g1") == {"a.c32": {"i": None}}
+    assert conv.convert(DESCS, {"a.c32": {"i": 70}}, 3.0, group="g1") == {"a.c32": {"i": 20.0}}
+    assert conv.convert(DESCS, {"a.c64": {"i": 1100}}, 1.5, group="g2") == {
+        "a.c64": {"i": 100.0}}
+
+
+def test_forget_drops_a_metric_without_touching_the_kept_raw() -> None:
+    conv = RateConverter()
+    raw = {"a.c64": {"i": 1}, "a.c32": {"i": 1}}
+    conv.convert(DESCS, raw, 0.0)
+    conv.forget({"a.c64"})
+    assert raw == {"a.c64": {"i": 1}, "a.c32": {"i": 1}}  # the collector's dict, unchanged
+    out = conv.convert(DESCS, {"a.c64": {"i": 5}, "a.c32": {"i": 5}}, 1.0)
+    assert out == {"a.c64": {"i": None}, "a.c32": {"i": 4.0}}
+
+
 counters = st.integers(min_value=0, max_value=2**64 - 1)
 
 

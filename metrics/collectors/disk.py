@@ -249,8 +249,10 @@ class DiskCollector(Collector):
 
     def __init__(self, roots: Roots, *, reclassify_every: int = 60) -> None:
         self.roots = roots
+        self._diskstats_path = roots.proc / "diskstats"
         self.reclassify_every = max(1, reclassify_every)
         self._devices: dict[tuple[int, int, str], BlockDevice] = {}
+        self._keys: list[tuple[int, int, str]] = []
         self._collections = 0
         # group -> (metric name, column, shift): names built once, not per sample
         self._columns = {
@@ -336,7 +338,7 @@ class DiskCollector(Collector):
         return out
 
     def collect(self) -> Raw:
-        rows = parse_diskstats(read_text(self.roots.proc / "diskstats"))
+        rows = parse_diskstats(read_text(self._diskstats_path))
         devices = self._classify(rows)
         members: dict[str, list[tuple[str, tuple[int, ...]]]] = {g: [] for g, _ in DEVICE_GROUPS}
         physical: list[tuple[int, ...]] = []
@@ -363,15 +365,21 @@ class DiskCollector(Collector):
         # A column only some disks have (a mix is impossible within one kernel, but a
         # capture could be edited) is summed only when all of them have it: a partial
         # sum would be a misleading figure.
-        width = min((len(f) for f in physical), default=MIN_FIELDS)
+        # zip() stops at the shortest row: exactly the columns every disk has.
+        columns = list(zip(*physical, strict=False)) if physical else [()] * MIN_FIELDS
+        width = len(columns)
         for metric, index, shift in self._columns["all"]:
             if index < width:
-                raw[metric] = {SINGULAR: sum(f[index] >> shift for f in physical)}
-        raw["disk.all.total"] = {SINGULAR: sum(f[_READS] + f[_WRITES] for f in physical)}
+                column = columns[index]
+                raw[metric] = {
+                    SINGULAR: sum(v >> shift for v in column) if shift else sum(column)
+                }
+        raw["disk.all.total"] = {SINGULAR: sum(columns[_READS]) + sum(columns[_WRITES])}
         raw["disk.all.total_bytes"] = {
-            SINGULAR: sum((f[_SECTORS_READ] >> 1) + (f[_SECTORS_WRITTEN] >> 1) for f in physical)
+            SINGULAR: sum(v >> 1 for v in columns[_SECTORS_READ])
+            + sum(v >> 1 for v in columns[_SECTORS_WRITTEN])
         }
-        raw["disk.all.inflight"] = {SINGULAR: sum(f[_INFLIGHT] for f in physical)}
+        raw["disk.all.inflight"] = {SINGULAR: sum(columns[_INFLIGHT])}
         raw["hinv.ndisk"] = {SINGULAR: len(physical)}
         return raw
 
@@ -381,6 +389,9 @@ class DiskCollector(Collector):
         keys = [(major, minor, name) for major, minor, name, _ in rows]
         if self._collections % self.reclassify_every == 0:
             self._devices = {}
+        elif keys == self._keys:
+            return self._devices  # the same devices as last time, the usual case
+        self._keys = keys
         missing = [key for key in keys if key not in self._devices]
         if missing or len(self._devices) != len(keys):
             names = frozenset(name for _, _, name in keys)
