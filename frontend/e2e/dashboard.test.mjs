@@ -212,7 +212,7 @@ describe('several hosts', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD 
     try {
       const page = await browser.page()
       const dead = await freePort()
-      await page.goto(`${a.base}/?panels=cpu.util&hosts=self,127.0.0.1:${pb},127.0.0.1:${dead}`)
+      await page.goto(`${a.base}/?panels=cpu.util,mem.util,cpu.load&hosts=self,127.0.0.1:${pb},127.0.0.1:${dead}`)
       await page.waitForFunction(() => document.querySelectorAll('section[aria-label="CPU utilisation"] canvas').length >= 2, null, { timeout: 15000 })
       const chips = page.locator('.hostchip')
       assert.equal(await chips.count(), 3)
@@ -220,11 +220,12 @@ describe('several hosts', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD 
       assert.match(await chips.nth(1).innerText(), new RegExp(`127\\.0\\.0\\.1:${pb}[\\s\\S]*live`))
       await page.waitForFunction(() => /reconnecting|retrying/.test(document.querySelectorAll('.hostchip')[2]?.textContent ?? ''))
       assert.match(await page.locator('.banner.error').first().innerText(), /allowed_origins/)
+      await page.waitForTimeout(3000)
+      await shot(page, 'two-hosts.png')
       await page.getByRole('radio', { name: 'one at a time' }).click()
       await page.locator('.hostchip .hostname').nth(1).click()
       await page.waitForFunction(() => location.search.includes('layout=tabs') && location.search.includes('active=1'))
       assert.equal(await page.locator('section[aria-label="CPU utilisation"]').count(), 1)
-      await shot(page, 'two-hosts.png')
     } finally {
       await browser.close()
       await a.stop()
