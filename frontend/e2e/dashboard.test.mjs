@@ -98,6 +98,17 @@ describe('dashboard', { skip }, () => {
     assert.equal(round.get('theme'), 'dark')
   })
 
+  it('widens the window from history and keeps legends current', async () => {
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=cpu.util,cgroup.cpu&window=60`)
+    await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor()
+    await page.selectOption('#win', '900')
+    await page.waitForFunction(() => location.search.includes('window=900'))
+    await page.waitForTimeout(2500) // history fetched and merged, live frames after it
+    assert.match(await legendValue(page, 'CPU utilisation', 'user'), /^\d+(\.\d+)? %$/)
+    assert.equal(await page.locator('.banner').count(), 0)
+  })
+
   it('zooms by dragging, pauses, and goes back to live', async () => {
     const page = await browser.page()
     await page.goto(`${BASE}/?panels=cpu.util,mem.util&window=60`)
