@@ -106,6 +106,9 @@ describe('dashboard', { skip }, () => {
     await page.waitForFunction(() => location.search.includes('window=900'))
     await page.waitForTimeout(2500) // history fetched and merged, live frames after it
     assert.match(await legendValue(page, 'CPU utilisation', 'user'), /^\d+(\.\d+)? %$/)
+    // cgroups are collected every 2 s: their columns are bridged copies, rebuilt each frame
+    const cg = page.locator('section[aria-label="Container CPU"] .u-series .u-value')
+    if ((await cg.count()) > 1) assert.match(await cg.nth(1).innerText(), /^\d+(\.\d+)? %$/)
     assert.equal(await page.locator('.banner').count(), 0)
   })
 
