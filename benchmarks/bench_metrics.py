@@ -1,109 +1,167 @@
 """Cost of the metrics core on this machine: one command, figures printed.
 
-    .venv/bin/python benchmarks/bench_metrics.py [--ticks N]
+    .venv/bin/python benchmarks/bench_metrics.py [--ticks N] [--rounds R] [--compare REV]
 
-Measures, side by side in one run (this machine is noisy, so ratios matter more than
-absolute numbers):
+Measures the system metric set (every default collector except processes, which has its
+own benchmark, benchmarks/bench_processes.py, because its cost scales with the number of
+processes) as the daemon runs it: 1 Hz ticks of Sampler.collect() + Sampler.publish()
+with a History, each collector at its own cadence. CPU time is this thread's
+(CLOCK_THREAD_CPUTIME_ID: user and kernel time, so the kernel's work behind each read
+or netlink dump is included). It prints:
 
-* the CPU time of one full sampling tick of the system metric set (every default
-  collector except processes: collect + rate conversion + derived metrics + history),
-  per collector and in total, as ms per tick and % of one core at 1 Hz;
-* the floor: the CPU time of merely reading the same procfs files (open/read/close);
-* history memory: bytes per series for the default retention, measured by filling a
-  History with an hour of 1 Hz data for the live series set.
+* per collector: its cadence and the CPU time of its collect() (reading and parsing),
+  per call and amortised per 1 s tick;
+* the pipeline: rate conversion, derived metrics, publishing and history, per tick;
+* the per-second set's total: the CPU time of a tick in which only the 1 s collectors
+  run (what every second costs at least);
+* the amortised total: the mean over all ticks, slower collectors included;
+* the floor: the CPU time of merely opening, reading and closing the files the
+  per-second collectors read (no parsing at all), and the ratio of the per-second
+  total to it;
+* history memory per series after an hour at 1 Hz.
 
-The process collector has its own benchmark (benchmarks/bench_processes.py) because its
-cost scales with the number of processes.
+This machine is shared and noisy: each run is repeated ``--rounds`` times in fresh
+processes and the best round is shown (contention only ever adds time); compare ratios
+measured side by side, such as total/floor, rather than absolute figures between runs.
+``--compare REV`` measures the metrics code of git revision REV (extracted with
+``git archive`` into a temporary directory) in alternating rounds with the working
+tree, and prints both side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
-import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from hostscope.metrics.defaults import build_sampler
-from hostscope.metrics.history import History
-from hostscope.metrics.sampler import Sampler
-from hostscope.metrics.sources import Roots
+ROOT = Path(__file__).resolve().parent.parent
 
-#: The procfs files the per-second system set reads each tick (the floor of any
-#: collector). /proc/net/tcp is not among them: TCP states come from a netlink dump.
+#: The procfs files the per-second collectors read each tick (the floor of any
+#: collector). TCP states come from a netlink dump every 5 s, not from these.
 SYSTEM_FILES = (
     "stat", "loadavg", "meminfo", "vmstat", "diskstats", "net/dev", "net/snmp",
-    "net/netstat", "pressure/cpu", "pressure/memory", "pressure/io",
+    "net/netstat", "net/sockstat", "pressure/cpu", "pressure/memory", "pressure/io",
 )
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def cpu_now() -> float:
+    return time.thread_time()
 
 
 def read_floor(ticks: int) -> float:
-    """CPU seconds per tick to open/read/close the system set's files."""
+    """CPU seconds per tick to open/read/close the per-second files."""
     paths = [Path("/proc") / f for f in SYSTEM_FILES if (Path("/proc") / f).exists()]
-    start = cpu_seconds()
+    start = cpu_now()
     for _ in range(ticks):
         for path in paths:
             fd = os.open(path, os.O_RDONLY)
             while os.read(fd, 65536):
                 pass
             os.close(fd)
-    return (cpu_seconds() - start) / ticks
+    return (cpu_now() - start) / ticks
 
 
 def read_tcp_files(ticks: int) -> float:
     """CPU seconds to read /proc/net/tcp and tcp6 once (what PCP and psutil do)."""
-    start = cpu_seconds()
+    start = cpu_now()
     for _ in range(ticks):
         for name in ("net/tcp", "net/tcp6"):
             fd = os.open(Path("/proc") / name, os.O_RDONLY)
             while os.read(fd, 65536):
                 pass
             os.close(fd)
-    return (cpu_seconds() - start) / ticks
+    return (cpu_now() - start) / ticks
 
 
-def system_sampler(history: History | None) -> Sampler:
-    sampler = build_sampler(Roots(), history=history)
+def use_code(code: Path) -> None:
+    """Import ``hostscope.metrics`` from ``code/metrics`` instead of the installed tree."""
+    import hostscope  # noqa: F401 - the namespace package must exist first
+
+    init = code / "metrics" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "hostscope.metrics", init, submodule_search_locations=[str(code / "metrics")])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hostscope.metrics"] = module
+    spec.loader.exec_module(module)
+
+
+def measure(ticks: int) -> dict[str, Any]:
+    """One round in this process: figures in microseconds (see the module docstring)."""
+    from hostscope.metrics.defaults import build_sampler
+    from hostscope.metrics.history import History
+    from hostscope.metrics.sources import Roots
+
+    sampler = build_sampler(Roots(), history=History())
     sampler.collectors = [c for c in sampler.collectors if c.name != "process"]
-    return sampler
+    spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
 
+    def timed(name: str, collect: Any) -> Any:
+        def wrapper() -> Any:
+            start = cpu_now()
+            try:
+                return collect()
+            finally:
+                spent[name] += cpu_now() - start
+                calls[name] += 1
+        return wrapper
 
-def bench_ticks(ticks: int) -> tuple[float, dict[str, tuple[float, float]], int]:
-    """CPU seconds per 1 Hz tick at the collectors' real cadences, and per collector
-    (seconds per call, seconds amortised per tick)."""
-    sampler = system_sampler(History())
     for _ in range(10):
-        sampler.sample()
-    calls = {c.name: sampler.status[c.name].collections for c in sampler.collectors}
-    spent = dict.fromkeys(calls, 0.0)
-    start = cpu_seconds()
+        sampler.sample()  # warm up: first reads, classification, the tcpconn check
+    every = {c.name: sampler.group_interval_s(c.name) for c in sampler.collectors}
+    for collector in sampler.collectors:
+        spent[collector.name] = 0.0
+        calls[collector.name] = 0
+        collector.collect = timed(collector.name, collector.collect)  # type: ignore[method-assign]
+    per_second = {name for name, interval in every.items() if interval <= sampler.interval_s}
+    tick_cpu: list[float] = []
+    only_per_second: list[float] = []
     for _ in range(ticks):
+        start = cpu_now()
         tick = sampler.collect()
         sampler.publish(tick)
-        for name in tick.groups:
-            spent[name] += sampler.status[name].last_duration_s
-    total = (cpu_seconds() - start) / ticks
-    per = {
-        name: (spent[name] / max(1, sampler.status[name].collections - calls[name]),
-               spent[name] / ticks)
-        for name in spent
+        cost = cpu_now() - start
+        tick_cpu.append(cost)
+        if set(tick.groups) <= per_second:
+            only_per_second.append(cost)
+    total = statistics.fmean(tick_cpu)
+    collect_total = sum(spent.values()) / ticks
+    return {
+        "series": sampler.history.series_count if sampler.history else 0,
+        "collectors": {
+            name: {
+                "every_s": every[name],
+                "per_call_us": spent[name] / max(1, calls[name]) * 1e6,
+                "per_tick_us": spent[name] / ticks * 1e6,
+            }
+            for name in spent
+        },
+        "pipeline_us": (total - collect_total) * 1e6,
+        "per_second_us": statistics.fmean(only_per_second) * 1e6 if only_per_second else None,
+        "amortised_us": total * 1e6,
     }
-    series = sampler.history.series_count if sampler.history else 0
-    return total, per, series
 
 
 def bench_history_memory() -> tuple[int, int, float]:
     """(series, bytes held after one hour at 1 Hz, bytes per series)."""
-    sampler = system_sampler(None)
+    from hostscope.metrics.defaults import build_sampler
+    from hostscope.metrics.history import History
+    from hostscope.metrics.sources import Roots
+
+    sampler = build_sampler(Roots())
+    sampler.collectors = [c for c in sampler.collectors if c.name != "process"]
     sampler.sample(force_all=True)
     time.sleep(0.2)
-    tick = sampler.collect(force_all=True)
-    cooked = tick.cooked()
+    cooked = sampler.collect(force_all=True).cooked()
     history = History()
     history.add_group("system", 1.0)
     t0 = 1_700_000_000.0
@@ -113,22 +171,133 @@ def bench_history_memory() -> tuple[int, int, float]:
     return series, history.nbytes(), history.nbytes() / max(1, series)
 
 
+def tcp_sockets() -> int | None:
+    """TCP sockets in this namespace now (the tcpconn walk grows with them)."""
+    try:
+        from hostscope.metrics.collectors.network import TcpStateDump
+
+        dump = TcpStateDump()
+        try:
+            return sum(dump())
+        finally:
+            dump.close()
+    except (ImportError, OSError):
+        return None
+
+
+def run_round(code: Path | None, ticks: int) -> dict[str, Any]:
+    """One measurement in a fresh interpreter, importing the metrics code from ``code``."""
+    cmd = [sys.executable, __file__, "--worker", "--ticks", str(ticks)]
+    if code is not None:
+        cmd += ["--code", str(code)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout)
+
+
+def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest of each figure over rounds (noise from other processes only adds)."""
+    def low(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return min(present) if present else None
+
+    first = rounds[0]
+    return {
+        "series": first["series"],
+        "collectors": {
+            name: {
+                "every_s": info["every_s"],
+                "per_call_us": low([r["collectors"][name]["per_call_us"] for r in rounds]),
+                "per_tick_us": low([r["collectors"][name]["per_tick_us"] for r in rounds]),
+            }
+            for name, info in first["collectors"].items()
+        },
+        "pipeline_us": low([r["pipeline_us"] for r in rounds]),
+        "per_second_us": low([r["per_second_us"] for r in rounds]),
+        "amortised_us": low([r["amortised_us"] for r in rounds]),
+    }
+
+
+def fmt(value: float | None, width: int = 8) -> str:
+    return f"{value:{width}.1f}" if value is not None else f"{'-':>{width}}"
+
+
+def report(results: list[tuple[str, dict[str, Any]]], floor: float, ticks: int,
+           rounds: int) -> None:
+    cell = 26
+    print(f"system metric set at 1 Hz, {results[-1][1]['series']} series, {ticks} ticks, "
+          f"best of {rounds} rounds; CPU time in µs")
+    print(f"  {'':<26}" + "".join(f"{label:>{cell}}" for label, _ in results))
+    print(f"  {'collect() of':<26}" + "".join(
+        f"{'every':>8}{'per call':>9}{'per tick':>9}" for _ in results))
+    names = list(results[-1][1]["collectors"])
+    names += [n for _, r in results for n in r["collectors"] if n not in names]
+    names.sort(key=lambda n: -(results[-1][1]["collectors"].get(n, {}).get("per_tick_us") or 0))
+    for name in names:
+        cells = []
+        for _, r in results:
+            info = r["collectors"].get(name)
+            if info is None:
+                cells.append(f"{'-':>{cell}}")
+                continue
+            cells.append(f"{info['every_s']:>6g} s{fmt(info['per_call_us'], 9)}"
+                         f"{fmt(info['per_tick_us'], 9)}")
+        print(f"  {name:<26}" + "".join(cells))
+
+    def line(text: str, values: list[str]) -> None:
+        print(f"  {text:<26}" + "".join(f"{v:>{cell}}" for v in values))
+
+    floor_us = floor * 1e6
+    line("pipeline per tick", [fmt(r["pipeline_us"]) for _, r in results])
+    print("    (rates, derived metrics, publish, history)")
+    line("PER-SECOND SET per tick", [fmt(r["per_second_us"]) for _, r in results])
+    print("    (a tick in which only the 1 s collectors run: collect + pipeline)")
+    line("AMORTISED TOTAL per tick", [fmt(r["amortised_us"]) for _, r in results])
+    print("    (mean of all ticks, slower collectors at their cadence)")
+    line("FLOOR", [fmt(floor_us) for _ in results])
+    print("    (open/read/close of the files the 1 s collectors read, no parsing)")
+    line("per-second set / floor",
+         [f"{(r['per_second_us'] or 0) / floor_us:.1f}x" for _, r in results])
+    line("amortised total / floor", [f"{r['amortised_us'] / floor_us:.1f}x" for _, r in results])
+    line("amortised, % of one core", [f"{r['amortised_us'] / 1e4:.3f} %" for _, r in results])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=2000, help="1 Hz ticks to simulate")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh-process repetitions")
+    parser.add_argument("--compare", metavar="REV",
+                        help="also measure the metrics code of this git revision")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    floor = read_floor(args.ticks)
-    total, per, series = bench_ticks(args.ticks)
-    floor2 = read_floor(args.ticks)  # again, to see the noise
-    print(f"system set at 1 Hz, {series} series, {args.ticks} ticks (own cadences honoured)")
-    print(f"  {'collector':<10} {'per call':>10} {'per tick':>10}")
-    for name, (call, amortised) in sorted(per.items(), key=lambda kv: -kv[1][1]):
-        print(f"  {name:<10} {call * 1e6:8.1f}µs {amortised * 1e6:8.1f}µs")
-    print(f"  full tick (incl. rates, derived, history) {total * 1e6:8.1f} µs CPU"
-          f" = {total * 100:.3f} % of one core")
-    print(f"  floor: open/read/close of the per-second files {floor * 1e6:.1f} µs"
-          f" / {floor2 * 1e6:.1f} µs (tick/floor {total / ((floor + floor2) / 2):.1f}x)")
+    if args.worker:
+        if args.code is not None:
+            use_code(args.code)
+        print(json.dumps(measure(args.ticks)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="hostscope-bench-") as tmp:
+        variants: list[tuple[str, Path | None]] = []
+        if args.compare:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare,
+                                      "metrics"], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            variants.append((f"before ({args.compare[:10]})", Path(tmp)))
+        variants.append(("working tree" if args.compare else "", None))
+        collected: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
+        floors = [read_floor(args.ticks)]
+        for _ in range(args.rounds):
+            for label, code in variants:  # alternate, so drifting load hits both alike
+                collected[label].append(run_round(code, args.ticks))
+            floors.append(read_floor(args.ticks))
+    floor = min(floors)
+    report([(label, best(collected[label])) for label, _ in variants], floor, args.ticks,
+           args.rounds)
+    sockets = tcp_sockets()
+    if sockets is not None:
+        print(f"  (tcpconn walks the TCP hash: {sockets} TCP sockets here now; each adds "
+              "~0.6 µs per walk)")
     print(f"  (/proc/net/tcp+tcp6, which hostscope avoids: {read_tcp_files(200) * 1e6:.0f} µs)")
     n, nbytes, per_series = bench_history_memory()
     print(f"history: {n} series x 1 h at 1 Hz = {nbytes / 1e6:.2f} MB"

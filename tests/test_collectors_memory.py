@@ -16,6 +16,7 @@ from hostscope.metrics.collectors.memory import (
     TokenPicker,
     parse_meminfo,
     parse_vmstat,
+    vmstat_route,
 )
 from hostscope.metrics.model import MetricRegistry, Semantics
 from hostscope.metrics.sampler import Sampler
@@ -260,3 +261,22 @@ def test_live_pgpgin_equals_vmstat_s() -> None:
     after = collector.collect()["mem.vmstat.pgpgin"][""]
     paged_in = next(int(line.split()[0]) for line in out.splitlines() if "paged in" in line)
     assert before <= paged_in <= after  # type: ignore[operator]
+
+
+def test_picker_gives_the_same_from_bytes_and_text_and_sums_on_the_fast_path() -> None:
+    text = (LIVE_T0 / "vmstat").read_text()
+    picker = TokenPicker(vmstat_route())
+    from_text = picker.pick(text)
+    from_bytes = picker.pick(text.encode())  # relearnt for bytes tokens
+    assert from_bytes == from_text == parse_vmstat(text)
+    assert list(from_bytes) == list(from_text)  # same order of outputs
+    assert picker.pick(text.encode()) == from_text  # learnt: the fast path
+    # a garbled value among summed keys loses only its own contribution
+    garbled = text.replace("pgscan_kswapd ", "pgscan_kswapd x", 1).encode()
+    vm = naive_vmstat(LIVE_T0 / "vmstat")
+    picked = picker.pick(garbled)
+    assert picked["pgscan"] == from_text["pgscan"] - vm["pgscan_kswapd"]
+    assert picked["pgfault"] == from_text["pgfault"]
+    # cut short in bytes, like text: the partial last line is not trusted
+    cut = text.encode()[: text.index("pgpgout") + 9]
+    assert "pgpgout" not in picker.pick(cut) and "pgpgin" in picker.pick(cut)

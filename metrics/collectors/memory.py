@@ -21,8 +21,10 @@ available`` here.
 
 Cost. Both files are parsed by :class:`TokenPicker`: the file is split once and the
 positions of the wanted keys are learnt on the first read, so later reads are one
-``str.split`` plus a list index and ``int()`` per wanted key (the key set of these
-files is fixed for the life of a boot; any change in layout is detected and relearnt).
+``split`` plus C-speed fetches and ``int()`` of the wanted values, summed families
+included (the key set of these files is fixed for the life of a boot; any change in
+layout is detected and relearnt). The collector hands it the bytes as read: splitting
+bytes costs a third less than decoding and splitting text.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any
 
 from ..collector import Collector, Derivation, Raw
 from ..model import (
@@ -43,7 +46,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, read_optional, read_text
+from ..sources import Roots, SourceUnavailable, read_bytes
 
 
 class TokenPicker:
@@ -61,53 +64,65 @@ class TokenPicker:
     an integer is skipped.
     """
 
-    __slots__ = ("_keys", "_keys_at", "_names", "_ntokens", "_route", "_summed", "_values_at")
+    __slots__ = ("_keys", "_keys_at", "_multi", "_names", "_ntokens", "_route", "_single",
+                 "_single_at", "_summed", "_values_at")
 
     def __init__(self, route: Callable[[str], tuple[str, ...]]) -> None:
         self._route = route
         self._ntokens = -1
-        self._keys: tuple[str, ...] = ()
+        self._keys: tuple[str | bytes, ...] = ()
         self._names: tuple[str, ...] = ()
         self._summed = False
-        self._keys_at: Callable[[list[str]], object] = _nothing
-        self._values_at: Callable[[list[str]], object] = _nothing
+        self._keys_at: Callable[[list[Any]], object] = _nothing
+        self._values_at: Callable[[list[Any]], object] = _nothing
+        # Outputs fed by one token (fetched and converted at C speed) and those that
+        # sum several, each with its own fetch: the plan of the fast path when summing.
+        self._single: tuple[str, ...] = ()
+        self._single_at: Callable[[list[Any]], object] = _nothing
+        self._multi: tuple[tuple[str, Callable[[list[Any]], object]], ...] = ()
 
-    def pick(self, text: str) -> dict[str, int]:
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
+    def pick(self, text: str | bytes) -> dict[str, int]:
+        """Picked values of ``text``; bytes (straight from ``read_bytes``) split faster."""
+        newline = "\n" if isinstance(text, str) else b"\n"
+        if text and not text.endswith(newline):  # type: ignore[arg-type]
+            text = text[: text.rfind(newline) + 1]  # type: ignore[arg-type]
         tokens = text.split()
         if len(tokens) != self._ntokens or self._keys_at(tokens) != self._keys:
             self._learn(tokens)
         if not self._names:
             return {}
-        values: tuple[str, ...] = self._values_at(tokens)  # type: ignore[assignment]
-        if not self._summed:
-            try:
-                return dict(zip(self._names, map(int, values), strict=True))
-            except ValueError:
-                pass  # some value is not a number: take the careful path below
-        out: dict[str, int] = {}
+        try:
+            if not self._summed:
+                return dict(zip(self._names, map(int, self._values_at(tokens)), strict=True))  # type: ignore[call-overload]
+            out = dict(zip(self._single, map(int, self._single_at(tokens)), strict=True))  # type: ignore[call-overload]
+            for name, values_at in self._multi:
+                out[name] = sum(map(int, values_at(tokens)))  # type: ignore[call-overload]
+            return out
+        except ValueError:
+            pass  # some value is not a number: take the careful path below
+        values: tuple[str | bytes, ...] = self._values_at(tokens)  # type: ignore[assignment]
+        careful: dict[str, int] = {}
         for name, text_value in zip(self._names, values, strict=True):
             try:
                 value = int(text_value)
             except ValueError:
                 continue
-            out[name] = out.get(name, 0) + value
-        return out
+            careful[name] = careful.get(name, 0) + value
+        return careful
 
-    def _learn(self, tokens: list[str]) -> None:
+    def _learn(self, tokens: list[Any]) -> None:
         route = self._route
-        keys: list[str] = []
+        keys: list[str | bytes] = []
         key_idx: list[int] = []
         names: list[str] = []
         value_idx: list[int] = []
-        seen: set[str] = set()
+        seen: set[str | bytes] = set()
         # The last token cannot be a key with a value after it.
         for idx in range(len(tokens) - 1):
             tok = tokens[idx]
             if tok in seen:
                 continue
-            outputs = route(tok)
+            outputs = route(tok.decode("utf-8", "replace") if isinstance(tok, bytes) else tok)
             if outputs:
                 seen.add(tok)
                 keys.append(tok)
@@ -121,13 +136,21 @@ class TokenPicker:
         self._summed = len(set(names)) != len(names)
         self._keys_at = _getter(key_idx)
         self._values_at = _getter(value_idx)
+        sources: dict[str, list[int]] = {}
+        for name, idx in zip(names, value_idx, strict=True):
+            sources.setdefault(name, []).append(idx)
+        self._single = tuple(name for name, idxs in sources.items() if len(idxs) == 1)
+        self._single_at = _getter([idxs[0] for idxs in sources.values() if len(idxs) == 1])
+        self._multi = tuple(
+            (name, _getter(idxs)) for name, idxs in sources.items() if len(idxs) > 1
+        )
 
 
-def _nothing(_tokens: list[str]) -> tuple[str, ...]:
+def _nothing(_tokens: list[Any]) -> tuple[str, ...]:
     return ()
 
 
-def _getter(indexes: list[int]) -> Callable[[list[str]], object]:
+def _getter(indexes: list[int]) -> Callable[[list[Any]], object]:
     """A C-speed fetch of several list items as a tuple (itemgetter of one is scalar)."""
     if not indexes:
         return _nothing
@@ -291,6 +314,8 @@ class MemoryCollector(Collector):
         self._meminfo = TokenPicker(lambda token: by_token.get(token, ()))
         self._vmstat = TokenPicker(vmstat_route())
         self._vmstat_names = {f.leaf: f"mem.vmstat.{f.leaf}" for f in VMSTAT_FIELDS}
+        self._meminfo_path = roots.proc / "meminfo"
+        self._vmstat_path = roots.proc / "vmstat"
 
     def descriptors(self) -> list[MetricDesc]:
         descs = [
@@ -327,13 +352,15 @@ class MemoryCollector(Collector):
     def collect(self) -> Raw:
         raw: Raw = {
             name: {SINGULAR: value}
-            for name, value in self._meminfo.pick(read_text(self.roots.proc / "meminfo")).items()
+            for name, value in self._meminfo.pick(read_bytes(self._meminfo_path)).items()
         }
-        vmstat = read_optional(self.roots.proc / "vmstat")
-        if vmstat is not None:
-            names = self._vmstat_names
-            for leaf, value in self._vmstat.pick(vmstat).items():
-                raw[names[leaf]] = {SINGULAR: value}
+        try:
+            vmstat = read_bytes(self._vmstat_path)
+        except SourceUnavailable:
+            return raw
+        names = self._vmstat_names
+        for leaf, value in self._vmstat.pick(vmstat).items():
+            raw[names[leaf]] = {SINGULAR: value}
         return raw
 
 
