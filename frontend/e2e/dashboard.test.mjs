@@ -45,6 +45,9 @@ describe('dashboard', { skip }, () => {
     await page.mouse.move(box.x + box.width - 2, box.y + box.height / 2)
     const latest = await page.locator('section[aria-label="CPU utilisation"] .u-series').first().innerText()
     assert.match(latest, /\d\d:\d\d:\d\d/)
+    const tip = page.getByRole('tooltip')
+    await tip.waitFor()
+    assert.match(await tip.innerText(), /\d\d:\d\d:\d\d[\s\S]*user \d+(\.\d+)? %/)
     // Points are drawn on a canvas: ask the page for the oldest sample it holds.
     const hasOld = await page.evaluate((opened) => window.__hostscope.oldest() < opened - 2, openedAt)
     assert.ok(hasOld, 'no sample older than the page: backfill did not arrive')
