@@ -6,10 +6,18 @@ teardown runs only if they started) and stopped in a fixed order:
 
 1. ``on_shutdown``: the hub stops publishing and every websocket is closed with 1001
    GOING_AWAY (they are tracked in a WeakSet, as aiohttp's documentation recommends);
+   each closed connection releases the BPF modules it held;
 2. aiohttp waits up to ``shutdown_timeout`` for handlers to finish;
-3. cleanup: the sampler task is cancelled and awaited, the worker thread joined,
-   ``sampler.close()`` called, and every registered detacher (BPF programs, perf events)
-   run, newest first.
+3. cleanup: the BPF prewarm is abandoned and the BPF worker pool takes no new work; the
+   sampler task is cancelled and awaited, the worker thread joined, ``sampler.close()``
+   called, every registered detacher (perf events, helpers) run, newest first, and the
+   privileged operations closed, which detaches every BPF module (waiting for a compile
+   in progress), so no program stays loaded after a SIGTERM.
+
+The BPF modules' collectors are part of the sampler from the start (a module that is
+off reports nothing), and ``prewarm()`` (bcc import, BTF parsing: ~0.5 s) runs in the
+background after startup: it never delays serving, and a host without bcc only gets
+modules listed as unavailable with the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -24,18 +33,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import WSCloseCode, web
 
-from hostscope.metrics.defaults import build_sampler
+from hostscope.metrics.defaults import default_collectors
 from hostscope.metrics.history import History
+from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
-from . import api, prom, static, stream
+from . import api, bpf_api, prom, static, stream
 from .config import Config
 from .errors import error_middleware
 from .host import read_host_info
 from .hub import Hub
 from .keys import (
+    BPF_EXECUTOR,
     CLOCK,
     CONFIG,
+    CONNECTION_IDS,
     DETACHERS,
     HOST,
     HUB,
@@ -47,7 +59,7 @@ from .keys import (
     TICKER,
     WEBSOCKETS,
 )
-from .privileged import Detacher, InProcessOps
+from .privileged import Detacher, InProcessOps, PrivilegedOps
 from .security import SecurityPolicy, install_headers, security_middlewares
 from .ticker import Ticker
 
@@ -55,26 +67,41 @@ log = logging.getLogger("hostscope.daemon")
 
 #: Module the dashboard engineer provides (SVG renders); optional in every build.
 RENDER_MODULE = "hostscope.daemon.render"
-#: Request bodies are tiny (all endpoints are GET); refuse big ones early.
+#: Request bodies are tiny (BPF toggles are the only ones); refuse big ones early.
 MAX_REQUEST_BODY = 64 * 1024
+#: Threads for BPF operations: concurrent compiles of different modules, plus room for
+#: status and table reads while they run.
+BPF_WORKERS = 4
 
 
 def create_app(
-    config: Config, *, sampler: Sampler | None = None, clock: Clock | None = None
+    config: Config,
+    *,
+    sampler: Sampler | None = None,
+    clock: Clock | None = None,
+    privileged: PrivilegedOps | None = None,
 ) -> web.Application:
     """A ready-to-run application for ``config``.
 
-    ``sampler`` defaults to the default collectors over ``config``'s roots with an
-    in-memory history of ``config.history`` seconds; ``clock`` to the system clock.
+    ``privileged`` defaults to :class:`InProcessOps` over ``config``'s roots (owning the
+    daemon's one BPF manager). ``sampler`` defaults to the default collectors plus the
+    BPF modules' collectors (``privileged.bpf_collectors()``) over ``config``'s roots,
+    with an in-memory history of ``config.history`` seconds; a sampler passed in should
+    include those collectors if BPF metrics are wanted. ``clock`` defaults to the system
+    clock.
     """
     clock = clock or (sampler.clock if sampler is not None else SystemClock())
+    detachers: list[Detacher] = []
+    if privileged is None:
+        privileged = InProcessOps(detachers.append, roots=config.roots(), bpf=config.bpf)
     if sampler is None:
-        sampler = build_sampler(
-            config.roots(),
+        sampler = Sampler(
+            [*default_collectors(config.roots(), process_interval_s=config.process_interval),
+             *privileged.bpf_collectors()],
+            registry=MetricRegistry(),
             interval_s=config.interval,
-            process_interval_s=config.process_interval,
-            history=History(retention_s=config.history),
             clock=clock,
+            history=History(retention_s=config.history),
         )
     policy = SecurityPolicy.build(
         bind_host=config.host,
@@ -87,7 +114,6 @@ def create_app(
         client_max_size=MAX_REQUEST_BODY,
     )
     hub = Hub(sampler)
-    detachers: list[Detacher] = []
     app[CONFIG] = config
     app[CLOCK] = clock
     app[SAMPLER] = sampler
@@ -95,7 +121,11 @@ def create_app(
     app[TICKER] = Ticker(sampler, hub.publish, clock=clock)
     app[SECURITY] = policy
     app[DETACHERS] = detachers
-    app[PRIVILEGED] = InProcessOps(detachers.append)
+    app[PRIVILEGED] = privileged
+    # Threads start on first use; nothing runs until the app does.
+    app[BPF_EXECUTOR] = ThreadPoolExecutor(max_workers=BPF_WORKERS,
+                                           thread_name_prefix="hostscope-bpf")
+    app[CONNECTION_IDS] = itertools.count(1)
     app[WEBSOCKETS] = weakref.WeakSet()
     app[STARTED] = clock.mono()
     app[PROMETHEUS] = prom.build_registry(app, sampler)
@@ -103,12 +133,15 @@ def create_app(
 
     api.add_routes(app)
     stream.add_routes(app)
+    bpf_api.add_routes(app)
     prom.add_routes(app)
     static.add_routes(app)
     _add_optional_routes(app, RENDER_MODULE)
     static.add_fallback_route(app)
 
     app.cleanup_ctx.append(_sampling)
+    # After sampling: started once the host is known, torn down first.
+    app.cleanup_ctx.append(_bpf)
     app.on_shutdown.append(_close_websockets)
     return app
 
@@ -154,8 +187,46 @@ async def _sampling(app: web.Application) -> AsyncIterator[None]:
         except Exception:
             log.exception("closing the sampler failed")
         _run_detachers(app)
-        app[PRIVILEGED].close()
+        try:
+            # Blocking (detaching, waiting for a compile in progress): off the loop.
+            await loop.run_in_executor(None, app[PRIVILEGED].close)
+        except Exception:
+            log.exception("closing the privileged operations failed")
         log.info("stopped")
+
+
+async def _bpf(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_prewarm_bpf(app), name="hostscope-bpf-prewarm")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Queued operations are cancelled; running ones finish in their threads, and
+        # closing the manager (next, in the sampling cleanup) waits for any start.
+        app[BPF_EXECUTOR].shutdown(wait=False, cancel_futures=True)
+
+
+async def _prewarm_bpf(app: web.Application) -> None:
+    """Pay bcc's import and BTF parsing now, not on the first click; then make
+    ``capabilities.bpf`` of ``/api/v1/host`` say what ``hostscope doctor`` says."""
+    ops = app[PRIVILEGED]
+    timings: dict[str, object] = {}
+    try:
+        timings = await bpf_api.run_blocking(app, ops.bpf_prewarm)
+        readiness = await bpf_api.run_blocking(app, ops.bpf_readiness)
+    except Exception as exc:  # BPF trouble must never stop the daemon
+        log.exception("BPF prewarm failed")
+        readiness = {"available": False,
+                     "reason": f"checking BPF readiness failed: {type(exc).__name__}: {exc}"}
+    host = app.get(HOST)
+    if host is not None:
+        host.set_bpf_readiness(readiness)
+    if readiness.get("available"):
+        log.info("bpf ready", extra={k: v for k, v in timings.items() if k.endswith("_s")})
+    else:
+        log.info("bpf unavailable", extra={"reason": readiness.get("reason")})
 
 
 def _run_detachers(app: web.Application) -> None:

@@ -1,8 +1,11 @@
-"""The ``hostscope`` command: ``serve``, ``sample`` and ``version``.
+"""The ``hostscope`` command: ``serve``, ``sample``, ``doctor`` and ``version``.
 
 ``serve`` runs the daemon until SIGTERM or SIGINT, then shuts down gracefully (websockets
 closed with 1001, sampler stopped, everything attached detached) within a few seconds.
 ``sample`` prints current values once, for people (with units) or scripts (``--json``).
+``doctor`` checks what BPF modules and profiling need here (privileges, bcc, kernel
+headers, tracefs, ...) and how to fix what is missing; it is
+:func:`hostscope.bpfmods.doctor.doctor_main`, whose arguments and exit status it keeps.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="hostscope: a per-host live performance dashboard "
         "(PCP-style metrics over a websocket, REST API, Prometheus /metrics).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,sample,version}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,sample,doctor,version}")
 
     serve = sub.add_parser(
         "serve",
@@ -106,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--etc-root", default="/etc", metavar="DIR")
     sample.set_defaults(func=cmd_sample)
 
+    # Its arguments (--json, --help) are doctor_main's own: passed through unparsed.
+    doctor = sub.add_parser("doctor", add_help=False,
+                            help="check BPF and perf readiness (exit 0 when modules can run)")
+    doctor.set_defaults(func=None)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     return parser
@@ -113,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "doctor":
+        from hostscope.bpfmods.doctor import doctor_main
+
+        return doctor_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

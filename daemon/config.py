@@ -60,6 +60,9 @@ class Config:
     client_queue: int = 64
     #: Seconds the server waits for in-flight requests and websocket closes on shutdown.
     shutdown_timeout: float = 2.0
+    #: Offer BPF modules (heat maps, event tables) to clients. false: none can be enabled,
+    #: and bcc and the kernel's BTF are never loaded (they cost ~100 MB of memory).
+    bpf: bool = True
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))

@@ -6,6 +6,10 @@ protocol's JSON shape ``{"error": {"code", "message"}}`` with a 4xx status for b
 so a client can always parse the answer and a typo never shows up as a 500. Anything
 unexpected becomes ``500 internal`` with its traceback logged: that is a bug to fix, not a
 condition to handle.
+
+BPF manager errors keep their own stable ``code`` (``unknown_module``,
+``invalid_settings``, ...) and add their details (``module``, and ``errors``, one message
+per bad setting) next to ``code`` and ``message``.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from hostscope.bpfmods.manager import BpfError
 from hostscope.metrics.model import UnknownMetricError
 
 log = logging.getLogger("hostscope.daemon")
@@ -30,6 +36,19 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     413: "too_large",
     421: "host_not_allowed",
+}
+
+#: BpfError.code -> HTTP status. A module that cannot run here, or runs with other
+#: settings for other viewers, or is off when its table is asked for, is a conflict with
+#: the host's state (409), not bad input; a failed compile or attach is the server's.
+_BPF_STATUS = {
+    "unknown_module": 404,
+    "invalid_settings": 400,
+    "bpf_error": 400,  # the base class: a bad argument (e.g. a table limit)
+    "unavailable": 409,
+    "settings_conflict": 409,
+    "not_running": 409,
+    "start_failed": 500,
 }
 
 
@@ -55,12 +74,16 @@ class TooManyNames(BadParameter):
     """More names in one request than the protocol allows (400 ``too_many_names``)."""
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_body(
+    code: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    return {"error": {"code": code, "message": message, **(details or {})}}
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(error_body(code, message), status=status)
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    return web.json_response(error_body(code, message, details), status=status)
 
 
 def translate(exc: BaseException) -> tuple[int, str, str] | None:
@@ -79,7 +102,16 @@ def translate(exc: BaseException) -> tuple[int, str, str] | None:
         return 400, "bad_parameter", str(exc)
     if isinstance(exc, json.JSONDecodeError):
         return 400, "bad_request", f"malformed JSON: {exc.msg}"
+    if isinstance(exc, BpfError):
+        return _BPF_STATUS.get(exc.code, 500), exc.code, str(exc)
     return None
+
+
+def details(exc: BaseException) -> dict[str, Any]:
+    """Machine-readable fields a known error adds to ``code`` and ``message``."""
+    if isinstance(exc, BpfError):
+        return {k: v for k, v in exc.to_json().items() if k not in ("code", "message")}
+    return {}
 
 
 @web.middleware
@@ -102,7 +134,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         known = translate(exc)
         if known is not None:
             status, code, message = known
-            return error_response(status, code, message)
+            return error_response(status, code, message, details(exc))
         log.exception(
             "unhandled error", extra={"path": request.path, "method": request.method}
         )

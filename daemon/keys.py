@@ -6,8 +6,10 @@ Nothing here does I/O; values are set by :func:`hostscope.daemon.app.create_app`
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -37,3 +39,8 @@ WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
 PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
 #: Monotonic time the app started, for /healthz uptime.
 STARTED = web.AppKey("started", float)
+#: Threads for blocking BPF operations (compile + attach, detach, map reads): a pool of
+#: its own, so a burst of toggles never queues behind (or delays) other blocking work.
+BPF_EXECUTOR = web.AppKey("bpf_executor", ThreadPoolExecutor)
+#: Source of websocket connection ids ("ws:N"), the holders of BPF modules they enabled.
+CONNECTION_IDS = web.AppKey("connection_ids", itertools.count)

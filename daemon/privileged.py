@@ -1,12 +1,17 @@
 """The seam between the network-facing daemon and work that needs privileges.
 
 PCP runs its collectors in pmcd and drops privileges in the network-facing pmproxy;
-Netdata keeps privileged plugins in separate processes. hostscope will do the same once
-BPF programs arrive: the websocket/HTTP process should not hold CAP_BPF. To make that a
-change of implementation rather than of callers, everything privileged goes through the
-:class:`PrivilegedOps` protocol. Today there is one implementation, :class:`InProcessOps`,
-which does the work directly in the daemon; a helper-process implementation can replace
-it without touching the routes, the hub or the BPF modules.
+Netdata keeps privileged plugins in separate processes. hostscope will do the same: the
+websocket/HTTP process should not hold CAP_BPF. To make that a change of implementation
+rather than of callers, everything privileged goes through the :class:`PrivilegedOps`
+protocol. Today there is one implementation, :class:`InProcessOps`, which does the work
+directly in the daemon; a helper-process implementation can replace it without touching
+the routes, the hub or the BPF modules.
+
+The BPF operations mirror :class:`~hostscope.bpfmods.manager.BpfManager` one to one and
+take and return plain JSON data (errors are ``BpfError``s with a ``code`` and
+``to_json()``), so a helper can serve them over a small RPC unchanged. They block
+(compiling takes a few hundred milliseconds): callers run them off the event loop.
 
 Anything attached (a BPF program, a perf event) returns a *detacher*; ``attach``
 registers it so shutdown detaches everything even if the module that attached it forgot.
@@ -14,11 +19,16 @@ registers it so shutdown detaches everything even if the module that attached it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from hostscope.metrics.sources import read_optional
+from hostscope.bpfmods.collectors import bpf_collectors
+from hostscope.bpfmods.host import HostProbe
+from hostscope.bpfmods.manager import BpfManager, ModuleUnavailableError
+from hostscope.metrics.collector import Collector
+from hostscope.metrics.sources import Roots, read_optional
 
 Detacher = Callable[[], None]
 
@@ -53,23 +63,89 @@ class PrivilegedOps(Protocol):
         """Run ``attach`` with privileges and remember its detacher for shutdown."""
         ...
 
+    # -- BPF modules (blocking; plain JSON in and out) --------------------------------
+
+    def bpf_collectors(self) -> list[Collector]:
+        """Collectors of the modules' metrics, for the sampler (a helper implementation
+        returns collectors that fetch ``read_metrics`` over its RPC)."""
+        ...
+
+    def bpf_prewarm(self) -> dict[str, Any]:
+        """One-off costs ahead of the first enable (bcc import, BTF, attach plans)."""
+        ...
+
+    def bpf_readiness(self) -> dict[str, Any]:
+        """Whether BPF modules can run here and why not: the checks of ``hostscope
+        doctor`` (privileges, bcc, headers, tracefs) and each module's availability."""
+        ...
+
+    def bpf_status(self) -> list[dict[str, Any]]: ...
+
+    def bpf_describe(self) -> list[dict[str, Any]]: ...
+
+    def bpf_enable(
+        self, name: str, settings: Mapping[str, Any] | None, user_id: str
+    ) -> dict[str, Any]: ...
+
+    def bpf_disable(self, name: str, user_id: str) -> dict[str, Any]: ...
+
+    def bpf_release(self, user_id: str) -> list[str]: ...
+
+    def bpf_table(self, name: str, table: str, limit: int) -> dict[str, Any]: ...
+
     def close(self) -> None:
         """Detach everything still attached and release the helper, if any."""
         ...
 
 
+_probes: dict[Roots, HostProbe] = {}
+_probes_lock = threading.Lock()
+
+
+def shared_host_probe(roots: Roots) -> HostProbe:
+    """The process's one :class:`HostProbe` for ``roots``.
+
+    Its answers are facts of the running kernel and of this process (BTF, tracefs, bcc,
+    privileges) that cost ~0.3 s of CPU and ~40 MB to establish (parsing BTF); an app
+    created again in the same process (tests, embedding) reuses them instead of paying
+    again. Filled on first use, never at import.
+    """
+    with _probes_lock:
+        probe = _probes.get(roots)
+        if probe is None:
+            probe = _probes[roots] = HostProbe(roots)
+        return probe
+
+
+#: Why modules are unavailable when the configuration turned BPF off.
+BPF_DISABLED = "BPF modules are disabled in the daemon's configuration (bpf = false)"
+
+
 class InProcessOps:
-    """:class:`PrivilegedOps` done in the daemon itself (the only mode so far)."""
+    """:class:`PrivilegedOps` done in the daemon itself (the only mode so far).
+
+    Owns the daemon's one :class:`BpfManager`. With ``bpf=False`` the manager still
+    describes the modules (so clients can show what exists) but loads nothing, imports
+    no bcc and parses no BTF: those cost ~100 MB of resident memory, which a host that
+    never wants BPF should not pay.
+    """
 
     def __init__(
         self,
         register_detacher: Callable[[Detacher], None],
         *,
+        roots: Roots | None = None,
+        bpf: bool = True,
+        host: HostProbe | None = None,
         self_status: Path = Path("/proc/self/status"),
     ) -> None:
         # The daemon's own status, not the monitored host's (roots may point elsewhere).
         self._self_status = self_status
         self._register = register_detacher
+        # Programs attach to the running kernel, but tracefs, BTF and cgroups are found
+        # under the configured roots (a host's /sys mounted into a container).
+        self.bpf_manager = BpfManager(host or shared_host_probe(roots or Roots()))
+        self._bpf_disabled = None if bpf else BPF_DISABLED
 
     def capabilities(self) -> set[str]:
         text = read_optional(self._self_status)
@@ -81,5 +157,61 @@ class InProcessOps:
         self._register(detach)
         return detach
 
+    # -- BPF ------------------------------------------------------------------------
+
+    def bpf_collectors(self) -> list[Collector]:
+        return [] if self._bpf_disabled else bpf_collectors(self.bpf_manager)
+
+    def bpf_prewarm(self) -> dict[str, Any]:
+        return {} if self._bpf_disabled else self.bpf_manager.prewarm()
+
+    def bpf_readiness(self) -> dict[str, Any]:
+        manager = self.bpf_manager
+        # host.facts() needs neither bcc nor BTF parsing: cheap in both modes.
+        facts = manager.host.facts()
+        if self._bpf_disabled:
+            return {"available": False, "reason": self._bpf_disabled, **facts, "modules": {
+                m.name: {"available": False, "reason": self._bpf_disabled, "attach_point": None}
+                for m in manager.modules()}}
+        reason = manager.host.not_ready()
+        modules = {}
+        for module in manager.modules():
+            available, why, attach = manager.availability(module.name)
+            modules[module.name] = {"available": available, "reason": why or None,
+                                    "attach_point": attach}
+        return {"available": reason is None, "reason": reason, **facts, "modules": modules}
+
+    def bpf_status(self) -> list[dict[str, Any]]:
+        if not self._bpf_disabled:
+            return self.bpf_manager.status()
+        return [{"name": m.name, "title": m.title, "available": False,
+                 "reason": self._bpf_disabled, "attach_point": None,
+                 "rejected_attach_points": [], "notes": [], "state": "off", "error": None,
+                 "users": [], "settings": None, "compile_s": None, "tables": list(m.tables)}
+                for m in self.bpf_manager.modules()]
+
+    def bpf_describe(self) -> list[dict[str, Any]]:
+        return self.bpf_manager.describe()
+
+    def bpf_enable(
+        self, name: str, settings: Mapping[str, Any] | None, user_id: str
+    ) -> dict[str, Any]:
+        if self._bpf_disabled:
+            # Unknown names still answer unknown_module (nothing runs, so this reads {}).
+            self.bpf_manager.read_metrics(name)
+            raise ModuleUnavailableError(name, self._bpf_disabled)
+        return self.bpf_manager.enable(name, settings, user_id)
+
+    def bpf_disable(self, name: str, user_id: str) -> dict[str, Any]:
+        return self.bpf_manager.disable(name, user_id)
+
+    def bpf_release(self, user_id: str) -> list[str]:
+        return self.bpf_manager.release(user_id)
+
+    def bpf_table(self, name: str, table: str, limit: int) -> dict[str, Any]:
+        return self.bpf_manager.table(name, table, limit)
+
     def close(self) -> None:
-        """Nothing of its own: detachers registered through ``attach`` run at shutdown."""
+        """Detach every BPF module (waiting for starts in progress). Other detachers
+        registered through ``attach`` run at shutdown in the app's cleanup."""
+        self.bpf_manager.close()

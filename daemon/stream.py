@@ -1,7 +1,7 @@
 """``/api/v1/stream``: the websocket protocol of docs/protocol.md.
 
-One task reads a connection's messages (subscribe, unsubscribe, ping) in order; one
-writer task drains its bounded queue to the socket. The hub only ever ``put_nowait``s
+One task reads a connection's messages (subscribe, unsubscribe, ping, bpf) in order;
+one writer task drains its bounded queue to the socket. The hub only ever ``put_nowait``s
 into that queue, so a client that stops reading fills its own queue and is closed with
 1013 "client too slow" while everyone else keeps their schedule.
 
@@ -10,6 +10,10 @@ chunks, then live frames. While the backfill is being encoded the client is not 
 (the hub skips it); once the chunks are queued, whatever arrived meanwhile is topped up
 from history without yielding, and only then does the client go live, so there is
 neither a gap nor a duplicate between backfill and live frames.
+
+A ``bpf`` message toggles a BPF module on behalf of the connection (user ``ws:N``); when
+the connection ends, for whatever reason (closed, dropped as too slow, shutdown), every
+module it held is released, and one left without users detaches.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from hostscope.bpfmods.manager import BpfError
 from hostscope.metrics.model import UnknownMetricError
 
-from . import encode
-from .errors import ApiError, BadParameter, TooManyNames, translate
+from . import bpf_api, encode
+from .errors import ApiError, BadParameter, TooManyNames, details, translate
 from .hub import Client, Hub, interval_multiple
-from .keys import CONFIG, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
+from .keys import CONFIG, CONNECTION_IDS, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
 from .security import check_websocket_origin
 from .version import PROTOCOL, VERSION
 
@@ -62,6 +67,10 @@ class _Connection:
         self.hub: Hub = request.app[HUB]
         self.writer: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
+        #: Holder of the BPF modules this connection enables.
+        self.user_id = f"ws:{next(request.app[CONNECTION_IDS])}"
+        self.bpf_used = False
+        self.bpf_toggle: asyncio.Future[dict[str, Any]] | None = None
 
     # -- sending ------------------------------------------------------------------
 
@@ -79,7 +88,12 @@ class _Connection:
         self.client.offer(encode.dumps(message).encode())
 
     def error(
-        self, code: str, message: str, ref: object = None, names: list[str] | None = None
+        self,
+        code: str,
+        message: str,
+        ref: object = None,
+        names: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         log.info(
             "bad websocket message",
@@ -88,6 +102,8 @@ class _Connection:
         error: dict[str, Any] = {"type": "error", "code": code, "message": message, "ref": ref}
         if names is not None:
             error["names"] = names  # machine-readable list of the unknown names
+        if extra:
+            error.update(extra)  # e.g. a BPF error's module and per-setting errors
         self.send(error)
 
     # -- dropping -----------------------------------------------------------------
@@ -147,17 +163,20 @@ class _Connection:
                 self.unsubscribe(message)
             elif kind == "ping":
                 self.send({"type": "pong", "id": message.get("id")})
+            elif kind == "bpf":
+                await self.bpf(message)
             else:
                 self.error(
                     "unknown_type",
-                    f"unknown message type {kind!r}; expected subscribe, unsubscribe or ping",
+                    f"unknown message type {kind!r}; expected subscribe, unsubscribe, ping "
+                    "or bpf",
                     ref,
                 )
-        except (ApiError, UnknownMetricError, BadParameter) as exc:
+        except (ApiError, UnknownMetricError, BadParameter, BpfError) as exc:
             known = translate(exc)
             assert known is not None
             names = exc.names if isinstance(exc, UnknownMetricError) else None
-            self.error(known[1], known[2], ref, names)
+            self.error(known[1], known[2], ref, names, details(exc))
         except Exception:
             # A bug, not the client's fault: say so, keep the connection (as REST's 500).
             log.exception("websocket message failed", extra={"client": self.client.peer})
@@ -224,6 +243,30 @@ class _Connection:
                 self.overflow(client)
             return False
         return not client.closed
+
+    async def bpf(self, message: dict[str, Any]) -> None:
+        """Toggle a BPF module held by this connection; answer with its status entry."""
+        name = message.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadParameter("'name' must name a BPF module (GET /api/v1/bpf lists them)")
+        enabled, settings = bpf_api.parse_toggle(message, frozenset({"type", "name"}))
+        self.bpf_used = True
+        # Shielded: if this handler is cancelled mid-compile the toggle still completes,
+        # and release_bpf() waits for it, so a hold is never left behind a closed socket.
+        toggle = self.bpf_toggle = asyncio.ensure_future(
+            bpf_api.toggle(self.request.app, name, enabled, settings, self.user_id))
+        entry = await asyncio.shield(toggle)
+        self.send({"type": "bpf", "status": entry})
+
+    async def release_bpf(self) -> None:
+        """Drop this connection's holds, after a toggle still in flight has finished."""
+        toggle = self.bpf_toggle
+        if toggle is not None:
+            if not toggle.done():
+                await asyncio.wait([toggle])
+            if not toggle.cancelled():
+                toggle.exception()  # reported to the client already, or nobody is left
+        await bpf_api.release(self.request.app, self.user_id)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         names = _names(message, "names", required=True)
@@ -334,6 +377,8 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
             "client disconnected",
             extra={"client": peer, "code": ws.close_code, "dropped": conn.closer is not None},
         )
+        if conn.bpf_used:
+            await conn.release_bpf()
     if conn.closer is not None:
         # Keep the request alive until the slow client has been closed or aborted.
         with contextlib.suppress(asyncio.CancelledError):
