@@ -156,6 +156,10 @@ def test_parse_sockstat_and_a_missing_file(tmp_path: Path) -> None:
     cut = text[: text.index("tw 57") + 4]  # "... tw 5": the last line is not trusted
     assert "TCP" not in parse_sockstat(cut)
     assert parse_sockstat("TCP: inuse x tw 2\n")["TCP"] == {"tw": 2}
+    assert parse_sockstat(text, "TCP") == {"TCP": parsed["TCP"]}
+    assert parse_sockstat(text, "UDP") == {"UDP": parsed["UDP"]}
+    assert parse_sockstat(text, "sockets") == {"sockets": parsed["sockets"]}
+    assert parse_sockstat(text, "TCP6") == {} and parse_sockstat(cut, "TCP") == {}
     roots = copy_fixture(tmp_path, "network", "crafted")
     (roots.proc / "net/sockstat").unlink()
     raw = NetworkCollector(roots, page_size=4096).collect()
