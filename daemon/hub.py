@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from hostscope.metrics.collectors.cgroup import container_matches
 from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.sampler import Sampler, Tick
 
@@ -312,7 +313,9 @@ class Hub:
                 source = CONTAINER_SOURCE.get(registry.get(name).indom or "")
                 if source is not None:
                     owner = latest.get(source, {})
-                    instances = tuple(i for i in instances if owner.get(i) == container)
+                    instances = tuple(
+                        i for i in instances if container_matches(owner.get(i), container)
+                    )
             if instances:
                 groups.append((name, instances))
         return tuple(groups)

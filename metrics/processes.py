@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .collector import Cooked
+from .collectors.cgroup import container_matches
 from .collectors.process import PF_KTHREAD
 
 #: sort key -> the cooked metric it orders by (descending; missing values sort last).
@@ -53,8 +54,9 @@ def top_processes(
     (1.0 = one CPU), ``rss`` (bytes), ``io`` (bytes/s), ``threads``, ``state``,
     ``start_time`` (seconds since the epoch). A value not known yet (no rate on a
     process's first sample) or not readable (another user's I/O) is None. ``container``
-    keeps only processes whose ``proc.id.container`` equals it exactly ("" = host, not in
-    any container or unit). Ties are broken by PID so the order is stable.
+    keeps only processes of that container (see
+    :func:`~hostscope.metrics.collectors.cgroup.container_matches`; "" = the host, not
+    in any container or unit). Ties are broken by PID so the order is stable.
 
     Raises ValueError for an unknown ``sort`` or a ``limit`` outside 1..MAX_LIMIT.
     """
@@ -66,7 +68,7 @@ def top_processes(
 
     candidates: list[tuple[float, int, str]] = []
     for inst, pid in pids.items():
-        if container is not None and containers.get(inst) != container:
+        if container is not None and not container_matches(containers.get(inst), container):
             continue
         if not include_kernel_threads:
             flag = flags.get(inst)

@@ -118,3 +118,16 @@ def test_unknown_values_rank_last_and_ties_by_pid() -> None:
     assert rows[2]["io"] is None and rows[3]["io"] is None
     assert rows[0]["cmd"] is None  # metrics absent altogether: None, not an error
     assert top_processes({}, sort="cpu") == []
+
+
+def test_container_filter_matches_readable_names_exactly_and_paths_hierarchically() -> None:
+    from hostscope.metrics.collectors.cgroup import container_matches
+
+    assert container_matches("docker:ab12cd34ef56", "docker:ab12cd34ef56")
+    assert not container_matches("docker:ab12cd34ef56x", "docker:ab12cd34ef56")
+    assert container_matches("/process_api/7c30", "/process_api")
+    assert container_matches("/process_api/7c30", "/process_api/")
+    assert not container_matches("/process_apix/7c30", "/process_api")
+    assert not container_matches("nginx.service/x", "nginx.service")
+    assert not container_matches(None, "/")
+    assert container_matches("", "")

@@ -203,6 +203,22 @@ def container_name(cgroup_path: str) -> str:
     return cgroup_path if cgroup_path.startswith("/") else "/" + cgroup_path
 
 
+def container_matches(name: str | None, wanted: str) -> bool:
+    """Whether a process or cgroup named ``name`` belongs to the container ``wanted``.
+
+    Readable names (``docker:ab12``, ``nginx.service``) match exactly. Names that are
+    raw cgroup paths (layouts :func:`container_name` does not recognise) also match
+    below themselves, so filtering on the cgroup ``/process_api`` keeps the processes
+    whose own cgroup is ``/process_api/<id>``: the cgroup charts and the process table
+    then agree on one filter value.
+    """
+    if name is None:
+        return False
+    if name == wanted:
+        return True
+    return wanted.startswith("/") and name.startswith(wanted.rstrip("/") + "/")
+
+
 def parse_proc_cgroup(text: str) -> str:
     """The most useful cgroup path of a process from ``/proc/PID/cgroup``.
 
