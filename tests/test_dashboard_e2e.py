@@ -10,7 +10,9 @@ in ``HOSTSCOPE_SERVE_CMD``) and asserts that every end-to-end test passed.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,10 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from hostscope.bpfmods.histogram import BUCKET_NAMES, percentiles
+
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND = ROOT / "frontend"
 STATIC_INDEX = ROOT / "daemon" / "static" / "index.html"
 CHROMIUM = Path("/usr/bin/chromium")
+HISTOGRAM_CASES = FRONTEND / "src" / "lib" / "histogram.cases.json"
 
 pytestmark = [
     pytest.mark.skipif(
@@ -105,3 +110,57 @@ def test_dashboard_end_to_end(daemon: str) -> None:
         (int(line.split()[-1]) for line in output.splitlines() if line.startswith("# pass")), 0
     )
     assert passed >= 11, output
+
+
+# -- the dashboard's twin of bpfmods.histogram.percentiles ------------------------------
+
+
+def histogram_cases() -> dict[str, object]:
+    """Cases frontend/src/lib/histogram.spec.ts checks histogram.ts against: the dashboard
+    computes percentiles itself only for histograms it sums (every disk at once), and they
+    must match the daemon's ``bpf.<x>.p50/p90/p99`` for the same counts."""
+    qs = [0.0, 0.5, 0.9, 0.99, 0.999, 1.0]
+    rng = random.Random(5)
+    hists: list[dict[str, float | None]] = [
+        {},
+        {"0-1": 0.0, "2-3": None},
+        {"0-1": 3.0},
+        {"4-7": 1.0},
+        {"67108864-inf": 2.0},
+        {"vda:read:16-31": 10.0, "vda:read:32-63": 30.0, "vda:read:8-15": 5.0},
+        {"1024-2047": 0.5, "2-3": 2.25, "67108864-inf": 0.01},
+        {"0-1": -1.0, "8-15": 4.0},
+    ]
+    for _ in range(40):
+        hists.append({
+            name: round(rng.expovariate(0.1), 3) if rng.random() < 0.5 else 0.0
+            for name in BUCKET_NAMES
+        })
+    cases = []
+    for h in hists:
+        got = percentiles(h, qs)
+        cases.append({"buckets": [[k, v] for k, v in h.items()], "qs": qs,
+                      "values": [got[q] for q in qs]})
+    return {"generated_by": "hostscope.bpfmods.histogram.percentiles "
+                            "(tests/test_dashboard_e2e.py checks this file is current)",
+            "cases": cases}
+
+
+def test_histogram_cases_for_the_typescript_twin_are_current() -> None:
+    """Regenerate with `.venv/bin/python -m tests.test_dashboard_e2e`."""
+    committed = json.loads(HISTOGRAM_CASES.read_text())
+    fresh = histogram_cases()
+    assert len(committed["cases"]) == len(fresh["cases"])  # type: ignore[arg-type]
+    for old, new in zip(committed["cases"], fresh["cases"], strict=True):  # type: ignore[call-overload]
+        assert old["buckets"] == new["buckets"]
+        for a, b in zip(old["values"], new["values"], strict=True):
+            assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-12), (old, new)
+
+
+def _one_case_per_line(data: dict[str, object]) -> str:
+    cases = ",\n".join(json.dumps(c) for c in data["cases"])  # type: ignore[attr-defined]
+    return f'{{"generated_by": {json.dumps(data["generated_by"])},\n"cases": [\n{cases}\n]}}\n'
+
+
+if __name__ == "__main__":
+    HISTOGRAM_CASES.write_text(_one_case_per_line(histogram_cases()))

@@ -1,5 +1,5 @@
 import { mount } from '@vue/test-utils'
-import { describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { panelById } from '../lib/catalogue'
 import { LIVE, createLive } from '../lib/live'
 import type { Descriptor } from '../lib/protocol'
@@ -31,10 +31,10 @@ describe('PanelCard states', () => {
     expect(w.text()).toContain('Not available: kernel built without CONFIG_PSI.')
   })
 
-  it('shows BPF panels as coming soon or unavailable, as the daemon reports', () => {
-    expect(mountCard('bpf.runqlat', conn([], { bpf: { available: true } })).text()).toContain('Coming soon')
-    expect(mountCard('bpf.runqlat', conn([], { bpf: { available: false, reason: 'no CAP_BPF' } })).text()).toContain(
-      'Not available on this daemon: no CAP_BPF.',
+  it('shows flame graph panels as coming soon or unavailable, as the daemon reports', () => {
+    expect(mountCard('flame.cpu', conn([], { perf: { available: true } })).text()).toContain('Coming soon')
+    expect(mountCard('flame.cpu', conn([], { perf: { available: false, reason: 'perf_event_paranoid is 4' } })).text()).toContain(
+      'Not available on this daemon: perf_event_paranoid is 4.',
     )
   })
 
@@ -49,6 +49,10 @@ describe('PanelCard states', () => {
 })
 
 describe('WidgetCatalogue', () => {
+  // A daemon without the BPF API: its entries are listed as not available.
+  beforeEach(() => vi.stubGlobal('fetch', async () => new Response(JSON.stringify({ error: { code: 'not_found', message: 'no such resource' } }), { status: 404 })))
+  afterEach(() => vi.unstubAllGlobals())
+
   it('adds catalogue and custom widgets and rejects unknown metrics', async () => {
     const w = mount(WidgetCatalogue, { props: { conn: conn(['disk.dev.aveq']), present: [] } })
     expect(w.findAll('h3').map((h) => h.text())).toEqual(['CPU', 'Memory', 'Disk', 'Network', 'Processes', 'Containers', 'BPF', 'Flame graphs', 'Custom'])
@@ -60,6 +64,8 @@ describe('WidgetCatalogue', () => {
     await w.find('#custom-metric').setValue('disk.dev.aveq')
     await w.find('form').trigger('submit')
     expect(w.emitted('add')![1]).toEqual(['custom:disk.dev.aveq'])
+    await new Promise((r) => setTimeout(r, 0))
+    expect(w.get('button[aria-label="Add Run queue latency (heat map)"]').text()).toContain('not available: this daemon has no BPF support')
   })
 })
 

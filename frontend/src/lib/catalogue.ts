@@ -48,6 +48,31 @@ export const DEFAULT_PANELS: readonly string[] = catalogue.default
 const byId = new Map(PANELS.map((p) => [p.id, p]))
 
 export const CUSTOM_PREFIX = 'custom:'
+/** Widgets of BPF modules are `bpf.<module>`, one per module the daemon lists. */
+export const BPF_PREFIX = 'bpf.'
+
+/** Titles for modules the catalogue file does not list. */
+const BPF_TITLES: Record<string, string> = {
+  syscalls: 'Syscall latency and top syscalls',
+  offcpu: 'Off-CPU time (heat map)',
+}
+
+/** The widget of BPF module `name` (a catalogue entry when there is one). */
+export function bpfPanel(name: string): PanelSpec {
+  return byId.get(BPF_PREFIX + name) ?? {
+    id: BPF_PREFIX + name,
+    group: 'bpf',
+    title: BPF_TITLES[name] ?? `BPF: ${name}`,
+    kind: 'bpf',
+    requires: 'bpf',
+    series: [],
+  }
+}
+
+/** Module name of a BPF widget, or null. */
+export function bpfModuleOf(p: PanelSpec): string | null {
+  return p.kind === 'bpf' && p.id.startsWith(BPF_PREFIX) ? p.id.slice(BPF_PREFIX.length) : null
+}
 
 /** A custom widget: any metric from the descriptor list, one line per instance. */
 export function customPanel(metric: string): PanelSpec {
@@ -65,6 +90,7 @@ export function panelById(id: string): PanelSpec | undefined {
     const metric = id.slice(CUSTOM_PREFIX.length)
     return /^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$/.test(metric) ? customPanel(metric) : undefined
   }
+  if (/^bpf\.[a-z][a-z0-9_]{0,31}$/.test(id)) return bpfPanel(id.slice(BPF_PREFIX.length))
   return byId.get(id)
 }
 

@@ -55,6 +55,56 @@ export interface ErrorMsg {
   message: string
   ref: string | null
   names?: string[]
+  /** BPF errors: the module concerned and, for invalid settings, one message per problem. */
+  module?: string
+  errors?: string[]
+}
+
+/** One BPF module as `GET /api/v1/bpf` and the websocket's `bpf` answers describe it. */
+export interface BpfModuleStatus {
+  name: string
+  title: string
+  available: boolean
+  /** Why the module cannot run on this host (null when it can). */
+  reason: string | null
+  attach_point: string | null
+  state: 'off' | 'starting' | 'on' | 'error'
+  error: string | null
+  /** Holders: `ws:N` (a page) or `rest[:NAME]`. */
+  users: string[]
+  settings: Record<string, unknown> | null
+  /** Table name -> what its rows are. */
+  tables: Record<string, string>
+  help: string
+  metrics: string[]
+  notes?: string[]
+  compile_s?: number | null
+}
+
+export interface BpfList {
+  available: boolean
+  reason: string | null
+  modules: BpfModuleStatus[]
+}
+
+export interface BpfMsg {
+  type: 'bpf'
+  status: BpfModuleStatus
+}
+
+/** Client -> server: switch a module on or off for this connection. */
+export interface BpfToggleMsg {
+  type: 'bpf'
+  name: string
+  enabled: boolean
+  settings?: Record<string, unknown>
+}
+
+export interface BpfTableAnswer {
+  module: string
+  table: string
+  time: number
+  rows: Record<string, unknown>[]
 }
 
 export interface PongMsg {
@@ -62,7 +112,7 @@ export interface PongMsg {
   id: unknown
 }
 
-export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg
+export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg | BpfMsg
 
 export interface SubscribeMsg {
   type: 'subscribe'
@@ -153,6 +203,10 @@ export function parseServerMsg(text: string): ServerMsg | null {
     case 'samples': {
       const sm = msg as SamplesMsg
       return Array.isArray(sm.t) && Array.isArray(sm.v) ? sm : null
+    }
+    case 'bpf': {
+      const st = (msg as BpfMsg).status
+      return st && typeof st === 'object' && typeof st.name === 'string' ? (msg as BpfMsg) : null
     }
     default:
       return null

@@ -33,6 +33,11 @@ export class Timeline {
   readonly instances = new Map<string, Set<string>>()
   /** Latest value of text metrics (command names, container names), not charted. */
   readonly text = new Map<string, string>()
+  /**
+   * Bumped whenever data already held changes (a merge into the past, a forgotten
+   * series), so a drawing that only appends new columns knows to start over.
+   */
+  generation = 0
 
   constructor(public retentionS: number) {}
 
@@ -95,6 +100,7 @@ export class Timeline {
 
   /** Out-of-order or overlapping data (backfill after a reconnect, history for a gap). */
   private merge(t: number[], keys: string[], v: Value[][], scale: number[]): void {
+    this.generation++
     const union = Array.from(new Set([...this.times, ...t])).sort((a, b) => a - b)
     if (union.length !== this.times.length) {
       const pos = new Map(union.map((x, i) => [x, i]))
@@ -134,6 +140,7 @@ export class Timeline {
 
   /** Drop one series (an instance gone for the whole window, or a released metric). */
   forget(key: string): void {
+    this.generation++
     this.cols.delete(key)
     this.text.delete(key)
     const [metric, instance] = splitKey(key)
@@ -148,6 +155,7 @@ export class Timeline {
   }
 
   clear(): void {
+    this.generation++
     this.times = []
     this.cols.clear()
     this.instances.clear()

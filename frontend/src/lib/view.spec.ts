@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { exportJson, importJson, loadSaved, storeSaved } from './dashboards'
-import { decodeView, defaultView, encodeView, sanitizeView } from './view'
+import { bpfHolds, bpfOn, decodeView, defaultView, encodeView, sanitizeView, setBpf } from './view'
 
 describe('view URL', () => {
   it('round-trips a view through the query string', () => {
@@ -32,6 +32,30 @@ describe('view URL', () => {
     expect(v.hosts).toEqual([''])
     expect(v.active).toBe(0)
     expect(decodeView('').widgets.length).toBeGreaterThan(15)
+  })
+
+  it('carries BPF widgets and the modules the page switches on, per host', () => {
+    const v = decodeView('?panels=bpf.runqlat,bpf.syscalls~2x2,bpf.Bad,bpf.x.y&hosts=self,db1:7470&bpf=runqlat,syscalls@db1:7470,<x>,runqlat')
+    expect(v.widgets.map((w) => [w.id, w.w, w.h])).toEqual([
+      ['bpf.runqlat', 2, 1],
+      ['bpf.syscalls', 2, 2],
+    ])
+    expect(v.bpf).toEqual(['runqlat', 'syscalls@db1:7470'])
+    expect(bpfOn(v, 'runqlat', '')).toBe(true)
+    expect(bpfOn(v, 'runqlat', 'http://db1:7470')).toBe(false)
+    expect(bpfOn(v, 'syscalls', 'http://db1:7470')).toBe(true)
+    setBpf(v, 'runqlat', 'http://db1:7470', true)
+    setBpf(v, 'runqlat', '', false)
+    const q = encodeView(v)
+    expect(q).toContain('bpf=syscalls@db1:7470,runqlat@db1:7470')
+    expect(decodeView(q)).toEqual(v)
+    // Holds: only toggles whose widget is on the page and whose host is shown.
+    v.bpf.push('execsnoop', 'runqlat@gone:1')
+    expect(bpfHolds(v)).toEqual([
+      { module: 'syscalls', base: 'http://db1:7470' },
+      { module: 'runqlat', base: 'http://db1:7470' },
+    ])
+    expect(sanitizeView({ widgets: [], bpf: ['runqlat', 5, '../x'] })!.bpf).toEqual(['runqlat'])
   })
 
   it('accepts a single host= as runbook links write it', () => {

@@ -5,9 +5,11 @@
  *
  *   ?panels=cpu.util,mem.util~2x1,custom:disk.dev.aveq&window=900&hosts=self,db1:7470&container=web-1
  *
- * A widget is `ID[~WxH]` (width in grid columns 1-4, height in rows 1-3).
+ * A widget is `ID[~WxH]` (width in grid columns 1-4, height in rows 1-3). BPF modules the
+ * page switches on are `bpf=runqlat,biolatency@db1:7470` (module, or module@host).
  */
-import { DEFAULT_PANELS, panelById } from './catalogue'
+import { parseToggleKey, toggleKey } from './bpf'
+import { BPF_PREFIX, DEFAULT_PANELS, panelById } from './catalogue'
 
 export const WINDOWS = [60, 300, 900, 1800, 3600] as const
 export const MAX_W = 4
@@ -30,12 +32,22 @@ export interface ViewState {
   window: number
   container: string
   theme: Theme
+  /** BPF modules this page switches on, `module` or `module@host` (see bpf.ts). */
+  bpf: string[]
 }
 
 const DEFAULT_SIZES: Record<string, [number, number]> = {
   'proc.top': [2, 2],
   'cpu.util': [2, 1],
   'mem.util': [2, 1],
+  // Heat maps want width (time); tables want width and rows.
+  'bpf.runqlat': [2, 1],
+  'bpf.biolatency': [2, 1],
+  'bpf.offcpu': [2, 1],
+  'bpf.syscalls': [2, 2],
+  'bpf.tcplife': [2, 2],
+  'bpf.tcpretrans': [2, 1],
+  'bpf.execsnoop': [2, 2],
 }
 
 export function defaultSize(id: string): [number, number] {
@@ -50,7 +62,7 @@ export function defaultWidgets(): Widget[] {
 }
 
 export function defaultView(): ViewState {
-  return { hosts: [''], layout: 'side', active: 0, widgets: defaultWidgets(), window: 300, container: '', theme: '' }
+  return { hosts: [''], layout: 'side', active: 0, widgets: defaultWidgets(), window: 300, container: '', theme: '', bpf: [] }
 }
 
 const clamp = (x: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, Math.round(x)))
@@ -86,6 +98,43 @@ function tokenToHost(token: string): string {
   return /^https?:\/\//i.test(t) ? t.replace(/\/+$/, '') : `http://${t.replace(/\/+$/, '')}`
 }
 
+/** Is BPF module `module` switched on by this view for host `base`? */
+export function bpfOn(v: ViewState, module: string, base: string): boolean {
+  return v.bpf.includes(toggleKey(module, hostToken(base)))
+}
+
+/** Switch BPF module `module` on or off for host `base` in this view. */
+export function setBpf(v: ViewState, module: string, base: string, on: boolean): void {
+  const key = toggleKey(module, hostToken(base))
+  const i = v.bpf.indexOf(key)
+  if (on && i < 0) v.bpf.push(key)
+  else if (!on && i >= 0) v.bpf.splice(i, 1)
+}
+
+/**
+ * The holds a view asks for: (module, host base) for every toggle whose widget is on the
+ * page and whose host is shown. A toggle without its widget holds nothing.
+ */
+export function bpfHolds(v: ViewState): { module: string; base: string }[] {
+  const shown = new Set(v.widgets.map((w) => w.id))
+  const out: { module: string; base: string }[] = []
+  for (const key of v.bpf) {
+    const t = parseToggleKey(key)
+    if (!t || !shown.has(BPF_PREFIX + t.module)) continue
+    const base = tokenToHost(t.host)
+    if (v.hosts.includes(base)) out.push({ module: t.module, base })
+  }
+  return out
+}
+
+function cleanBpf(keys: unknown[]): string[] {
+  const ok = keys.filter((k): k is string => typeof k === 'string' && parseToggleKey(k) !== null)
+  return [...new Set(ok.map((k) => {
+    const t = parseToggleKey(k)!
+    return toggleKey(t.module, hostToken(tokenToHost(t.host)))
+  }))].slice(0, 64)
+}
+
 function dedupe(widgets: Widget[]): Widget[] {
   const seen = new Set<string>()
   return widgets.filter((w) => !seen.has(w.id) && seen.add(w.id))
@@ -108,9 +157,16 @@ export function encodeView(v: ViewState): string {
   if (v.layout !== 'side') q.set('layout', v.layout)
   if (v.layout === 'tabs' && v.active) q.set('active', String(v.active))
   if (v.container) q.set('container', v.container)
+  if (v.bpf.length) q.set('bpf', v.bpf.join(','))
   if (v.theme) q.set('theme', v.theme)
   // URLSearchParams escapes ',' and ':'; they are safe in a query and far more readable.
-  return q.toString().replaceAll('%2C', ',').replaceAll('%3A', ':').replaceAll('%2F', '/').replaceAll('%7E', '~')
+  return q
+    .toString()
+    .replaceAll('%2C', ',')
+    .replaceAll('%3A', ':')
+    .replaceAll('%2F', '/')
+    .replaceAll('%7E', '~')
+    .replaceAll('%40', '@')
 }
 
 /** Parse a query string into a view; anything missing or invalid takes its default. */
@@ -129,6 +185,8 @@ export function decodeView(search: string): ViewState {
   if (q.get('layout') === 'tabs') v.layout = 'tabs'
   v.active = clamp(Number(q.get('active') ?? 0) || 0, 0, v.hosts.length - 1)
   v.container = (q.get('container') ?? '').slice(0, 256)
+  const bpf = q.get('bpf')
+  if (bpf) v.bpf = cleanBpf(bpf.split(','))
   const theme = q.get('theme')
   if (theme === 'light' || theme === 'dark') v.theme = theme
   return v
@@ -157,6 +215,7 @@ export function sanitizeView(data: unknown): ViewState | null {
   if (d.layout === 'tabs') v.layout = 'tabs'
   if (typeof d.active === 'number') v.active = clamp(d.active, 0, v.hosts.length - 1)
   if (typeof d.container === 'string') v.container = d.container.slice(0, 256)
+  if (Array.isArray(d.bpf)) v.bpf = cleanBpf(d.bpf)
   if (d.theme === 'light' || d.theme === 'dark') v.theme = d.theme
   return v
 }

@@ -1,62 +1,16 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import recorded from './fixtures/stream.json'
-import { HostConnection, type Env } from './host'
+import { HostConnection } from './host'
+import { FakeSocket, flush, makeEnv as makeTestEnv } from './testing'
 import { seriesKey } from '../lib/timeline'
 import type { Descriptor, MetaMsg } from '../lib/protocol'
-
-/** The browser's WebSocket as seen by the store; the test plays the daemon's part. */
-class FakeSocket {
-  static all: FakeSocket[] = []
-  readyState = 0
-  sent: Record<string, unknown>[] = []
-  onopen: (() => void) | null = null
-  onmessage: ((ev: { data: string }) => void) | null = null
-  onclose: ((ev: { code: number; reason: string }) => void) | null = null
-  onerror: (() => void) | null = null
-  closedByClient: number | null = null
-  constructor(readonly url: string) {
-    FakeSocket.all.push(this)
-  }
-  send(text: string) {
-    this.sent.push(JSON.parse(text))
-  }
-  close(code: number) {
-    this.closedByClient = code
-    this.readyState = 3
-  }
-  // daemon side
-  accept() {
-    this.readyState = 1
-    this.onopen?.()
-  }
-  deliver(msg: unknown) {
-    this.onmessage?.({ data: JSON.stringify(msg) })
-  }
-  drop(code: number, reason = '') {
-    this.readyState = 3
-    this.onclose?.({ code, reason })
-  }
-}
 
 const meta = recorded.find((m) => m.type === 'meta') as unknown as MetaMsg
 const descriptors = Object.values(meta.metrics) as Descriptor[]
 
 function makeEnv() {
-  const timers: (() => void)[] = []
-  const env: Partial<Env> = {
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-    now: () => recorded.filter((m) => m.type === 'samples').at(-1)!.t!.at(-1)! + 1,
-    frame: (cb) => cb(),
-    setTimeout: (cb) => {
-      timers.push(cb)
-      return timers.length
-    },
-    clearTimeout: () => {},
-  }
-  return { env, timers }
+  return makeTestEnv(() => recorded.filter((m) => m.type === 'samples').at(-1)!.t!.at(-1)! + 1)
 }
-
-const flush = () => new Promise((r) => setTimeout(r, 0))
 
 beforeEach(() => {
   FakeSocket.all = []

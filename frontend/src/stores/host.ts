@@ -17,6 +17,10 @@ import {
   type Descriptor,
   type ErrorMsg,
   type HelloMsg,
+  type BpfList,
+  type BpfModuleStatus,
+  type BpfMsg,
+  type BpfToggleMsg,
   type HistoryAnswer,
   type HostInfo,
   type MetaMsg,
@@ -45,6 +49,22 @@ interface Layout {
   main: { keys: string[]; idx: number[]; scale: number[] }
   short: { keys: string[]; idx: number[]; scale: number[] }
 }
+
+/** A BPF module as this page sees it: what it asked for and what the daemon answered. */
+export interface BpfView {
+  /** This page holds the module (its toggle is on). */
+  held: boolean
+  /**
+   * `starting`: an enable is on its way; `stopping`: a disable is; `on`/`off`: as the
+   * daemon reports; `error`: the daemon refused or the module failed (see `message`).
+   */
+  phase: 'off' | 'starting' | 'on' | 'stopping' | 'error'
+  message: string | null
+  status: BpfModuleStatus | undefined
+}
+
+/** How often module states are refreshed while a BPF widget is shown (other viewers). */
+const BPF_REFRESH_MS = 10_000
 
 export interface Notice {
   at: number
@@ -93,6 +113,13 @@ export class HostConnection {
   readonly retryAt: ShallowRef<number | null> = shallowRef(null)
   readonly container: ShallowRef<string> = shallowRef('')
 
+  /** `GET /api/v1/bpf`, kept current by toggle answers; null until loaded. */
+  readonly bpf: ShallowRef<BpfList | null> = shallowRef(null)
+  /** Why the module list could not be had (an older daemon, REST refused), or null. */
+  readonly bpfProblem: ShallowRef<string | null> = shallowRef(null)
+  /** Per module: a toggle in flight, and the daemon's last refusal or failure. */
+  readonly bpfLocal: ShallowRef<Map<string, { pending: 'enable' | 'disable' | null; error: string | null }>> = shallowRef(new Map())
+
   readonly main: Timeline
   readonly short = new Timeline(SHORT_RETENTION_S)
 
@@ -110,6 +137,12 @@ export class HostConnection {
   private windowS: number
   private metricsLoad: Promise<void> | null = null
   private waitedForMetadata = false
+  private bpfHolds = new Map<string, number>()
+  /** Toggles sent on this socket and not yet answered, in order (answers come in order). */
+  private bpfPending: { name: string; enabled: boolean }[] = []
+  private bpfLoad: Promise<void> | null = null
+  private bpfWatchers = 0
+  private bpfTimer: unknown = null
 
   constructor(
     readonly base: string,
@@ -145,6 +178,7 @@ export class HostConnection {
   stop(): void {
     this.started = false
     this.env.clearTimeout(this.retryTimer)
+    this.env.clearTimeout(this.bpfTimer)
     this.retryTimer = null
     this.closeSocket(1000)
     this.state.value = 'closed'
@@ -242,6 +276,138 @@ export class HostConnection {
     return isShort(metric) ? this.short : this.main
   }
 
+  // -- BPF modules -------------------------------------------------------------------
+
+  /** Fetch the module list (once, or again with `force`). */
+  loadBpf(force = false): Promise<void> {
+    if (this.bpfLoad && !force) return this.bpfLoad
+    this.bpfLoad = (async () => {
+      try {
+        this.bpf.value = await getJson<BpfList>(this.base, '/api/v1/bpf')
+        this.bpfProblem.value = null
+      } catch (e) {
+        const err = e as DaemonError
+        this.bpfProblem.value =
+          err.status === 404 && err.code === 'not_found'
+            ? 'this daemon has no BPF support (it predates the BPF API)'
+            : (err.message ?? String(e))
+        if (this.bpf.value === null) this.bpfLoad = null // try again next time
+      }
+    })()
+    return this.bpfLoad
+  }
+
+  /** A BPF widget is shown: keep module states fresh; returns the function that stops it. */
+  watchBpf(): () => void {
+    this.bpfWatchers++
+    void this.loadBpf()
+    if (this.bpfWatchers === 1) this.scheduleBpfRefresh()
+    let done = false
+    return () => {
+      if (done) return
+      done = true
+      this.bpfWatchers--
+      if (this.bpfWatchers === 0) {
+        this.env.clearTimeout(this.bpfTimer)
+        this.bpfTimer = null
+      }
+    }
+  }
+
+  private scheduleBpfRefresh(): void {
+    this.env.clearTimeout(this.bpfTimer)
+    this.bpfTimer = this.env.setTimeout(() => {
+      if (this.bpfWatchers === 0) return
+      if (this.state.value === 'open' && !this.bpfPending.length) void this.loadBpf(true)
+      this.scheduleBpfRefresh()
+    }, BPF_REFRESH_MS)
+  }
+
+  bpfModule(name: string): BpfModuleStatus | undefined {
+    return this.bpf.value?.modules.find((m) => m.name === name)
+  }
+
+  /**
+   * Switch module `name` on for as long as the returned function is not called. The
+   * hold travels over this page's websocket, so the daemon releases it when the page
+   * goes away, and it is taken again after every reconnect (a new socket holds nothing).
+   */
+  holdBpf(name: string): () => void {
+    const n = (this.bpfHolds.get(name) ?? 0) + 1
+    this.bpfHolds.set(name, n)
+    if (n === 1) {
+      this.setBpfLocal(name, { error: null })
+      this.sendBpf(name, true)
+    }
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const left = (this.bpfHolds.get(name) ?? 1) - 1
+      if (left > 0) return void this.bpfHolds.set(name, left)
+      this.bpfHolds.delete(name)
+      this.setBpfLocal(name, { error: null })
+      this.sendBpf(name, false)
+    }
+  }
+
+  /** The module as this page should show it. */
+  bpfView(name: string): BpfView {
+    const status = this.bpfModule(name)
+    const local = this.bpfLocal.value.get(name)
+    const held = this.bpfHolds.has(name)
+    let phase: BpfView['phase'] = status?.state === 'on' ? 'on' : 'off'
+    let message: string | null = null
+    if (local?.pending === 'enable' || (held && status?.state === 'starting')) phase = 'starting'
+    else if (local?.pending === 'disable') phase = 'stopping'
+    else if (held && local?.error) [phase, message] = ['error', local.error]
+    else if (held && status?.state === 'error') [phase, message] = ['error', status.error ?? 'the module failed']
+    else if (held && this.state.value !== 'open') phase = 'starting'
+    return { held, phase, message, status }
+  }
+
+  private setBpfLocal(name: string, patch: Partial<{ pending: 'enable' | 'disable' | null; error: string | null }>): void {
+    const next = new Map(this.bpfLocal.value)
+    next.set(name, { pending: null, error: null, ...next.get(name), ...patch })
+    this.bpfLocal.value = next
+  }
+
+  private sendBpf(name: string, enabled: boolean): void {
+    const ws = this.ws
+    if (!ws || ws.readyState !== 1 || this.state.value !== 'open') return
+    const msg: BpfToggleMsg = { type: 'bpf', name, enabled }
+    this.bpfPending.push({ name, enabled })
+    this.setBpfLocal(name, { pending: enabled ? 'enable' : 'disable' })
+    ws.send(JSON.stringify(msg))
+  }
+
+  private onBpf(msg: BpfMsg): void {
+    const st = msg.status
+    const i = this.bpfPending.findIndex((p) => p.name === st.name)
+    if (i >= 0) this.bpfPending.splice(i, 1)
+    const list = this.bpf.value
+    if (list) {
+      const modules = list.modules.some((m) => m.name === st.name)
+        ? list.modules.map((m) => (m.name === st.name ? st : m))
+        : [...list.modules, st]
+      this.bpf.value = { ...list, modules }
+    } else {
+      this.bpf.value = { available: true, reason: null, modules: [st] }
+    }
+    const stillPending = this.bpfPending.some((p) => p.name === st.name)
+    this.setBpfLocal(st.name, { pending: stillPending ? this.bpfLocal.value.get(st.name)?.pending ?? null : null, error: null })
+  }
+
+  /** An error answering a `bpf` message: the oldest unanswered toggle is the one refused. */
+  private onBpfError(msg: ErrorMsg): boolean {
+    const p = this.bpfPending.shift()
+    if (!p) return false
+    const detail = msg.errors?.length ? msg.errors.join('; ') : msg.message
+    const pending = this.bpfPending.some((q) => q.name === p.name) ? this.bpfLocal.value.get(p.name)?.pending ?? null : null
+    this.setBpfLocal(p.name, { pending, error: detail })
+    return true
+  }
+
   // -- internals -------------------------------------------------------------------
 
   private loadMetadata(force = false): void {
@@ -278,6 +444,10 @@ export class HostConnection {
     this.ws = ws
     this.subscribed.clear()
     this.layouts.clear()
+    this.bpfPending = []
+    if ([...this.bpfLocal.value.values()].some((l) => l.pending)) {
+      this.bpfLocal.value = new Map([...this.bpfLocal.value].map(([k, l]) => [k, { ...l, pending: null }]))
+    }
     let opened = false
     ws.onopen = () => {
       opened = true
@@ -352,6 +522,9 @@ export class HostConnection {
         this.problem.value = null
         this.attempt = 0
         this.queueFlush()
+        // A new socket holds no module: take this page's holds again.
+        for (const name of this.bpfHolds.keys()) this.sendBpf(name, true)
+        if (this.bpfWatchers) void this.loadBpf(true)
         return
       case 'meta':
         return this.onMeta(msg)
@@ -359,6 +532,8 @@ export class HostConnection {
         return this.onSamples(msg)
       case 'error':
         return this.onError(msg)
+      case 'bpf':
+        return this.onBpf(msg)
       default:
         return
     }
@@ -395,6 +570,7 @@ export class HostConnection {
   }
 
   private onError(msg: ErrorMsg): void {
+    if (msg.ref === 'bpf' && this.onBpfError(msg)) return
     if (msg.ref === 'subscribe' && msg.code === 'unknown_metric') {
       // Nothing from that subscribe was applied. Learn which names were unknown, mark
       // them (their panels say so) and subscribe the rest of that batch again.
