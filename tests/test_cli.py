@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_version() -> None:
 def test_help_documents_commands_and_config() -> None:
     top = hostscope("--help")
     assert top.returncode == 0
-    for word in ("serve", "sample", "version"):
+    for word in ("serve", "sample", "doctor", "version"):
         assert word in top.stdout
     serve = hostscope("serve", "--help")
     for flag in ("--host", "--port", "--interval", "--history", "--process-interval", "--config",
@@ -135,3 +136,62 @@ def test_serve_reports_port_in_use() -> None:
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- doctor ---------------------------------------------------------------------------
+
+REQUIRED_CHECKS = {"privileges", "bcc", "kernel_headers", "tracefs"}
+MODULES = {"runqlat", "biolatency", "syscalls", "offcpu", "tcplife", "tcpretrans", "execsnoop"}
+
+
+def test_doctor_json_shape_and_exit_status() -> None:
+    result = hostscope("doctor", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"ready", "kernel", "checks"}
+    assert data["kernel"] == os.uname().release
+    checks = {c["id"]: c for c in data["checks"]}
+    assert len(checks) == len(data["checks"])
+    for check in data["checks"]:
+        assert set(check) == {"id", "ok", "title", "detail", "fix", "required"}
+        assert isinstance(check["ok"], bool) and check["title"] and check["detail"]
+        assert check["ok"] or check["fix"], f"{check['id']} fails without a fix"
+    assert {i for i, c in checks.items() if c["required"]} == REQUIRED_CHECKS
+    assert {i for i in checks if i.startswith("module.")} == {f"module.{m}" for m in MODULES}
+    assert data["ready"] == all(checks[i]["ok"] for i in REQUIRED_CHECKS)
+    assert result.returncode == (0 if data["ready"] else 1)
+    # Facts checked independently of the doctor's code.
+    assert checks["tracefs"]["ok"] == any(
+        Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+    build = Path("/lib/modules", os.uname().release, "build", "include")
+    assert checks["kernel_headers"]["ok"] == build.is_dir()
+    assert checks["btf"]["ok"] == Path("/sys/kernel/btf/vmlinux").exists()
+    if os.geteuid() == 0:
+        assert checks["privileges"]["ok"]
+    # A module can run only when everything required is there.
+    if not data["ready"]:
+        assert not any(checks[f"module.{m}"]["ok"] for m in MODULES)
+
+
+def test_doctor_text_report_matches_json() -> None:
+    text = hostscope("doctor")
+    data = json.loads(hostscope("doctor", "--json").stdout)
+    assert text.returncode == (0 if data["ready"] else 1)
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("hostscope doctor: BPF and perf readiness on Linux ")
+    for check in data["checks"]:
+        mark = "ok" if check["ok"] else ("FAIL" if check["required"] else "warn")
+        assert f"[{mark:>4}] {check['title']}" in text.stdout
+    if data["ready"]:
+        assert lines[-1] == "ready: BPF modules can run"
+    else:
+        assert lines[-1].startswith("NOT ready: ")
+
+
+def test_doctor_bad_argument_exits_2() -> None:
+    result = hostscope("doctor", "--bogus")
+    assert result.returncode == 2
+    assert "usage: hostscope doctor" in result.stderr and "--bogus" in result.stderr
+    assert "Traceback" not in result.stderr
+    help_ = hostscope("doctor", "--help")
+    assert help_.returncode == 0 and "--json" in help_.stdout
