@@ -347,7 +347,8 @@ async def test_metrics_count_every_switch_in_and_pass_promtool(server: Server) -
         text, families = await scrape(server)
         events = hist_sum(families, "hostscope_bpf_runq_latency") - before
         switch_ins = sw1 - sw0
-        assert switch_ins >= 5000
+        # Not exactly 5000: a round trip whose reply is already there does not block.
+        assert switch_ins >= 2500
         assert abs(events - switch_ins) <= max(5, 0.02 * switch_ins), (events, switch_ins)
         assert any(f.startswith("hostscope_bpf_runq_p99") for f in families)
 
