@@ -150,6 +150,37 @@ describe('dashboard', { skip }, () => {
     assert.equal(await page.locator('#ctr').inputValue(), container)
   })
 
+  it('offers the cgroup names as container filters, and the process table follows one', async () => {
+    // The cgroup charts name a container by its cgroup ("/process_api") while its
+    // processes may sit deeper ("/process_api/<id>"): the daemon matches below the name.
+    const fetched = await (await fetch(`${BASE}/api/v1/fetch?names=cgroup.container.name`)).json()
+    const names = (fetched.values[0]?.instances ?? []).map((i) => i.value).filter((v) => v)
+    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`)).json()).processes
+    const within = (c, n) => c === n || c.startsWith(n.replace(/\/$/, '') + '/')
+    const name = names.find((n) => procs.some((p) => within(p.container, n)))
+    if (!name) return // no container with processes on this host
+    const page = await browser.page()
+    await page.goto(`${BASE}/?panels=proc.top~2x2`)
+    await page.locator('#ctr').focus()
+    await page.waitForFunction((n) => [...document.querySelectorAll('#ctr-names option')].some((o) => o.value === n), name)
+    await page.locator('#ctr').fill(name)
+    await page.locator('#ctr').press('Enter')
+    await page.waitForFunction((n) => new URLSearchParams(location.search).get('container') === n, name)
+    // The table refreshes with the filter: every row then belongs to the container.
+    const cells = 'section[aria-label="Top processes"] tbody td.cmd'
+    await page.waitForFunction(
+      ([sel, n]) => {
+        const chips = [...document.querySelectorAll(sel)].map((td) => td.querySelector('.ctr')?.textContent ?? '')
+        return chips.length > 0 && chips.every((c) => c === n || c.startsWith(n.replace(/\/$/, '') + '/'))
+      },
+      [cells, name],
+      { timeout: 10000 },
+    )
+    const shown = await page.locator(`${cells} .ctr`).allInnerTexts()
+    assert.ok(shown.length > 0)
+    assert.ok(shown.every((c) => within(c, name)), `rows outside ${name}: ${shown}`)
+  })
+
   it('says clearly when a metric is not on this host', async () => {
     const page = await browser.page()
     await page.goto(`${BASE}/?panels=custom:no.such.metric`)

@@ -268,6 +268,24 @@ export class HostConnection {
     return null
   }
 
+  /**
+   * Names a container filter can take on this host: the cgroup charts' container names
+   * (`cgroup.container.name`). The daemon matches a raw cgroup path hierarchically, so
+   * `/process_api` also scopes processes whose own cgroup is `/process_api/<id>`.
+   */
+  async containerNames(): Promise<string[]> {
+    const names = new Set<string>()
+    for (const [k, text] of this.main.text) if (k.startsWith('cgroup.container.name') && text) names.add(text)
+    if (this.catalogue.value && !this.catalogue.value.has('cgroup.container.name')) return [...names]
+    try {
+      const ans = await getJson<{ values: { instances: { value: unknown }[] }[] }>(this.base, '/api/v1/fetch?names=cgroup.container.name')
+      for (const v of ans.values ?? []) for (const i of v.instances ?? []) if (typeof i.value === 'string' && i.value) names.add(i.value)
+    } catch {
+      /* the suggestions are a convenience: the filter still works typed by hand */
+    }
+    return [...names]
+  }
+
   descriptor(metric: string): Descriptor | undefined {
     return this.descriptors.value.get(metric) ?? this.catalogue.value?.get(metric)
   }
