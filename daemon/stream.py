@@ -184,8 +184,12 @@ class _Connection:
                        "message": "internal error (logged on the server)", "ref": ref})
 
     async def subscribe(self, message: dict[str, Any]) -> None:
-        names = _names(message, "names", required=True)
+        # Either list may be empty as long as together they name something: a widget
+        # made only of metrics this host may lack subscribes with "optional" alone.
+        names = _names(message, "names", required=False)
         optional = _names(message, "optional", required=False)
+        if not names and not optional:
+            raise BadParameter("'names' or 'optional' must name at least one metric or prefix")
         if len(names) + len(optional) > MAX_NAMES:
             raise TooManyNames(f"at most {MAX_NAMES} names per subscribe")
         interval = _number(message, "interval", None, MAX_INTERVAL_S)

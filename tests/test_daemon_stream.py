@@ -261,6 +261,7 @@ async def test_ping_pong_echoes_id(daemon: Daemon) -> None:
         ('{"type": "subscribe"}', "bad_parameter", "subscribe"),
         ('{"type": "subscribe", "names": "kernel.all.load"}', "bad_parameter", "subscribe"),
         ('{"type": "subscribe", "names": []}', "bad_parameter", "subscribe"),
+        ('{"type": "subscribe", "names": [], "optional": []}', "bad_parameter", "subscribe"),
         ('{"type": "subscribe", "names": [""]}', "bad_parameter", "subscribe"),
         ('{"type": "subscribe", "names": ["kernel.all.load"], "interval": 0}', "bad_parameter",
          "subscribe"),
@@ -319,6 +320,16 @@ async def test_optional_names_reported_absent(daemon: Daemon) -> None:
         meta = await recv(ws)
         assert meta["absent"] == ["bpf.runqlat"]
         assert set(meta["metrics"]) == {"kernel.all.runnable", "hinv.ncpu"}
+
+
+async def test_subscribe_with_optional_names_only(daemon: Daemon) -> None:
+    async with connect(daemon.url) as ws:
+        await hello(ws)
+        await subscribe(ws, optional=["bpf.runqlat", "kernel.all.runnable"], backfill=0)
+        meta = await recv(ws)
+        assert meta["type"] == "meta"
+        assert meta["absent"] == ["bpf.runqlat"]
+        assert set(meta["metrics"]) == {"kernel.all.runnable"}
 
 
 async def test_interval_is_a_multiple_of_the_base(daemon: Daemon) -> None:
