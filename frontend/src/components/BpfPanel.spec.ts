@@ -114,11 +114,29 @@ describe('the module switch over the websocket', () => {
     ws2.accept()
     ws2.deliver(recorded.stream[0])
     await flush()
-    expect(ws2.sent.filter((m) => m.type === 'bpf')).toEqual([{ type: 'bpf', name: 'runqlat', enabled: true }])
+    // With the settings it ran with: a viewer that restarted it differently in between
+    // would otherwise make the defaults conflict.
+    expect(ws2.sent.filter((m) => m.type === 'bpf')).toEqual([{ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '', pid: 0 } }])
   })
 })
 
 describe('BPF widgets', () => {
+  it('joins a run other viewers started, with their settings, and says which', async () => {
+    const list = moduleList()
+    Object.assign(list.modules[0], { state: 'on', users: ['rest:ops'], settings: { cgroup: '', pid: 4242 } })
+    restAnswers['/api/v1/bpf'] = list
+    const { conn, ws } = await connected()
+    const t = toggles(conn)
+    const w = mountCard('bpf.runqlat', conn, t)
+    await flushPromises()
+    expect(w.get('[role="status"]').text()).toBe('off here; on for 1 other viewer')
+    await w.get('button[role="switch"]').trigger('click')
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '', pid: 4242 } })
+    ws.deliver({ type: 'bpf', status: { ...list.modules[0], users: ['rest:ops', 'ws:9'] } })
+    await flushPromises()
+    expect(w.get('[role="status"]').text()).toBe('on · raw_tracepoint · pid 4242 · also held by 1 other')
+  })
+
   it('greys out a module the host cannot run, with the daemon’s exact reason', async () => {
     const { conn } = await connected()
     const t = toggles(conn)

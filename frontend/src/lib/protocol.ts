@@ -79,6 +79,7 @@ export interface BpfModuleStatus {
   metrics: string[]
   notes?: string[]
   compile_s?: number | null
+  settings_schema?: { name: string; type: string; default: unknown; help: string }[]
 }
 
 export interface BpfList {

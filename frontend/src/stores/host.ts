@@ -394,6 +394,10 @@ export class HostConnection {
     const ws = this.ws
     if (!ws || ws.readyState !== 1 || this.state.value !== 'open') return
     const msg: BpfToggleMsg = { type: 'bpf', name, enabled }
+    // Join a run other viewers started with their settings (asking for the defaults
+    // would be refused as a conflict): this page has no settings of its own yet.
+    const st = this.bpfModule(name)
+    if (enabled && st?.state === 'on' && st.settings && st.users.length) msg.settings = st.settings
     this.bpfPending.push({ name, enabled })
     this.setBpfLocal(name, { pending: enabled ? 'enable' : 'disable' })
     ws.send(JSON.stringify(msg))
