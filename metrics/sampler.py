@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .collector import Collector, Cooked, CookedView, Derivation, Raw
 from .history import History
@@ -26,6 +26,8 @@ from .model import MetricDesc, MetricRegistry
 from .rates import RateConverter
 
 log = logging.getLogger("hostscope.metrics")
+
+V = TypeVar("V")
 
 
 class Clock(Protocol):
@@ -92,6 +94,45 @@ class Tick:
         return merged
 
 
+class Published(Mapping[str, Mapping[str, V]]):
+    """Metric -> its instances' values, as of the tick that last published its group.
+
+    A read-only view over each group's latest collection (cooked or raw), so that
+    publishing a tick stores one reference per group instead of copying every metric
+    into one dict. A group's metrics are replaced wholesale: metrics it no longer
+    reports (a feature gone, every instance vanished) disappear with the next tick; a
+    group whose collector failed keeps its previous values.
+    """
+
+    __slots__ = ("_by_group", "_group_of")
+
+    def __init__(self, group_of: Mapping[str, str],
+                 by_group: Mapping[str, Mapping[str, Mapping[str, V]]]) -> None:
+        self._group_of = group_of
+        self._by_group = by_group
+
+    def __getitem__(self, name: str) -> Mapping[str, V]:
+        values = self._by_group.get(self._group_of.get(name, ""))
+        if values is None:
+            raise KeyError(name)
+        return values[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._by_group.get(self._group_of.get(name, ""))
+        return default if values is None else values.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        values = self._by_group.get(self._group_of.get(name, ""))  # type: ignore[call-overload]
+        return values is not None and name in values
+
+    def __iter__(self) -> Iterator[str]:
+        for values in list(self._by_group.values()):
+            yield from values
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_group.values()))
+
+
 class LatestTimes(Mapping[str, float]):
     """Metric -> wall-clock time of the tick that last published it.
 
@@ -145,14 +186,19 @@ class Sampler:
         self._counters: dict[str, dict[str, int | None]] = {}
         self._declared: dict[str, frozenset[str]] = {}
         self._group_time: dict[str, float] = {}
-        self._group_metrics: dict[str, frozenset[str]] = {}
         self._every: dict[str, int] = {}
         self.status: dict[str, CollectorStatus] = {}
         self.seq = 0
-        self.latest: Cooked = {}
-        self.latest_raw: Raw = {}
         self.latest_timestamp: float | None = None
         self.metric_group: dict[str, str] = {}
+        self._cooked_by_group: dict[str, Cooked] = {}
+        self._raw_by_group: dict[str, Raw] = {}
+        #: Latest cooked values of every metric (a read-only mapping, see :class:`Published`).
+        self.latest: Published[float | str | None] = Published(
+            self.metric_group, self._cooked_by_group)
+        #: Latest raw values (counters as the kernel's totals).
+        self.latest_raw: Published[int | float | str] = Published(
+            self.metric_group, self._raw_by_group)
         self.latest_time: Mapping[str, float] = LatestTimes(
             self.latest, self.metric_group, self._group_time)
         names = [c.name for c in self.collectors]
@@ -173,9 +219,6 @@ class Sampler:
             self.status[collector.name] = CollectorStatus(collector.name, every * interval_s)
             for desc in [*descs, *(d.desc for d in derivs)]:
                 self.metric_group[desc.name] = collector.name
-            self._group_metrics[collector.name] = frozenset(
-                d.name for d in [*descs, *(d.desc for d in derivs)]
-            )
             if history is not None:
                 history.add_group(
                     collector.name, every * interval_s, coarse=collector.history_coarse,
@@ -259,17 +302,10 @@ class Sampler:
 
     def publish(self, tick: Tick) -> None:
         """Make a tick's values current and record them in the history."""
-        latest, latest_raw = self.latest, self.latest_raw
         for group, sample in tick.groups.items():
-            # A group's metrics are replaced wholesale, so metrics it no longer reports
-            # (a feature gone, every instance vanished) disappear from "latest" too.
-            metrics = self._group_metrics[group]
-            if len(sample.cooked) != len(metrics):
-                for name in metrics.difference(sample.cooked):
-                    latest.pop(name, None)
-                    latest_raw.pop(name, None)
-            latest.update(sample.cooked)
-            latest_raw.update(sample.raw)
+            # A group's metrics are replaced wholesale (see Published)
+            self._cooked_by_group[group] = sample.cooked
+            self._raw_by_group[group] = sample.raw
             self._group_time[group] = tick.timestamp
             if self.history is not None:
                 self.history.append(group, tick.timestamp, sample.cooked)

@@ -179,3 +179,27 @@ def test_latest_time_is_the_time_of_the_tick_that_published_each_metric() -> Non
     assert sampler.latest_time["slow.level"] == start
     assert set(sampler.latest_time) == set(sampler.latest)
     assert "absent.metric" not in sampler.latest_time
+
+
+def test_latest_is_replaced_per_group_and_kept_while_a_collector_fails() -> None:
+    clock = FakeClock()
+    a = ScriptedCollector("a", [{"a.level": {"": 1.0}, "a.ops": {"x": 1}},
+                                {"a.level": {"": 2.0}},  # a.ops no longer reported
+                                OSError("gone")])
+    b = ScriptedCollector("b", [{"b.level": {"": 7.0}}])
+    sampler = Sampler([a, b], registry=MetricRegistry(), clock=clock)
+    sampler.sample()
+    assert set(sampler.latest) == {"a.level", "a.ops", "a.double", "b.level", "b.double"}
+    assert sampler.latest_raw["a.ops"] == {"x": 1}
+    clock.advance(1.0)
+    sampler.sample()
+    assert "a.ops" not in sampler.latest and "a.ops" not in sampler.latest_raw
+    assert sampler.latest.get("a.ops") is None and sampler.latest.get("a.ops", {}) == {}
+    with pytest.raises(KeyError):
+        sampler.latest["a.ops"]
+    assert len(sampler.latest) == len(list(sampler.latest)) == 4
+    assert dict(sampler.latest)["a.level"] == {"": 2.0}
+    clock.advance(1.0)
+    sampler.sample()  # a fails: its last values stay, marked stale in status
+    assert sampler.latest["a.level"] == {"": 2.0} and sampler.status["a"].stale
+    assert "never.registered" not in sampler.latest
