@@ -144,8 +144,14 @@ DEVICE_GROUPS: tuple[tuple[str, str], ...] = (
     ("partitions", "per partition"),
 )
 _VIRTUAL_PREFIXES = ("loop", "ram", "zram", "nbd", "md", "dm-")
-#: Metric prefixes with derived metrics, in the order of DiskCollector.derivations().
-_DERIVED_PREFIXES = (*(f"disk.{group}" for group, _ in DEVICE_GROUPS), "disk.all")
+#: Per prefix with derived metrics (in the order of DiskCollector.derivations()): the
+#: prefix, the names derive_all reads, then the names it writes.
+_DERIVED_NAMES = tuple(
+    (prefix, *(f"{prefix}.{leaf}" for leaf in (
+        "avactive", "read", "write", "read_rawactive", "write_rawactive", "aveq",
+        "util", "await", "r_await", "w_await", "avg_qlen")))
+    for prefix in (*(f"disk.{group}" for group, _ in DEVICE_GROUPS), "disk.all")
+)
 
 #: A parsed diskstats line: (major, minor, name, numeric columns)
 DiskLine = tuple[int, int, str, tuple[int, ...]]
@@ -304,8 +310,9 @@ class DiskCollector(Collector):
         out: Cooked = {}
         get = cooked.get
         ndisk = get("hinv.ndisk", _EMPTY).get(SINGULAR)
-        for prefix in _DERIVED_PREFIXES:
-            avactive = get(f"{prefix}.avactive", _EMPTY)
+        for (prefix, avactive_name, read_name, write_name, rtime_name, wtime_name, aveq_name,
+             util_name, await_name, r_await_name, w_await_name, qlen_name) in _DERIVED_NAMES:
+            avactive = get(avactive_name, _EMPTY)
             util: dict[str, float | str | None] = {}
             scale = 1000.0
             if prefix == "disk.all" and not isinstance(ndisk, int | float):
@@ -316,24 +323,22 @@ class DiskCollector(Collector):
                 for inst, busy in avactive.items():
                     value = ratio(busy, scale)
                     util[inst] = None if value is None else min(1.0, max(0.0, value))
-            reads, writes = get(f"{prefix}.read", _EMPTY), get(f"{prefix}.write", _EMPTY)
-            rtimes = get(f"{prefix}.read_rawactive", _EMPTY)
-            wtimes = get(f"{prefix}.write_rawactive", _EMPTY)
+            reads, writes = get(read_name, _EMPTY), get(write_name, _EMPTY)
+            rtimes, wtimes = get(rtime_name, _EMPTY), get(wtime_name, _EMPTY)
             both: dict[str, float | str | None] = {}
             r_await: dict[str, float | str | None] = {}
             for inst, ops in reads.items():
                 rtime = rtimes.get(inst)
                 both[inst] = ratio(total(rtime, wtimes.get(inst)), total(ops, writes.get(inst)))
                 r_await[inst] = ratio(total(rtime), total(ops))
-            w_await: dict[str, float | str | None] = {
+            out[util_name] = util
+            out[await_name] = both
+            out[r_await_name] = r_await
+            out[w_await_name] = {
                 inst: ratio(total(wtimes.get(inst)), total(ops)) for inst, ops in writes.items()
             }
-            out[f"{prefix}.util"] = util
-            out[f"{prefix}.await"] = both
-            out[f"{prefix}.r_await"] = r_await
-            out[f"{prefix}.w_await"] = w_await
-            out[f"{prefix}.avg_qlen"] = {
-                inst: ratio(v, 1000.0) for inst, v in get(f"{prefix}.aveq", _EMPTY).items()
+            out[qlen_name] = {
+                inst: ratio(v, 1000.0) for inst, v in get(aveq_name, _EMPTY).items()
             }
         return out
 
@@ -353,8 +358,16 @@ class DiskCollector(Collector):
         for group, devs in members.items():
             if not devs:
                 continue
-            for metric, index, shift in self._columns[group]:
-                values = {inst: f[index] >> shift for inst, f in devs if index < len(f)}
+            columns = self._columns[group]
+            # one pass per device filling every column's dict (a dict comprehension per
+            # column costs more than the values when a group has one or two devices)
+            per_column: list[dict[str, int | float | str]] = [{} for _ in columns]
+            for inst, f in devs:
+                width = len(f)
+                for values, (_, index, shift) in zip(per_column, columns, strict=True):
+                    if index < width:
+                        values[inst] = f[index] >> shift
+            for values, (metric, _, _) in zip(per_column, columns, strict=True):
                 if values:
                     raw[metric] = values
             raw[f"disk.{group}.total"] = {inst: f[_READS] + f[_WRITES] for inst, f in devs}
