@@ -12,15 +12,34 @@ code as ``-D`` constants, and the argument order of raw tracepoints is read from
 Only what that needs is decoded: type records are walked once to index names, struct
 members and function prototypes. The format is documented in the kernel's
 ``Documentation/bpf/btf.rst``.
+
+Memory. A parsed vmlinux BTF is ~40 MB of Python objects (~250k of them, which every full
+garbage collection then walks), and CPython rarely hands freed arenas back to the system,
+so a long-running daemon must never parse it itself. :class:`KernelBtfFacts` asks a
+short-lived child (``python -m hostscope.bpfmods.btf``) for exactly the offsets and
+raw-tracepoint prototypes the modules use and keeps only those answers (a few hundred
+bytes of JSON); the child's memory goes back to the system when it exits.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
+import json
+import logging
+import os
 import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hostscope.metrics.sources import read_bytes
+
+log = logging.getLogger("hostscope.bpf")
 
 BTF_MAGIC = 0xEB9F
 
@@ -181,12 +200,153 @@ class Btf:
         return [self.type_name(t) for _, _, t in proto.members[1:]]
 
 
-_CACHE: dict[Path, Btf] = {}
+
+# -- resolving a few facts, in a child process --------------------------------------
 
 
-def kernel_btf(path: Path = Path("/sys/kernel/btf/vmlinux")) -> Btf:
-    """The BTF at ``path``, parsed once per process (the running kernel cannot change)."""
-    found = _CACHE.get(path)
-    if found is None:
-        found = _CACHE[path] = Btf.load(path)
-    return found
+def resolve(path: Path, offsets: Iterable[tuple[str, str]], events: Iterable[str]
+            ) -> dict[str, Any]:
+    """The answers :class:`KernelBtfFacts` keeps: ``{"offsets": {"struct.member": int |
+    {"error": str}}, "raw_args": {event: [C types] | None}}``.
+
+    Parses the whole BTF (~0.3 s, ~40 MB): run it in a child (:func:`resolve_in_child`),
+    not in a process that lives on. Raises :class:`BtfError` if the BTF cannot be read.
+    """
+    btf = Btf.load(path)
+    answers: dict[str, Any] = {"offsets": {}, "raw_args": {}}
+    for struct_name, member in offsets:
+        key = f"{struct_name}.{member}"
+        try:
+            answers["offsets"][key] = btf.member_offset(struct_name, member)
+        except BtfError as exc:
+            answers["offsets"][key] = {"error": str(exc)}
+    for event in events:
+        answers["raw_args"][event] = btf.raw_tracepoint_args(event)
+    return answers
+
+
+#: Longest a BTF child may take (it needs ~0.3 s; a loaded 2-CPU VM a few seconds).
+CHILD_TIMEOUT_S = 60.0
+
+
+def resolve_in_child(path: Path, offsets: Iterable[tuple[str, str]], events: Iterable[str]
+                     ) -> dict[str, Any]:
+    """:func:`resolve` in a child Python (``sys.executable``), so the parsed BTF never
+    lives in this process. Falls back to resolving here (then dropping the parse and
+    collecting) only if the child cannot run at all, e.g. an interpreter that cannot
+    import hostscope by itself; a BTF the child reports as broken is not retried.
+    """
+    offsets, events = list(offsets), list(events)
+    # -P: no cwd/script directory on sys.path, so nothing there shadows a module.
+    argv = [sys.executable, "-P", "-m", "hostscope.bpfmods.btf", str(path)]
+    for struct_name, member in offsets:
+        argv += ["--offset", f"{struct_name}.{member}"]
+    for event in events:
+        argv += ["--raw-args", event]
+    try:
+        # cwd "/": nothing of the daemon's working directory matters to the child.
+        done = subprocess.run(argv, capture_output=True, timeout=CHILD_TIMEOUT_S, cwd="/",
+                              check=False)
+        answers = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        done, answers = None, None
+        why = f"{type(exc).__name__}: {exc}"
+    else:
+        why = done.stderr.decode("utf-8", "replace").strip()[-300:]
+    if isinstance(answers, dict):
+        if "error" in answers:
+            raise BtfError(str(answers["error"]))
+        return answers
+    log.warning("resolving BTF in a child failed (%s); resolving in this process",
+                why or f"exit status {done.returncode if done else '?'}")
+    try:
+        return resolve(path, offsets, events)
+    finally:
+        gc.collect()  # the parse is garbage now; give its arenas a chance to go back
+
+
+class KernelBtfFacts:
+    """The kernel BTF facts modules asked for, resolved in a child and kept (small).
+
+    Same questions as :class:`Btf` (``member_offset``, ``raw_tracepoint_args``), same
+    answers; each question not asked before costs one child, so callers that know their
+    questions up front pass them all to :meth:`prefetch` (one child for every module).
+    A BTF that cannot be read is remembered (``error``) and not retried. Thread-safe.
+    """
+
+    def __init__(self, path: Path,
+                 resolver: Callable[..., dict[str, Any]] = resolve_in_child) -> None:
+        self.path = path
+        self._resolver = resolver
+        self._lock = threading.Lock()
+        self._offsets: dict[str, int | dict[str, str]] = {}
+        self._raw_args: dict[str, list[str] | None] = {}
+        self.error: str | None = None
+        #: children started so far (each parses the whole BTF)
+        self.resolutions = 0
+
+    def prefetch(self, offsets: Iterable[tuple[str, str]] = (),
+                 events: Iterable[str] = ()) -> None:
+        """Resolve every offset and raw tracepoint not known yet, in one child.
+
+        Raises :class:`BtfError` if the BTF cannot be read (now or before).
+        """
+        with self._lock:
+            if self.error is not None:
+                raise BtfError(self.error)
+            need_offsets = sorted({o for o in offsets if f"{o[0]}.{o[1]}" not in self._offsets})
+            need_events = sorted({e for e in events if e not in self._raw_args})
+            if not need_offsets and not need_events:
+                return
+            self.resolutions += 1
+            try:
+                answers = self._resolver(self.path, need_offsets, need_events)
+            except BtfError as exc:
+                self.error = str(exc)
+                raise
+            self._offsets.update(answers["offsets"])
+            self._raw_args.update(answers["raw_args"])
+
+    def member_offset(self, struct_name: str, member: str) -> int:
+        """Byte offset of ``struct_name.member`` (see :meth:`Btf.member_offset`)."""
+        self.prefetch(offsets=[(struct_name, member)])
+        found = self._offsets[f"{struct_name}.{member}"]
+        if isinstance(found, dict):
+            raise BtfError(found["error"])
+        return int(found)
+
+    def raw_tracepoint_args(self, event: str) -> list[str] | None:
+        """C types of raw tracepoint ``event``'s arguments (see
+        :meth:`Btf.raw_tracepoint_args`)."""
+        self.prefetch(events=[event])
+        found = self._raw_args[event]
+        return None if found is None else list(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hostscope.bpfmods.btf PATH [--offset S.M]... [--raw-args EVENT]...``:
+    print :func:`resolve`'s answers as JSON (``{"error": ...}`` if the BTF is unreadable)."""
+    parser = argparse.ArgumentParser(prog="python -m hostscope.bpfmods.btf",
+                                     description="Resolve a few facts from a kernel BTF.")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--offset", action="append", default=[], metavar="STRUCT.MEMBER")
+    parser.add_argument("--raw-args", action="append", default=[], metavar="EVENT")
+    args = parser.parse_args(argv)
+    offsets = []
+    for spec in args.offset:
+        struct_name, dot, member = spec.partition(".")
+        if not dot or not struct_name or not member:
+            parser.error(f"--offset takes STRUCT.MEMBER, got {spec!r}")
+        offsets.append((struct_name, member))
+    try:
+        answers = resolve(args.path, offsets, args.raw_args)
+    except BtfError as exc:
+        answers = {"error": str(exc)}
+    sys.stdout.write(json.dumps(answers))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    # os._exit: skip tearing down ~250k objects one by one; the OS frees them at once.
+    os._exit(main())

@@ -96,7 +96,9 @@ def run_checks(
         "" if privileged else "run hostscope as root, or under systemd with "
         "AmbientCapabilities=CAP_BPF CAP_PERFMON"))
 
-    bcc_ok, bcc_detail = host.bcc()
+    # A real import: the doctor is a short-lived command, and a package that is found
+    # but whose libbcc.so does not load must fail here, not at the first enable.
+    bcc_ok, bcc_detail = host.import_bcc()
     if bcc_ok:
         bcc_fix = ""
     elif host.bcc_dir.is_dir():

@@ -4,12 +4,19 @@ One object answers every "can this run here, and if not exactly why" question, f
 manager (module availability, attach point choice) and for ``hostscope doctor`` alike, so
 the two can never disagree. Every path is derived from injected roots, so tests point it at
 fixture trees (a tracefs without some tracepoint, a /proc/self/status without capabilities).
-Answers are cached: the kernel does not change under a running daemon, and probing BTF
-costs a few hundred milliseconds. Thread-safe: the daemon may ask from several executors.
+Answers are cached: the kernel does not change under a running daemon. Thread-safe: the
+daemon may ask from several executors.
+
+Cheap by design, because the daemon asks at startup: nothing here imports bcc (libbcc and
+LLVM, ~60 MB resident for good) or parses BTF unless asked to. :meth:`HostProbe.bcc` finds
+bcc's package without importing it; :meth:`HostProbe.import_bcc` really imports it (first
+enable, ``prewarm``, ``hostscope doctor``). :meth:`HostProbe.btf` checks the BTF file and
+returns :class:`~.btf.KernelBtfFacts`, which resolves offsets in a child process.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -19,7 +26,7 @@ from typing import Any
 from hostscope.metrics.hostinfo import detect_capabilities
 from hostscope.metrics.sources import Roots, read_optional
 
-from .btf import Btf, BtfError
+from .btf import KernelBtfFacts
 
 #: Where bcc's Python package comes from on Debian/Ubuntu (python3-bpfcc).
 SYSTEM_BCC_DIR = Path("/usr/lib/python3/dist-packages/bcc")
@@ -66,9 +73,10 @@ class HostProbe:
         self.release = release or os.uname().release
         self.bcc_dir = bcc_dir
         self._lock = threading.Lock()
-        self._btf: Btf | None = None
+        self._btf: KernelBtfFacts | None = None
         self._btf_error: str | None = None
         self._btf_done = False
+        self._bcc_found: tuple[bool, str] | None = None
         self._bcc: tuple[bool, str] | None = None
         self._caps: dict[str, Any] | None = None
 
@@ -104,20 +112,29 @@ class HostProbe:
     def btf_path(self) -> Path:
         return self.roots.sys / "kernel" / "btf" / "vmlinux"
 
-    def btf(self) -> Btf | None:
-        """The kernel's BTF, parsed on first use; None (see :meth:`btf_error`) if absent."""
+    def btf(self) -> KernelBtfFacts | None:
+        """Facts from the kernel's BTF, resolved in a child on first question; None (see
+        :meth:`btf_error`) if there is no usable BTF file.
+
+        Only the file's presence and size are checked here; a file that turns out not to
+        parse makes every question raise ``BtfError`` with the child's reason, which
+        :meth:`btf_error` then reports too.
+        """
         with self._lock:
             if not self._btf_done:
-                try:
-                    self._btf = Btf.load(self.btf_path)
-                except BtfError as exc:
-                    self._btf_error = str(exc)
+                path = self.btf_path
+                if not path.is_file():
+                    self._btf_error = f"{path}: missing"
+                elif path.stat().st_size < 24:
+                    self._btf_error = f"{path}: BTF blob too short"
+                else:
+                    self._btf = KernelBtfFacts(path)
                 self._btf_done = True
             return self._btf
 
     def btf_error(self) -> str | None:
-        self.btf()
-        return self._btf_error
+        btf = self.btf()
+        return btf.error if btf is not None else self._btf_error
 
     # -- privileges, headers, bcc ---------------------------------------------------------
 
@@ -159,7 +176,40 @@ class HostProbe:
         return Headers(build, True, release, matches, detail)
 
     def bcc(self) -> tuple[bool, str]:
-        """Whether bcc's Python bindings import here (cached; importing loads LLVM)."""
+        """Whether bcc's Python bindings are importable here, WITHOUT importing them
+        (importing maps libbcc and LLVM: ~60 MB resident that never goes away).
+
+        The package is looked up on ``sys.path``; once :meth:`import_bcc` ran, its
+        outcome is the answer instead (a package whose libbcc.so is missing is found but
+        does not import).
+        """
+        with self._lock:
+            if self._bcc is not None:
+                return self._bcc
+            if self._bcc_found is None:
+                self._bcc_found = self._find_bcc()
+            return self._bcc_found
+
+    @staticmethod
+    def _find_bcc() -> tuple[bool, str]:
+        try:
+            spec = importlib.util.find_spec("bcc")
+        except (ImportError, ValueError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        if spec is None or not spec.submodule_search_locations:
+            return False, "ModuleNotFoundError: No module named 'bcc'"
+        where = Path(next(iter(spec.submodule_search_locations)))
+        version = "?"
+        # bcc/version.py is one assignment; reading it keeps the answer import-free.
+        text = read_optional(where / "version.py", limit=4096) or ""
+        for line in text.splitlines():
+            if line.startswith("__version__"):
+                version = line.partition("=")[2].strip().strip("'\"")
+        return True, f"bcc {version} from {where} (found; imported on first use)"
+
+    def import_bcc(self) -> tuple[bool, str]:
+        """Import bcc (libbcc + LLVM, ~0.1-0.2 s) and remember the outcome, which
+        :meth:`bcc` reports from then on. Cached."""
         with self._lock:
             if self._bcc is None:
                 try:

@@ -101,8 +101,13 @@ class Resolution:
         return "; ".join(f"{name}: {why}" for name, why in self.rejected)
 
 
-def _plan_problem(plan: AttachPlan, host: HostProbe) -> tuple[str | None, dict[str, int]]:
-    """Why ``plan`` cannot run here (None if it can), and the BTF offsets it needs."""
+def _plan_problem(plan: AttachPlan, host: HostProbe, check_btf: bool = True
+                  ) -> tuple[str | None, dict[str, int]]:
+    """Why ``plan`` cannot run here (None if it can), and the BTF offsets it needs.
+
+    With ``check_btf`` false, a plan that needs BTF only needs the BTF *file* (a cheap
+    prediction, no child process; its offsets are then left out).
+    """
     defines: dict[str, int] = {}
     tracefs = host.tracefs()
     for probe in plan.probes:
@@ -117,26 +122,48 @@ def _plan_problem(plan: AttachPlan, host: HostProbe) -> tuple[str | None, dict[s
         btf = host.btf()
         if btf is None:
             return f"needs kernel BTF ({host.btf_error()})", {}
-        for event, expected in plan.raw_args.items():
-            args = btf.raw_tracepoint_args(event)
-            if args is None:
-                return f"no raw tracepoint {event} in the kernel's BTF", {}
-            if tuple(args[: len(expected)]) != expected or len(args) < len(expected):
-                return (f"raw tracepoint {event} takes ({', '.join(args)}), the program "
-                        f"expects ({', '.join(expected)})"), {}
-        for macro, (struct, member) in plan.offsets.items():
-            try:
+        if not check_btf:
+            return None, defines
+        try:
+            for event, expected in plan.raw_args.items():
+                args = btf.raw_tracepoint_args(event)
+                if args is None:
+                    return f"no raw tracepoint {event} in the kernel's BTF", {}
+                if tuple(args[: len(expected)]) != expected or len(args) < len(expected):
+                    return (f"raw tracepoint {event} takes ({', '.join(args)}), the program "
+                            f"expects ({', '.join(expected)})"), {}
+            for macro, (struct, member) in plan.offsets.items():
                 defines[macro] = btf.member_offset(struct, member)
-            except BtfError as exc:
-                return str(exc), {}
+        except BtfError as exc:
+            return f"needs kernel BTF ({exc})" if btf.error else str(exc), {}
     return None, defines
 
 
-def resolve_plan(module: BpfModule, host: HostProbe) -> Resolution:
-    """Pick the first plan of ``module`` this host supports."""
+def btf_questions(modules: Sequence[BpfModule]
+                  ) -> tuple[set[tuple[str, str]], set[str]]:
+    """Every (struct, member) offset and raw tracepoint ``modules`` may ask BTF about, so
+    one child process answers them all (:meth:`KernelBtfFacts.prefetch`)."""
+    offsets: set[tuple[str, str]] = set()
+    events: set[str] = set()
+    for module in modules:
+        offsets.update(module.optional_offsets.values())
+        for plan in module.plans:
+            offsets.update(plan.offsets.values())
+            events.update(plan.raw_args)
+    return offsets, events
+
+
+def resolve_plan(module: BpfModule, host: HostProbe, check_btf: bool = True) -> Resolution:
+    """Pick the first plan of ``module`` this host supports.
+
+    ``check_btf=False`` predicts it from cheap checks only (tracefs files, the BTF file's
+    presence): what the daemon reports before anyone asked for BPF. The prediction differs
+    from the real resolution only on a kernel whose BTF contradicts a raw tracepoint's
+    expected arguments, and it carries no BTF offsets, so it is never used to load.
+    """
     rejected: list[tuple[str, str]] = []
     for plan in module.plans:
-        problem, offsets = _plan_problem(plan, host)
+        problem, offsets = _plan_problem(plan, host, check_btf)
         if problem is not None:
             rejected.append((plan.name, problem))
             continue
@@ -149,8 +176,10 @@ def resolve_plan(module: BpfModule, host: HostProbe) -> Resolution:
             if present:
                 probes.append(probe)
         notes: list[str] = []
-        btf = host.btf() if module.optional_offsets else None
+        btf = host.btf() if module.optional_offsets and check_btf else None
         for macro, (struct, member) in module.optional_offsets.items():
+            if not check_btf:
+                break
             if btf is None:
                 notes.append(f"{struct}.{member} unknown (no BTF: {host.btf_error()})")
                 continue

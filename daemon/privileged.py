@@ -74,9 +74,10 @@ class PrivilegedOps(Protocol):
         """One-off costs ahead of the first enable (bcc import, BTF, attach plans)."""
         ...
 
-    def bpf_readiness(self) -> dict[str, Any]:
+    def bpf_readiness(self, resolve: bool = True) -> dict[str, Any]:
         """Whether BPF modules can run here and why not: the checks of ``hostscope
-        doctor`` (privileges, bcc, headers, tracefs) and each module's availability."""
+        doctor`` (privileges, bcc, headers, tracefs) and each module's availability.
+        ``resolve=False``: cheap checks only (no bcc import, no BTF), for startup."""
         ...
 
     def bpf_status(self) -> list[dict[str, Any]]: ...
@@ -105,10 +106,10 @@ _probes_lock = threading.Lock()
 def shared_host_probe(roots: Roots) -> HostProbe:
     """The process's one :class:`HostProbe` for ``roots``.
 
-    Its answers are facts of the running kernel and of this process (BTF, tracefs, bcc,
-    privileges) that cost ~0.3 s of CPU and ~40 MB to establish (parsing BTF); an app
-    created again in the same process (tests, embedding) reuses them instead of paying
-    again. Filled on first use, never at import.
+    Its answers are facts of the running kernel and of this process (BTF offsets,
+    tracefs, bcc, privileges) that cost a child process (~0.4 s, BTF) and a bcc import to
+    establish; an app created again in the same process (tests, embedding) reuses them
+    instead of paying again. Filled on first use, never at import.
     """
     with _probes_lock:
         probe = _probes.get(roots)
@@ -126,8 +127,9 @@ class InProcessOps:
 
     Owns the daemon's one :class:`BpfManager`. With ``bpf=False`` the manager still
     describes the modules (so clients can show what exists) but loads nothing, imports
-    no bcc and parses no BTF: those cost ~100 MB of resident memory, which a host that
-    never wants BPF should not pay.
+    no bcc and asks nothing of BTF. With ``bpf=True`` the same holds until a client asks:
+    listing resolves BTF facts in a child process (no memory kept here), the first
+    enable imports bcc (~60 MB resident for good).
     """
 
     def __init__(
@@ -165,7 +167,7 @@ class InProcessOps:
     def bpf_prewarm(self) -> dict[str, Any]:
         return {} if self._bpf_disabled else self.bpf_manager.prewarm()
 
-    def bpf_readiness(self) -> dict[str, Any]:
+    def bpf_readiness(self, resolve: bool = True) -> dict[str, Any]:
         manager = self.bpf_manager
         # host.facts() needs neither bcc nor BTF parsing: cheap in both modes.
         facts = manager.host.facts()
@@ -176,7 +178,7 @@ class InProcessOps:
         reason = manager.host.not_ready()
         modules = {}
         for module in manager.modules():
-            available, why, attach = manager.availability(module.name)
+            available, why, attach = manager.availability(module.name, resolve)
             modules[module.name] = {"available": available, "reason": why or None,
                                     "attach_point": attach}
         return {"available": reason is None, "reason": reason, **facts, "modules": modules}

@@ -659,21 +659,26 @@ async def test_bpf_off_in_config_loads_nothing() -> None:
         await stop_server(runner, server)
 
 
-class SlowPrewarmOps(InProcessOps):
-    """The real operations with a prewarm that waits for the test, then fails (as a
-    broken bcc install might): startup must neither wait for it nor fail with it."""
+class SlowReadinessOps(InProcessOps):
+    """The real operations with a startup readiness check that waits for the test, then
+    fails (as a broken install might): startup must neither wait for it nor fail with it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.release = threading.Event()
+        self.resolve_args: list[bool] = []
 
     def bpf_prewarm(self) -> dict[str, Any]:
+        raise AssertionError("the daemon must not prewarm BPF at startup")
+
+    def bpf_readiness(self, resolve: bool = True) -> dict[str, Any]:
+        self.resolve_args.append(resolve)
         self.release.wait(20)
         raise OSError("libbcc.so.0: cannot open shared object file")
 
 
-async def test_prewarm_neither_delays_nor_fails_startup() -> None:
-    ops = SlowPrewarmOps(lambda _detach: None, bpf=True)
+async def test_readiness_check_neither_delays_nor_fails_startup() -> None:
+    ops = SlowReadinessOps(lambda _detach: None, bpf=True)
     runner, server = await start_server(Config(interval=INTERVAL, port=0), privileged=ops)
     try:
         await server.wait_ticks(3)  # sampling runs while prewarm is stuck
@@ -690,6 +695,7 @@ async def test_prewarm_neither_delays_nor_fails_startup() -> None:
         caps = await eventually(checked, 5, "capabilities.bpf checked")
         assert caps["available"] is False
         assert "libbcc.so.0" in caps["reason"] and "OSError" in caps["reason"]
+        assert ops.resolve_args == [False]  # startup asks the cheap checks only
         assert (await server.get_json("/healthz"))["status"] == "ok"
     finally:
         ops.release.set()
