@@ -3,14 +3,17 @@ and the exact reasons modules cannot run, on captured and crafted trees."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from hostscope.bpfmods.btf import Btf, BtfError
+from hostscope.bpfmods.btf import Btf, BtfError, KernelBtfFacts, main, resolve_in_child
 from hostscope.bpfmods.histogram import (
     BUCKET_NAMES,
     SLOTS,
@@ -369,6 +372,76 @@ def test_btf_reader_on_a_crafted_blob() -> None:
         Btf(b"\x9f\xeb")
 
 
+def test_btf_facts_come_from_one_child_and_agree_with_the_reader(tmp_path: Path) -> None:
+    path = tmp_path / "vmlinux"
+    path.write_bytes(_crafted_btf())
+    facts = KernelBtfFacts(path)
+    facts.prefetch([("task_struct", "pid"), ("task_struct", "tgid"), ("task_struct", "comm")],
+                   ["demo", "nope"])
+    assert facts.resolutions == 1
+    btf = Btf(_crafted_btf())
+    assert facts.member_offset("task_struct", "tgid") == btf.member_offset("task_struct",
+                                                                           "tgid") == 4
+    assert facts.member_offset("task_struct", "pid") == 0
+    assert facts.raw_tracepoint_args("demo") == ["struct task_struct *"]
+    assert facts.raw_tracepoint_args("nope") is None
+    with pytest.raises(BtfError, match="no member comm"):
+        facts.member_offset("task_struct", "comm")
+    assert facts.resolutions == 1  # every answer above was kept from the one child
+    with pytest.raises(BtfError, match="struct other not in BTF"):
+        facts.member_offset("other", "x")
+    assert facts.resolutions == 2  # a new question costs a new child
+
+
+def test_unreadable_btf_is_reported_once_and_not_retried(tmp_path: Path) -> None:
+    path = tmp_path / "vmlinux"
+    path.write_bytes(b"\0" * 64)
+    facts = KernelBtfFacts(path)
+    with pytest.raises(BtfError, match="bad BTF magic"):
+        facts.member_offset("task_struct", "pid")
+    with pytest.raises(BtfError, match="bad BTF magic"):
+        facts.raw_tracepoint_args("sched_switch")
+    assert facts.resolutions == 1 and facts.error and "bad BTF magic" in facts.error
+    with pytest.raises(BtfError, match="missing"):
+        resolve_in_child(tmp_path / "absent", [("task_struct", "pid")], [])
+
+
+def test_btf_command_prints_the_answers_as_json(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "vmlinux"
+    path.write_bytes(_crafted_btf())
+    assert main([str(path), "--offset", "task_struct.tgid", "--raw-args", "demo"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "offsets": {"task_struct.tgid": 4}, "raw_args": {"demo": ["struct task_struct *"]}}
+    with pytest.raises(SystemExit):
+        main([str(path), "--offset", "no_dot"])
+
+
+def test_probing_a_host_imports_no_bcc_and_parses_no_btf() -> None:
+    """The cheap checks the daemon runs at startup, in a fresh interpreter (this one may
+    have imported bcc already): bcc is found but not imported, and every module's
+    availability is predicted without starting a BTF child."""
+    script = (
+        "import json, sys\n"
+        "from hostscope.bpfmods.manager import BpfManager\n"
+        "m = BpfManager()\n"
+        "avail = {x.name: m.availability(x.name, resolve=False) for x in m.modules()}\n"
+        "btf = m.host.btf()\n"
+        "print(json.dumps({'bcc_imported': 'bcc' in sys.modules, 'bcc': m.host.bcc(),\n"
+        "                  'children': btf.resolutions if btf else None,\n"
+        "                  'avail': avail}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    got = json.loads(out)
+    assert got["bcc_imported"] is False
+    assert got["children"] in (0, None)
+    if got["bcc"][0]:
+        assert "imported on first use" in got["bcc"][1]
+    else:
+        assert "bcc" in got["bcc"][1]
+    assert set(got["avail"]) == {m.name for m in all_modules()}
+
+
 @pytest.mark.live
 def test_btf_reader_on_the_running_kernel_agrees_with_bpftool() -> None:
     path = Path("/sys/kernel/btf/vmlinux")
@@ -395,3 +468,18 @@ def test_btf_reader_on_the_running_kernel_agrees_with_bpftool() -> None:
             break
     else:
         pytest.fail("bpftool shows no task_struct.pid")
+
+
+@pytest.mark.live
+def test_predicted_plans_match_the_resolved_ones_on_this_kernel() -> None:
+    """The daemon reports predicted attach points until someone lists or enables: here
+    the prediction must be what the BTF child then confirms, and one child answers every
+    module's questions."""
+    manager = BpfManager(HostProbe())
+    predicted = {m.name: manager.predicted_resolution(m.name) for m in manager.modules()}
+    btf = manager.host.btf()
+    assert btf is None or btf.resolutions == 0
+    for name, guess in predicted.items():
+        resolved = manager.resolution(name)
+        assert (guess.plan and guess.plan.name) == (resolved.plan and resolved.plan.name), name
+    assert btf is None or btf.resolutions == 1

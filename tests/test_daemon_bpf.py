@@ -735,3 +735,50 @@ async def test_serve_with_a_module_on_exits_on_sigterm_and_leaves_nothing_loaded
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_serve_with_bpf_on_costs_no_memory_until_a_module_is_enabled(
+    tmp_path: Path,
+) -> None:
+    """A default ``hostscope serve`` nobody asked for BPF: no bcc mapped (libbcc/LLVM stay
+    out of the process until the first enable) and no parsed BTF (it used to add ~40 MB),
+    even after a client listed the modules (BTF facts come from a child process). Judged
+    from outside, as an operator would: /proc/PID/maps and VmRSS against the same daemon
+    with ``bpf = false``."""
+    config = tmp_path / "off.toml"
+    config.write_text("bpf = false\n")
+    (on, on_url, on_lines), (off, _off_url, off_lines) = await asyncio.gather(
+        start_serve(), start_serve("--config", str(config)))
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def checked() -> dict[str, Any] | None:
+                resp = await session.get(on_url + "api/v1/host")
+                bpf = (await resp.json())["capabilities"]["bpf"]
+                return bpf if bpf["checked"] else None
+
+            caps = await eventually(checked, 10, "capabilities.bpf checked")
+            resp = await session.get(on_url + "api/v1/bpf")
+            assert resp.status == 200, await resp.text()
+            listed = await resp.json()
+            assert listed["available"] == caps["available"]
+            if listed["available"]:
+                assert all(m["attach_point"] for m in listed["modules"])
+        await asyncio.sleep(2)  # a BTF parse in the daemon would show by now
+        maps = Path(f"/proc/{on.pid}/maps").read_text()
+        assert "libbcc" not in maps and "libLLVM" not in maps
+        extra = vm_rss_mb(on.pid) - vm_rss_mb(off.pid)
+        assert extra < 10, f"BPF on (nothing enabled) costs {extra:.1f} MB more than off"
+    finally:
+        for proc, lines in ((on, on_lines), (off, off_lines)):
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 10)
+            await read_rest(proc, lines)
+            assert "Traceback" not in "".join(lines)
