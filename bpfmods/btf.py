@@ -119,7 +119,7 @@ class Btf:
 
     @classmethod
     def load(cls, path: Path = Path("/sys/kernel/btf/vmlinux")) -> Btf:
-        """Read and index the BTF at ``path`` (a few hundred ms for vmlinux; cache it)."""
+        """Read and index the BTF at ``path`` (~0.3 s and ~40 MB for vmlinux: in a child)."""
         from hostscope.metrics.sources import SourceUnavailable
 
         try:
@@ -284,6 +284,11 @@ class KernelBtfFacts:
         self.error: str | None = None
         #: children started so far (each parses the whole BTF)
         self.resolutions = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a child is resolving right now (callers that must not wait can tell)."""
+        return self._lock.locked()
 
     def prefetch(self, offsets: Iterable[tuple[str, str]] = (),
                  events: Iterable[str] = ()) -> None:

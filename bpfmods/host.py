@@ -73,6 +73,8 @@ class HostProbe:
         self.release = release or os.uname().release
         self.bcc_dir = bcc_dir
         self._lock = threading.Lock()
+        #: held while importing bcc, so that other questions never wait for that import
+        self._import_lock = threading.Lock()
         self._btf: KernelBtfFacts | None = None
         self._btf_error: str | None = None
         self._btf_done = False
@@ -210,15 +212,17 @@ class HostProbe:
     def import_bcc(self) -> tuple[bool, str]:
         """Import bcc (libbcc + LLVM, ~0.1-0.2 s) and remember the outcome, which
         :meth:`bcc` reports from then on. Cached."""
-        with self._lock:
+        with self._import_lock:
             if self._bcc is None:
                 try:
                     import bcc
 
                     version = getattr(bcc, "__version__", "?")
-                    self._bcc = (True, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
+                    found = (True, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
                 except Exception as exc:  # noqa: BLE001 - ImportError, OSError from libbcc
-                    self._bcc = (False, f"{type(exc).__name__}: {exc}")
+                    found = (False, f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    self._bcc = found
             return self._bcc
 
     def not_ready(self) -> str | None:

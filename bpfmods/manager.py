@@ -220,8 +220,14 @@ class BpfManager:
         return [self._status_of(name) for name in self._instances]
 
     def _status_of(self, name: str) -> dict[str, Any]:
-        available, reason, attach = self.availability(name)
-        res = self.resolution(name) if available else None
+        # Status never waits for another thread's BTF child (~0.4 s, once): meanwhile it
+        # reports the prediction, as at startup.
+        btf = self.host.btf()
+        resolve = btf is None or not btf.busy
+        available, reason, attach = self.availability(name, resolve)
+        res = None
+        if available:
+            res = self.resolution(name) if resolve else self.predicted_resolution(name)
         with self._lock:
             inst = self._instances[name]
             return {
