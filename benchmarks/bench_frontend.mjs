@@ -11,6 +11,7 @@
 //   node benchmarks/bench_frontend.mjs                 # 3 minutes
 //   node benchmarks/bench_frontend.mjs --long          # 30 minutes
 //   node benchmarks/bench_frontend.mjs --duration 60 [--url http://127.0.0.1:7470] [--json]
+//   node benchmarks/bench_frontend.mjs --heatmaps 4    # 4 of the 20 are BPF heat maps (root)
 // Without --url it starts `.venv/bin/hostscope serve --interval 1` on a free port.
 import { spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
@@ -32,6 +33,9 @@ const opt = (name, dflt) => {
 }
 const DURATION_S = argv.includes('--long') ? 1800 : Number(opt('--duration', 180))
 const CHARTS = Number(opt('--charts', 20))
+// BPF latency heat maps among the charts (their modules are switched on by the page).
+const HEATMAPS = Math.min(4, Number(opt('--heatmaps', 0)))
+const HEAT_MODULES = ['runqlat', 'syscalls', 'offcpu', 'biolatency'].slice(0, HEATMAPS)
 // A short window fills the page's buffers within the run, so heap growth after that is a leak.
 const WINDOW_S = Number(opt('--window', 60))
 const JSON_OUT = argv.includes('--json')
@@ -131,7 +135,7 @@ async function chooseCharts(base) {
     if (ids.length >= CHARTS) break
     ids.push(`custom:${n}`)
   }
-  return ids.slice(0, CHARTS)
+  return [...ids.slice(0, CHARTS - HEATMAPS), ...HEAT_MODULES.map((m) => `bpf.${m}`)]
 }
 
 async function main() {
@@ -156,7 +160,8 @@ async function main() {
   await cdp.send('Performance.enable')
   await cdp.send('HeapProfiler.enable')
 
-  const url = `${base}/?window=${WINDOW_S}&panels=${ids.join(',')}`
+  const bpf = HEAT_MODULES.length ? `&bpf=${HEAT_MODULES.join(',')}` : ''
+  const url = `${base}/?window=${WINDOW_S}&panels=${ids.map((id) => (id.startsWith('bpf.') ? `${id}~1x1` : id)).join(',')}${bpf}`
   // First paint: navigation start -> every chart drawn with samples older than the page.
   // Measured on several loads (median), as the machine may be busy with other work.
   const paints = []
@@ -166,7 +171,8 @@ async function main() {
       await page.evaluate(async (n) => {
         const opened = performance.timeOrigin / 1000
         for (;;) {
-          const drawn = document.querySelectorAll('main section canvas').length
+          // One uPlot per chart (heat maps draw their cells on a second canvas).
+          const drawn = document.querySelectorAll('main section .uplot').length
           const h = window.__hostscope
           if (drawn >= n && h && h.oldest() < opened - 5) return performance.now()
           await new Promise((r) => requestAnimationFrame(r))
@@ -195,12 +201,14 @@ async function main() {
   const m1 = await metrics()
   const wall = (Date.now() - wall0) / 1000
   const tree1 = browserPid ? treeTicks(browserPid) : 0
-  const charts = await page.evaluate(() => document.querySelectorAll('main section canvas').length)
+  const charts = await page.evaluate(() => document.querySelectorAll('main section .uplot').length)
+  const heatmaps = await page.evaluate(() => document.querySelectorAll('main section canvas.heatcells').length)
 
   // TaskDuration: time the renderer's main thread spent running tasks (script, style,
   // layout, paint). Forced GCs add a little; they are not part of normal operation.
   const result = {
     charts,
+    heatmaps,
     duration_s: Math.round(wall),
     first_paint_ms: Math.round(firstPaintMs),
     first_paint_all_ms: paints.map(Math.round),
@@ -225,7 +233,7 @@ async function main() {
   }
   const kb = (b) => `${(b / 1024).toFixed(1)} KiB`
   const mb = (b) => `${(b / 1048576).toFixed(2)} MiB`
-  console.log(`charts                      ${result.charts} live, 1 Hz, ${WINDOW_S} s window`)
+  console.log(`charts                      ${result.charts} live (${result.heatmaps} BPF heat maps), 1 Hz, ${WINDOW_S} s window`)
   console.log(`first paint with history    ${result.first_paint_ms} ms median (${result.first_paint_all_ms.join(', ')})`)
   console.log(`page main thread CPU        ${result.page_main_thread_cpu_pct} % of one core (script ${result.page_script_cpu_pct} %, layout ${result.page_layout_cpu_pct} %, style ${result.page_style_cpu_pct} %)`)
   console.log(`whole Chromium process tree ${result.chromium_tree_cpu_pct} % of one core`)

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import recorded from '../stores/fixtures/bpf.json'
 import { SLOTS } from './histogram'
-import { LEVELS, buildColumns, columnContaining, columnPercentiles, histogramGroups, level, levelCount, maxIn, niceMax, palette } from './heatmap'
+import { LEVELS, buildColumns, columnContaining, columnPercentiles, histogramGroups, level, levelCount, lineData, maxIn, niceMax, palette } from './heatmap'
 import { Timeline, seriesKey } from './timeline'
 import type { MetaMsg, SamplesMsg } from './protocol'
 
@@ -69,6 +69,16 @@ describe('heat map columns from the columnar stream', () => {
     fast.add([1, 1.5, 2], [key], [[4, 4, 4]], [1])
     const hf = buildColumns(fast, 'bpf.runq.latency', null, 0.5)
     expect(hf.counts[1 * SLOTS + 3]).toBe(2)
+  })
+
+  it('breaks percentile lines where the module was off instead of bridging the gap', () => {
+    const tl = new Timeline(600)
+    tl.add([10, 11, 40, 41], [seriesKey('m', '8-15')], [[1, 1, 1, 1]], [1])
+    const h = buildColumns(tl, 'm', null, 1)
+    const d = lineData(h, [[10, null, 1000, 8]])
+    expect(d.xs).toEqual([10, 11, 39, 40, 41])
+    expect(d.cols).toEqual([0, 1, -1, 2, 3])
+    expect(d.ys[0]).toEqual([Math.log2(10), null, null, Math.log2(1000), 3])
   })
 
   it('finds the column under a time and the largest cell in a range', () => {

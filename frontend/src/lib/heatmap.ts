@@ -8,7 +8,7 @@
  * of events, as in Vector's heat maps. Several histograms (e.g. every disk and operation
  * of `bpf.biolatency.latency`) can be summed into one.
  */
-import { SLOTS, groupOf, parseBucket, slotPercentiles } from './histogram'
+import { SLOTS, groupOf, parseBucket, slotPercentiles, slotY } from './histogram'
 import { seriesKey, type Timeline } from './timeline'
 
 /** Columns of one heat map, oldest first. */
@@ -141,6 +141,32 @@ export function columnPercentiles(h: HeatColumns, qs: readonly number[]): (numbe
     for (let q = 0; q < qs.length; q++) out[q][c] = p[q]
   }
   return out
+}
+
+/**
+ * uPlot data for the percentile lines over a heat map: a point per column at its end
+ * time (values in heat-map rows, see `slotY`), plus a null point wherever columns are not
+ * contiguous (the module was off), so the lines break there instead of bridging the gap.
+ * `cols[i]` is the column of data point i (-1 for a gap point).
+ */
+export function lineData(h: HeatColumns, lines: (number | null)[][]): { xs: number[]; ys: (number | null)[][]; cols: number[] } {
+  const xs: number[] = []
+  const ys: (number | null)[][] = lines.map(() => [])
+  const cols: number[] = []
+  for (let c = 0; c < h.end.length; c++) {
+    if (c > 0 && h.start[c] > h.end[c - 1] + 1e-3) {
+      xs.push(h.start[c])
+      for (const y of ys) y.push(null)
+      cols.push(-1)
+    }
+    xs.push(h.end[c])
+    lines.forEach((l, i) => {
+      const v = l[c]
+      ys[i].push(v == null ? null : slotY(v))
+    })
+    cols.push(c)
+  }
+  return { xs, ys, cols }
 }
 
 /**
