@@ -103,7 +103,7 @@ describe('the module switch over the websocket', () => {
     expect(conn.bpfView('runqlat')).toMatchObject({ held: false, phase: 'off' })
   })
 
-  it('takes its holds again on a new connection (the daemon released them with the old one)', async () => {
+  it('takes its holds again on a new connection, subscribing to their metrics first', async () => {
     const { conn, ws, timers } = await connected()
     conn.holdBpf('runqlat')
     ws.deliver(recorded.stream.find((m) => m.type === 'bpf'))
@@ -113,10 +113,13 @@ describe('the module switch over the websocket', () => {
     const ws2 = FakeSocket.all[1]
     ws2.accept()
     ws2.deliver(recorded.stream[0])
-    await flush()
-    // With the settings it ran with: a viewer that restarted it differently in between
-    // would otherwise make the defaults conflict.
-    expect(ws2.sent.filter((m) => m.type === 'bpf')).toEqual([{ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '', pid: 0 } }])
+    await flushPromises()
+    // The daemon answers a connection's messages in order and an enable compiles for a
+    // while: the subscribe goes first so the heat map's history is not held up.
+    const kinds = ws2.sent.map((m) => m.type)
+    expect(kinds).toEqual(['subscribe', 'bpf'])
+    expect(ws2.sent[0]).toMatchObject({ names: expect.arrayContaining(['bpf.runq.latency', 'bpf.runq.p50', 'bpf.runq.p90', 'bpf.runq.p99']) })
+    expect(ws2.sent[1]).toEqual({ type: 'bpf', name: 'runqlat', enabled: true })
   })
 })
 

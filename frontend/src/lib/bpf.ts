@@ -50,6 +50,16 @@ export function summaryMetrics(
   })
 }
 
+/** Every metric a module's widget streams: its histogram and percentiles, its counters. */
+export function widgetMetrics(
+  mod: Pick<BpfModuleStatus, 'metrics'>,
+  describe: (metric: string) => Descriptor | undefined,
+): string[] {
+  const h = histogramMetric(mod, describe)
+  const names = h ? [h, ...PERCENTILES.map((p) => `${percentilePrefix(h)}.${p.label}`)] : []
+  return [...names, ...summaryMetrics(mod, describe, h)].filter((n) => mod.metrics.includes(n))
+}
+
 // -- tables ------------------------------------------------------------------------------
 
 export type CellKind = 'text' | 'count' | 'rate' | 'ms' | 'us' | 'bytes' | 'clock' | 'addr' | 'args'

@@ -27,6 +27,7 @@ import {
   type SamplesMsg,
   type SubscribeMsg,
 } from '../lib/protocol'
+import { widgetMetrics } from '../lib/bpf'
 import { Timeline, seriesKey } from '../lib/timeline'
 
 export type ConnState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'suspended' | 'closed'
@@ -364,10 +365,33 @@ export class HostConnection {
       const left = (this.bpfHolds.get(name) ?? 1) - 1
       if (left > 0) return void this.bpfHolds.set(name, left)
       this.bpfHolds.delete(name)
+      this.bpfNeeds.get(name)?.()
+      this.bpfNeeds.delete(name)
       this.setBpfLocal(name, { error: null })
       this.sendBpf(name, false)
     }
   }
+
+  /**
+   * Take this page's holds on a new socket. The daemon handles a connection's messages in
+   * order and an enable compiles for 0.3-1 s, so a subscribe sent after four enables would
+   * wait seconds for them: subscribe to the held modules' metrics first (their history
+   * draws at once), then enable.
+   */
+  private async takeHolds(ws: WebSocket): Promise<void> {
+    await Promise.all([this.loadBpf(true), this.metricsLoad])
+    if (this.ws !== ws || this.state.value !== 'open') return
+    const describe = (m: string) => this.descriptor(m)
+    for (const name of this.bpfHolds.keys()) {
+      const mod = this.bpfModule(name)
+      if (mod && !this.bpfNeeds.has(name)) this.bpfNeeds.set(name, this.need(widgetMetrics(mod, describe)))
+    }
+    this.flush()
+    for (const name of this.bpfHolds.keys()) this.sendBpf(name, true)
+  }
+
+  /** Subscriptions taken on behalf of held modules (released with the hold). */
+  private bpfNeeds = new Map<string, () => void>()
 
   /** The module as this page should show it. */
   bpfView(name: string): BpfView {
@@ -545,8 +569,8 @@ export class HostConnection {
         this.attempt = 0
         this.queueFlush()
         // A new socket holds no module: take this page's holds again.
-        for (const name of this.bpfHolds.keys()) this.sendBpf(name, true)
-        if (this.bpfWatchers) void this.loadBpf(true)
+        if (this.bpfHolds.size) void this.takeHolds(this.ws!)
+        else if (this.bpfWatchers) void this.loadBpf(true)
         return
       case 'meta':
         return this.onMeta(msg)
