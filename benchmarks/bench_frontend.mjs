@@ -170,11 +170,16 @@ async function main() {
     paints.push(
       await page.evaluate(async (n) => {
         const opened = performance.timeOrigin / 1000
+        const until = performance.now() + 60000
         for (;;) {
-          // One uPlot per chart (heat maps draw their cells on a second canvas).
-          const drawn = document.querySelectorAll('main section .uplot').length
+          // One uPlot per chart. A heat map counts once it draws (from history) or says
+          // it has no events yet: a module whose histogram has had none (biolatency on an
+          // idle disk) has no columns to draw yet.
+          const sections = [...document.querySelectorAll('main section')]
+          const drawn = sections.filter((s) => s.querySelector('.uplot') || (s.querySelector('.bpf') && /No events yet/.test(s.textContent ?? ''))).length
           const h = window.__hostscope
           if (drawn >= n && h && h.oldest() < opened - 5) return performance.now()
+          if (performance.now() > until) throw new Error(`only ${drawn} of ${n} charts drawn after 60 s`)
           await new Promise((r) => requestAnimationFrame(r))
         }
       }, ids.length),
