@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hostscope.metrics.collectors.filesys import unescape_mount_field
 from hostscope.metrics.sources import Roots, SourceUnavailable, read_optional, read_text
 
 _MACRO_RE = re.compile(r"^HS_[A-Z0-9_]+$")
@@ -46,9 +47,7 @@ class SettingsContext:
             if sep and post.split(" ", 1)[0] == "cgroup2":
                 fields = pre.split()
                 if len(fields) >= 5:
-                    # mountinfo escapes spaces etc. as octal; undo the common ones
-                    mount = fields[4].replace("\\040", " ").replace("\\011", "\t")
-                    return Path(mount)
+                    return Path(unescape_mount_field(fields[4]))
         return None
 
 
