@@ -20,6 +20,7 @@ The pure ``parse_*`` functions here are shared with
 from __future__ import annotations
 
 import gzip
+import math
 import shlex
 import zlib
 from contextlib import suppress
@@ -115,8 +116,15 @@ def _unquote(value: str) -> str:
 
 
 def parse_uptime(text: str) -> float:
-    """Seconds since boot from /proc/uptime (``"401.21 723.05"``: uptime, idle)."""
-    return float(text.split(maxsplit=1)[0])
+    """Seconds since boot from /proc/uptime (``"401.21 723.05"``: uptime, idle).
+
+    Raises ValueError (only) for text that is not an uptime, so callers need one except.
+    """
+    parts = text.split(maxsplit=1)
+    value = float(parts[0]) if parts else math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a /proc/uptime: {text[:40]!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +209,14 @@ def parse_privileges(text: str | None) -> Privileges:
     return Privileges(euid, cap_eff)
 
 
+def _uptime_or_none(text: str | None) -> float | None:
+    # A garbled /proc/uptime (a bad --proc-root) must not stop the daemon from starting.
+    try:
+        return parse_uptime(text) if text else None
+    except ValueError:
+        return None
+
+
 def _first_line(text: str | None) -> str | None:
     if text is None:
         return None
@@ -256,7 +272,7 @@ def read_host_identity(roots: Roots) -> dict[str, Any]:
         "ncpu": ncpu or cpu.count or None,
         "memory_bytes": mem_kb * 1024 if mem_kb is not None else None,
         "boot_time": boot_time,
-        "uptime_s": parse_uptime(uptime) if uptime else None,
+        "uptime_s": _uptime_or_none(uptime),
         "os_pretty_name": read_os_release(roots).get("PRETTY_NAME"),
     }
 

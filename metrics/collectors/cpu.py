@@ -79,7 +79,8 @@ def parse_stat(text: str, hz: int) -> dict[str, object]:
 
     Each line is split into at most 12 fields: the ``intr`` line carries one count per
     interrupt source (hundreds of them, thousands on big hosts) of which only the
-    total, the first, is used.
+    total, the first, is used. A line whose numbers are cut or garbled is skipped (never
+    raises): the other lines are still good.
     """
     scale = 1000.0 / hz
     out: dict[str, object] = {"percpu": {}}
@@ -89,16 +90,19 @@ def parse_stat(text: str, hz: int) -> dict[str, object]:
         if not parts:
             continue
         key = parts[0]
-        if key.startswith("cpu"):
-            ms = [int(int(v) * scale) for v in parts[1:11]]
-            if len(ms) < 10:
-                ms += [0] * (10 - len(ms))
-            if key == "cpu":
-                out["all"] = ms
-            else:
-                percpu[key] = ms
-        elif key in _STAT_SCALARS:
-            out[key] = int(parts[1])
+        try:
+            if key.startswith("cpu"):
+                ms = [int(int(v) * scale) for v in parts[1:11]]
+                if len(ms) < 10:
+                    ms += [0] * (10 - len(ms))
+                if key == "cpu":
+                    out["all"] = ms
+                else:
+                    percpu[key] = ms
+            elif key in _STAT_SCALARS and len(parts) > 1:
+                out[key] = int(parts[1])
+        except ValueError:
+            continue
     return out
 
 
@@ -107,8 +111,13 @@ _STAT_SCALARS = frozenset({"ctxt", "processes", "procs_running", "procs_blocked"
 
 
 def parse_loadavg(text: str) -> dict[str, float | int]:
-    """Parse /proc/loadavg: ``0.31 0.19 0.07 1/79 2698``."""
+    """Parse /proc/loadavg: ``0.31 0.19 0.07 1/79 2698``.
+
+    Raises ValueError (only) for text of another shape, so the caller needs one except.
+    """
     parts = text.split()
+    if len(parts) < 4:
+        raise ValueError(f"not a /proc/loadavg: {text[:40]!r}")
     running, _, total = parts[3].partition("/")
     return {
         "1 minute": float(parts[0]),

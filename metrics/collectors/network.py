@@ -55,6 +55,7 @@ no value.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -689,6 +690,9 @@ def parse_sock_diag(
             elif msg_kind == _NLMSG_DONE:
                 return True
             elif msg_kind == _NLMSG_ERROR:
+                if length < 20 or offset + 20 > end:
+                    # A truncated error reply is still the end of this dump.
+                    raise SockDiagError(errno.EPROTO, "sock_diag dump failed: truncated error")
                 (err,) = struct.unpack_from("=i", data, offset + 16)
                 raise SockDiagError(-err, f"sock_diag dump failed: {os.strerror(-err)}")
         offset += (length + 3) & ~3
