@@ -47,9 +47,22 @@ export function unreachableMessage(base: string): string {
 }
 
 export async function getJson<T>(base: string, path: string, signal?: AbortSignal): Promise<T> {
+  return requestJson<T>(base, path, { signal })
+}
+
+/** POST/DELETE with an optional JSON body; errors as for getJson. */
+export async function sendJson<T>(base: string, method: 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  const init: RequestInit = { method }
+  if (body !== undefined) init.body = JSON.stringify(body)
+  return requestJson<T>(base, path, init, body !== undefined)
+}
+
+async function requestJson<T>(base: string, path: string, init: RequestInit, json = false): Promise<T> {
   let res: Response
+  const headers: Record<string, string> = { Accept: 'application/json' }
+  if (json) headers['Content-Type'] = 'application/json'
   try {
-    res = await fetch(apiUrl(base, path), { signal, headers: { Accept: 'application/json' } })
+    res = await fetch(apiUrl(base, path), { ...init, headers })
   } catch (e) {
     if ((e as Error).name === 'AbortError') throw e
     throw new DaemonError('unreachable', unreachableMessage(base))

@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest'
+import fx from './fixtures/profiles.synthetic.json'
+import {
+  DEFAULT_LIMITS,
+  captureBody,
+  describeRequest,
+  describeState,
+  downloadUrl,
+  outputQuery,
+  parseRoute,
+  routeHash,
+  validateCapture,
+  type ProfileSummary,
+} from './profiles'
+
+const limits = fx.list.limits
+
+describe('capture requests', () => {
+  it('checks duration and frequency against the daemon limits', () => {
+    expect(validateCapture({ kind: 'cpu', duration: 30, frequency: 49 }, limits)).toBeNull()
+    expect(validateCapture({ kind: 'cpu', duration: 4, frequency: 49 }, limits)).toBe('Duration must be between 5 and 120 seconds.')
+    expect(validateCapture({ kind: 'cpu', duration: 121 }, limits)).toMatch(/between 5 and 120/)
+    expect(validateCapture({ kind: 'cpu', duration: NaN }, limits)).toMatch(/between/)
+    expect(validateCapture({ kind: 'cpu', duration: 10, frequency: 1000 }, limits)).toMatch(/between 1 and 999/)
+    expect(validateCapture({ kind: 'cpu', duration: 10, frequency: 4.5 }, limits)).toMatch(/whole number/)
+    expect(validateCapture({ kind: 'offcpu', duration: 10, pid: 0 }, limits)).toMatch(/positive/)
+    expect(validateCapture({ kind: 'offcpu', duration: 10, pid: 5, container: 'web' }, limits)).toMatch(/not both/)
+    const tight = { ...DEFAULT_LIMITS, duration: { ...DEFAULT_LIMITS.duration, max: 60 } }
+    expect(validateCapture({ kind: 'cpu', duration: 90 }, tight)).toBe('Duration must be between 5 and 60 seconds.')
+  })
+
+  it('builds the POST body of the contract', () => {
+    expect(captureBody({ kind: 'cpu', duration: 30, frequency: 49 })).toEqual({ kind: 'cpu', duration: 30, frequency: 49 })
+    expect(captureBody({ kind: 'offcpu', duration: 10, frequency: 49, pid: 42 })).toEqual({ kind: 'offcpu', duration: 10, pid: 42 })
+    expect(captureBody({ kind: 'cpu', duration: 5, container: 'web-1' })).toEqual({ kind: 'cpu', duration: 5, container: 'web-1' })
+  })
+})
+
+describe('output links', () => {
+  it('puts format, range and base in the query', () => {
+    expect(outputQuery('json')).toBe('format=json')
+    expect(outputQuery('json', { start: 1.2, end: 3.1 }, 'pf-2')).toBe('format=json&start=1.2&end=3.1&base=pf-2')
+    expect(downloadUrl('', 'pf-1', 'folded')).toBe('/api/v1/profiles/pf-1?format=folded')
+    expect(downloadUrl('http://db1:7470', 'a/b', 'svg', { start: 0, end: 1 })).toBe(
+      'http://db1:7470/api/v1/profiles/a%2Fb?format=svg&start=0&end=1',
+    )
+  })
+})
+
+describe('route', () => {
+  it('round-trips a capture link with range and base', () => {
+    const hash = routeHash({ id: 'pf-7d1c', range: { start: 1.2, end: 2.5 }, baseId: 'pf-0' })
+    expect(hash).toBe('#/profiles/pf-7d1c?start=1.2&end=2.5&base=pf-0')
+    expect(parseRoute(hash)).toEqual({
+      id: 'pf-7d1c', host: '', newKind: null, pid: null, container: null, range: { start: 1.2, end: 2.5 }, baseId: 'pf-0',
+    })
+  })
+
+  it('parses the list, the prefilled form and other hosts', () => {
+    expect(parseRoute('#/profiles')?.id).toBeNull()
+    expect(parseRoute('#/profiles/')?.id).toBeNull()
+    const r = parseRoute('#/profiles?new=offcpu&pid=77&host=db1%3A7470')!
+    expect([r.newKind, r.pid, r.host]).toEqual(['offcpu', 77, 'db1:7470'])
+    expect(parseRoute('#/profiles?new=cpu&container=web-1')?.container).toBe('web-1')
+  })
+
+  it('ignores what is not a profiles route or not valid', () => {
+    expect(parseRoute('')).toBeNull()
+    expect(parseRoute('#/other')).toBeNull()
+    const r = parseRoute('#/profiles/x?new=gpu&pid=-3&start=5&end=2')!
+    expect([r.newKind, r.pid, r.range]).toEqual([null, null, null])
+    expect(parseRoute('#/profiles/%E0%A4%A')?.id).toBeNull()
+  })
+})
+
+describe('descriptions', () => {
+  it('says what was asked and where the capture is', () => {
+    const s = fx.queued as unknown as ProfileSummary
+    expect(describeState(s)).toBe('queued (position 2)')
+    expect(describeState(fx.running as unknown as ProfileSummary)).toBe('capturing 40 %')
+    expect(describeRequest(s)).toBe('CPU, 5 s, whole host')
+    const failed = { ...s, state: 'failed', error: { code: 'capture_failed', message: 'perf exited 1' } } as ProfileSummary
+    expect(describeState(failed)).toBe('failed: perf exited 1')
+    expect(describeRequest({ ...s, kind: 'offcpu', request: { ...s.request, pid: 9 } })).toBe('Off-CPU, 5 s, pid 9')
+  })
+})

@@ -1,0 +1,237 @@
+/**
+ * The daemon's profiles API (`/api/v1/profiles`, issue 6): typed answers, the calls, the
+ * capture form's validation against the daemon's own limits, download links, and the
+ * `#/profiles/ID` route. Contract: the team's profiles.md; docs/dashboard.md.
+ */
+import { apiUrl, getJson, sendJson } from './api'
+import type { FlameNode } from './flame'
+import type { Timeline } from './flamescope'
+
+export type ProfileKind = 'cpu' | 'offcpu'
+export type ProfileState = 'queued' | 'running' | 'symbolizing' | 'done' | 'failed' | 'cancelled'
+
+export interface ProfileSummary {
+  id: string
+  kind: ProfileKind
+  state: ProfileState
+  progress: number
+  position: number | null
+  request: { kind: ProfileKind; duration: number; frequency: number | null; pid: number | null; container: string | null }
+  method: string | null
+  event: string | null
+  unit: string | null
+  created_at: number | null
+  started_at: number | null
+  finished_at: number | null
+  total: number | null
+  lost: number | null
+  error: { code: string; message: string } | null
+  notes: string[]
+}
+
+export interface KindReadiness {
+  available: boolean
+  method: string | null
+  reason: string | null
+}
+
+export interface Limits {
+  duration: { min: number; max: number; default: { cpu: number; offcpu: number } }
+  frequency: { min: number; max: number; default: number }
+  keep: number
+  queue: number
+}
+
+export interface ProfilesList {
+  profiles: ProfileSummary[]
+  limits: Limits
+  kinds: Record<ProfileKind, KindReadiness>
+}
+
+export interface ProfileJson {
+  profile: ProfileSummary
+  tree: FlameNode
+  timeline: Timeline
+  range: { start: number; end: number } | null
+  base: { id: string; total: number } | null
+}
+
+/** What the capture form asks for (`pid` and `container` exclusive; null = whole host). */
+export interface CaptureRequest {
+  kind: ProfileKind
+  duration: number
+  frequency?: number
+  pid?: number | null
+  container?: string | null
+}
+
+/** The limits the form falls back to until GET /profiles answers (the issue's numbers). */
+export const DEFAULT_LIMITS: Limits = {
+  duration: { min: 5, max: 120, default: { cpu: 30, offcpu: 10 } },
+  frequency: { min: 1, max: 999, default: 49 },
+  keep: 0,
+  queue: 0,
+}
+
+export const RUNNING: ProfileState[] = ['queued', 'running', 'symbolizing']
+export const isRunning = (s: ProfileSummary): boolean => RUNNING.includes(s.state)
+
+/** Check a request against the daemon's limits: the reason it is refused, or null. */
+export function validateCapture(r: CaptureRequest, limits: Limits): string | null {
+  const d = limits.duration
+  if (!Number.isFinite(r.duration) || r.duration < d.min || r.duration > d.max) {
+    return `Duration must be between ${d.min} and ${d.max} seconds.`
+  }
+  if (r.kind === 'cpu' && r.frequency !== undefined) {
+    const f = limits.frequency
+    if (!Number.isInteger(r.frequency) || r.frequency < f.min || r.frequency > f.max) {
+      return `Frequency must be a whole number of Hz between ${f.min} and ${f.max}.`
+    }
+  }
+  if (r.pid != null && (!Number.isInteger(r.pid) || r.pid < 1)) return 'A process ID is a positive whole number.'
+  if (r.pid != null && r.container) return 'Profile a process or a container, not both.'
+  return null
+}
+
+/** The POST body of the contract (`pid` or `container`, absent for the whole host). */
+export function captureBody(r: CaptureRequest): Record<string, unknown> {
+  const body: Record<string, unknown> = { kind: r.kind, duration: r.duration }
+  if (r.kind === 'cpu' && r.frequency !== undefined) body.frequency = r.frequency
+  if (r.pid != null) body.pid = r.pid
+  else if (r.container) body.container = r.container
+  return body
+}
+
+export const listProfiles = (base: string, signal?: AbortSignal): Promise<ProfilesList> =>
+  getJson<ProfilesList>(base, '/api/v1/profiles', signal)
+
+export const startCapture = (base: string, r: CaptureRequest): Promise<ProfileSummary> =>
+  sendJson<ProfileSummary>(base, 'POST', '/api/v1/profiles', captureBody(r))
+
+export const getProfile = (base: string, id: string, signal?: AbortSignal): Promise<ProfileSummary> =>
+  getJson<ProfileSummary>(base, `/api/v1/profiles/${encodeURIComponent(id)}`, signal)
+
+export const cancelCapture = (base: string, id: string): Promise<ProfileSummary> =>
+  sendJson<ProfileSummary>(base, 'DELETE', `/api/v1/profiles/${encodeURIComponent(id)}`)
+
+export interface Range {
+  start: number
+  end: number
+}
+
+/** Query string of a capture's output: format, optional time range and diff base. */
+export function outputQuery(format: string, range?: Range | null, baseId?: string | null): string {
+  const q = new URLSearchParams({ format })
+  if (range) {
+    q.set('start', String(range.start))
+    q.set('end', String(range.end))
+  }
+  if (baseId) q.set('base', baseId)
+  return q.toString()
+}
+
+export const getProfileJson = (
+  base: string,
+  id: string,
+  opts: { range?: Range | null; baseId?: string | null; signal?: AbortSignal } = {},
+): Promise<ProfileJson> =>
+  getJson<ProfileJson>(base, `/api/v1/profiles/${encodeURIComponent(id)}?${outputQuery('json', opts.range, opts.baseId)}`, opts.signal)
+
+export const DOWNLOADS = [
+  { format: 'folded', label: 'folded stacks', ext: 'folded' },
+  { format: 'svg', label: 'SVG', ext: 'svg' },
+  { format: 'speedscope', label: 'speedscope JSON', ext: 'speedscope.json' },
+] as const
+
+/** Link to download a capture (or a range of it) in one of the daemon's formats. */
+export function downloadUrl(base: string, id: string, format: string, range?: Range | null): string {
+  return apiUrl(base, `/api/v1/profiles/${encodeURIComponent(id)}?${outputQuery(format, range)}`)
+}
+
+// -- route ----------------------------------------------------------------------------------
+
+/**
+ * The profiles pages live in the URL fragment, so the dashboard's own query string (its
+ * view) is untouched and a capture's link `#/profiles/ID` keeps working:
+ * `#/profiles` (list + form), `#/profiles?new=cpu&pid=123` (form prefilled),
+ * `#/profiles/ID[?start=&end=&base=ID2]`. `host=` names another daemon.
+ */
+export interface ProfilesRoute {
+  id: string | null
+  host: string
+  newKind: ProfileKind | null
+  pid: number | null
+  container: string | null
+  range: Range | null
+  baseId: string | null
+}
+
+export function parseRoute(hash: string): ProfilesRoute | null {
+  const m = /^#\/profiles(?:\/([^?/]+))?\/?(?:\?(.*))?$/.exec(hash)
+  if (!m) return null
+  const q = new URLSearchParams(m[2] ?? '')
+  const kind = q.get('new')
+  const pid = Number(q.get('pid'))
+  const start = Number(q.get('start'))
+  const end = Number(q.get('end'))
+  const hasRange = q.has('start') && q.has('end') && Number.isFinite(start) && Number.isFinite(end) && end > start && start >= 0
+  let id: string | null = null
+  if (m[1]) {
+    try {
+      id = decodeURIComponent(m[1])
+    } catch {
+      id = null
+    }
+  }
+  return {
+    id,
+    host: q.get('host') ?? '',
+    newKind: kind === 'cpu' || kind === 'offcpu' ? kind : null,
+    pid: Number.isInteger(pid) && pid > 0 ? pid : null,
+    container: q.get('container') || null,
+    range: hasRange ? { start, end } : null,
+    baseId: q.get('base') || null,
+  }
+}
+
+export function routeHash(r: Partial<ProfilesRoute>): string {
+  const q = new URLSearchParams()
+  if (r.newKind) q.set('new', r.newKind)
+  if (r.pid) q.set('pid', String(r.pid))
+  if (r.container) q.set('container', r.container)
+  if (r.range) {
+    q.set('start', String(r.range.start))
+    q.set('end', String(r.range.end))
+  }
+  if (r.baseId) q.set('base', r.baseId)
+  if (r.host) q.set('host', r.host)
+  const qs = q.toString()
+  return `#/profiles${r.id ? '/' + encodeURIComponent(r.id) : ''}${qs ? '?' + qs : ''}`
+}
+
+/** "CPU, 30 s, pid 123" */
+export function describeRequest(s: ProfileSummary): string {
+  const r = s.request
+  const what = s.kind === 'cpu' ? 'CPU' : 'Off-CPU'
+  const target = r.pid ? `pid ${r.pid}` : r.container ? `container ${r.container}` : 'whole host'
+  return `${what}, ${r.duration} s, ${target}`
+}
+
+/** A state in words, with the progress or queue position. */
+export function describeState(s: ProfileSummary): string {
+  switch (s.state) {
+    case 'queued':
+      return s.position != null ? `queued (position ${s.position})` : 'queued'
+    case 'running':
+      return `capturing ${Math.round(s.progress * 100)} %`
+    case 'symbolizing':
+      return 'resolving symbols…'
+    case 'done':
+      return 'done'
+    case 'failed':
+      return `failed: ${s.error?.message ?? 'no reason given'}`
+    case 'cancelled':
+      return 'cancelled'
+  }
+  return String(s.state)
+}
