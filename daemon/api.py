@@ -16,8 +16,8 @@ from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.processes import MAX_LIMIT, SORT_METRICS, top_processes
 
 from . import encode
-from .errors import BadParameter, TooManyNames
-from .keys import CLOCK, HOST, HUB, SAMPLER, STARTED, TICKER
+from .errors import ApiError, BadParameter, TooManyNames
+from .keys import CLOCK, CONFIG, HOST, HUB, SAMPLER, STARTED, TICKER
 from .version import PROTOCOL, VERSION
 
 MAX_NAMES = 200
@@ -116,6 +116,7 @@ async def history_handler(request: web.Request) -> web.Response:
     descs = sampler.registry.resolve(names_param(request))
     seconds = number_param(request, "seconds", DEFAULT_HISTORY_S, 0.0, MAX_HISTORY_S)
     history = sampler.history
+    _check_history_size(request, [d.name for d in descs], seconds)
     slices = (
         history.query([d.name for d in descs], seconds, now=sampler.latest_timestamp)
         if history is not None and sampler.latest_timestamp is not None
@@ -143,6 +144,35 @@ async def history_handler(request: web.Request) -> web.Response:
         f'"series":[{",".join(r[1] for r in rows)}]}}'
     )
     return web.Response(text=body, content_type="application/json")
+
+
+def _check_history_size(request: web.Request, names: list[str], seconds: float) -> None:
+    """Refuse, before reading anything, an answer bigger than ``max_history_values``.
+
+    Encoding runs on the event loop (~0.6 us a value) and the body is built in memory,
+    so ``names=proc&seconds=86400`` on a busy host would stall every client for seconds
+    and cost hundreds of MB. The estimate is the current instance count times the points
+    of the tier the range is served from (the coarse tier, per-minute, past the fine
+    window), an upper bound for everything but instances that came and went.
+    """
+    app = request.app
+    history = app[SAMPLER].history
+    if history is None:
+        return
+    latest = app[SAMPLER].latest
+    series = sum(len(latest.get(name, ())) for name in names)
+    interval = app[SAMPLER].interval_s
+    if seconds > history.retention_s and history.coarse_capacity:
+        points = min(seconds / history.coarse_step_s, history.coarse_capacity) + 1
+    else:
+        points = min(seconds, history.retention_s) / interval + 1
+    limit = app[CONFIG].max_history_values
+    if series * points > limit:
+        raise ApiError(
+            400, "too_many_values",
+            f"{series} series over {seconds:g} s is about {int(series * points)} values, "
+            f"more than one answer may hold ({limit}, max_history_values): ask for fewer "
+            "names or a shorter range")
 
 
 async def instances_handler(request: web.Request) -> web.Response:

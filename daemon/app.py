@@ -104,7 +104,7 @@ def create_app(
             registry=MetricRegistry(),
             interval_s=config.interval,
             clock=clock,
-            history=History(retention_s=config.history),
+            history=History(retention_s=config.history, max_series=config.history_series),
         )
     policy = SecurityPolicy.build(
         bind_host=config.host,

@@ -152,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.check_bind()
     except ConfigError as exc:
         return _fail(str(exc))
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, repeats=config.log_repeats)
     return asyncio.run(run_server(config))
 
 

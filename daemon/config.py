@@ -63,6 +63,22 @@ class Config:
     #: Offer BPF modules (heat maps, event tables) to clients. false: none can be enabled,
     #: and bcc and the kernel's BTF are never loaded (they cost ~100 MB of memory).
     bpf: bool = True
+    # -- limits (docs/robustness.md): every input a client controls is bounded --------
+    #: Websocket connections at once; one more is refused with 503 ``too_many_clients``.
+    max_clients: int = 500
+    #: Largest websocket message a client may send, in bytes (bigger: closed with 1009).
+    max_message: int = 64 * 1024
+    #: Names, prefixes and optional names one websocket connection may hold subscribed
+    #: (optional names that match nothing are kept, so without a cap they grow forever).
+    max_client_names: int = 1000
+    #: Values (series x points) one ``/api/v1/history`` answer may hold; ~8 bytes and
+    #: ~0.6 us of event-loop time each, so the default is ~32 MB and a few seconds.
+    max_history_values: int = 4_000_000
+    #: Series the in-memory history records at most (~20 KB each at the defaults).
+    history_series: int = 20000
+    #: Identical log events written per minute; further ones are counted, and the
+    #: count is added to the next one written (``suppressed=N``).
+    log_repeats: int = 20
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))
@@ -104,6 +120,12 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "process_interval": (0.0, 3600.0, True),
     "client_queue": (1, 100000, False),
     "shutdown_timeout": (0.0, 60.0, False),
+    "max_clients": (1, 1_000_000, False),
+    "max_message": (1024, 16 * 1024 * 1024, False),
+    "max_client_names": (1, 1_000_000, False),
+    "max_history_values": (1000, 1_000_000_000, False),
+    "history_series": (1, 100_000_000, False),
+    "log_repeats": (1, 1_000_000, False),
 }
 
 

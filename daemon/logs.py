@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
@@ -73,10 +74,63 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Configure the root logger for the daemon or CLI (called once, from main)."""
+class RepeatFilter(logging.Filter):
+    """At most ``burst`` records of one event per ``window_s``; the rest are counted.
+
+    An event is (logger, level, message template): clients can provoke some of them
+    (``bad websocket message``, ``client dropped``) as fast as they can send, and a
+    log that grows by megabytes a minute hides everything else and fills the disk.
+    The first record of an event after a suppressed stretch carries
+    ``suppressed=N``, the number of records of that event not written since the
+    previous one, so nothing is lost from the count. Events are few (one per log call
+    site), so the table stays small; it is cleared if it ever exceeds ``max_events``.
+    """
+
+    def __init__(
+        self, burst: int = 20, window_s: float = 60.0, *,
+        clock: Callable[[], float] = time.monotonic, max_events: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self.clock = clock
+        self.max_events = max_events
+        #: event -> [window start, records written in it, records suppressed since]
+        self._events: dict[tuple[str, int, object], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.msg)
+        now = self.clock()
+        state = self._events.get(key)
+        if state is None:
+            if len(self._events) >= self.max_events:
+                self._events.clear()
+            state = self._events[key] = [now, 0.0, 0.0]
+        elif now - state[0] >= self.window_s:
+            state[0], state[1] = now, 0.0
+        if state[1] >= self.burst:
+            state[2] += 1
+            return False
+        state[1] += 1
+        if state[2]:
+            record.suppressed = int(state[2])
+            state[2] = 0.0
+        return True
+
+
+def setup_logging(
+    level: str = "info", fmt: str = "text", stream: TextIO | None = None, *,
+    repeats: int | None = None,
+) -> None:
+    """Configure the root logger for the daemon or CLI (called once, from main).
+
+    ``repeats``: identical events written per minute (:class:`RepeatFilter`); None
+    writes every record.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    if repeats is not None:
+        handler.addFilter(RepeatFilter(repeats))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

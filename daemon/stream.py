@@ -44,7 +44,6 @@ MAX_INTERVAL_S = 60.0
 MAX_BACKFILL_S = 3600.0
 DEFAULT_BACKFILL_S = 300.0
 HEARTBEAT_S = 25.0
-MAX_MSG_SIZE = 64 * 1024
 WRITER_LIMIT = 16 * 1024
 TRY_AGAIN_LATER = 1013
 #: Seconds a client may take to make room for the next backfill frame.
@@ -199,9 +198,17 @@ class _Connection:
         metrics, absent = hub.resolve(names, optional)  # raises before anything changes
 
         client = self.client
+        held = set(client.metrics) | metrics
+        kept_absent = tuple(dict.fromkeys([*client.absent, *absent]))
+        limit = self.request.app[CONFIG].max_client_names
+        if len(held) + len(kept_absent) > limit:
+            raise TooManyNames(
+                f"at most {limit} metrics and optional names per connection "
+                f"(max_client_names); this subscribe would hold {len(held) + len(kept_absent)}"
+                ": unsubscribe some first")
         client.live = False
-        client.metrics = tuple(sorted(set(client.metrics) | metrics))
-        client.absent = tuple(dict.fromkeys([*client.absent, *absent]))
+        client.metrics = tuple(sorted(held))
+        client.absent = kept_absent
         if interval is not None:
             client.every = interval_multiple(interval, hub.sampler.interval_s)
         if container is not _UNCHANGED:
@@ -337,9 +344,16 @@ def _peer(request: web.Request) -> str:
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     check_websocket_origin(app[SECURITY], request)
+    config = app[CONFIG]
+    # Counted from the live sockets, dropped ones still closing included: they hold
+    # buffers until they are gone. Refused before the upgrade, as a JSON 503.
+    if len(app[WEBSOCKETS]) >= config.max_clients:
+        raise ApiError(503, "too_many_clients",
+                       f"the daemon serves at most {config.max_clients} websocket clients "
+                       "(max_clients); try again later")
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S,
-        max_msg_size=MAX_MSG_SIZE,
+        max_msg_size=config.max_message,
         compress=True,
         timeout=CLOSE_TIMEOUT_S,
         # Check for a full socket every 16 KiB written (aiohttp's default is 64 KiB): a

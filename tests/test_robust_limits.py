@@ -1,0 +1,216 @@
+"""Every input a client controls is bounded, and going past a bound gets a clear answer:
+websocket clients, message size, names held per connection, history answers, history
+series, and log lines a client can provoke (docs/robustness.md, "Limits")."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from hostscope.daemon.config import Config, ConfigError, build_config
+from hostscope.daemon.keys import SAMPLER
+from hostscope.daemon.logs import KeyValueFormatter, RepeatFilter
+
+from .test_daemon_stream import INTERVAL, Daemon, hello, recv, recv_type, run_daemon, subscribe
+
+
+async def started(**limits: object) -> AsyncIterator[Daemon]:
+    runner, daemon = await run_daemon(Config(interval=INTERVAL, **limits))  # type: ignore[arg-type]
+    try:
+        yield daemon
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[Daemon]:
+    async for d in started(max_clients=3, max_message=2048, max_client_names=8,
+                           max_history_values=5000):
+        yield d
+
+
+async def get(daemon: Daemon, path: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{daemon.port}{path}"
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "bad"), [
+    ("max_clients", 0), ("max_message", 100), ("max_client_names", 0),
+    ("max_history_values", 10), ("history_series", 0), ("log_repeats", 0),
+    ("max_clients", "many"), ("max_message", 1.5), ("log_repeats", True),
+])
+def test_limits_are_validated(tmp_path: Path, key: str, bad: object) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"{key} = {json.dumps(bad)}\n")
+    with pytest.raises(ConfigError, match=key):
+        build_config(path)
+
+
+def test_defaults_are_finite_and_history_series_reaches_the_history() -> None:
+    config = Config()
+    assert config.max_clients >= 200  # the load test's 200 clients fit by default
+    assert config.max_message == 64 * 1024
+    from hostscope.daemon.app import create_app
+    app = create_app(Config(history_series=123, bpf=False))
+    history = app[SAMPLER].history
+    assert history is not None and history.max_series == 123
+
+
+# -- websocket clients ----------------------------------------------------------------
+
+
+async def test_clients_beyond_max_clients_get_a_json_503(small: Daemon) -> None:
+    async with connect(small.url) as a, connect(small.url) as b, connect(small.url) as c:
+        for ws in (a, b, c):
+            await hello(ws)
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(small.url):
+                pass
+        response = info.value.response
+        assert response.status_code == 503
+        body = json.loads(response.body)
+        assert body["error"]["code"] == "too_many_clients"
+        assert "max_clients" in body["error"]["message"]
+        # The connected ones are unaffected.
+        await subscribe(a, names=["kernel.all.load"], backfill=0)
+        assert (await recv_type(a, "samples"))["backfill"] is False
+    # Once they are gone, the slots are free again.
+    for _ in range(50):
+        try:
+            async with connect(small.url) as ws:
+                await hello(ws)
+            break
+        except InvalidStatus:
+            await asyncio.sleep(0.1)
+    else:
+        pytest.fail("slots were not freed after the clients left")
+
+
+async def test_message_size_limit_is_configurable(small: Daemon) -> None:
+    async with connect(small.url, max_size=None) as ws:
+        await hello(ws)
+        await ws.send(json.dumps({"type": "ping", "id": "x" * 1000}))  # under 2048
+        assert (await recv_type(ws, "pong"))["id"] == "x" * 1000
+        await ws.send(json.dumps({"type": "ping", "id": "x" * 3000}))
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await recv(ws)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_names_held_per_connection_are_capped(small: Daemon) -> None:
+    """Optional names that match nothing are kept (a module may register them later);
+    without the cap a client adding new ones forever grows the daemon forever."""
+    async with connect(small.url) as ws:
+        await hello(ws)
+        await subscribe(ws, optional=[f"nothing.{i}" for i in range(6)], backfill=0)
+        meta = await recv_type(ws, "meta")
+        assert len(meta["absent"]) == 6
+        await subscribe(ws, optional=[f"nothing.more.{i}" for i in range(3)], backfill=0)
+        error = await recv_type(ws, "error")
+        assert error["code"] == "too_many_names"
+        assert "max_client_names" in error["message"]
+        # Nothing changed, and the connection still works.
+        await ws.send(json.dumps({"type": "ping", "id": 1}))
+        assert (await recv_type(ws, "pong"))["id"] == 1
+        await ws.send(json.dumps({"type": "unsubscribe", "names": ["nothing"]}))
+        assert (await recv_type(ws, "meta"))["absent"] == []
+        await subscribe(ws, optional=[f"nothing.more.{i}" for i in range(3)], backfill=0)
+        assert len((await recv_type(ws, "meta"))["absent"]) == 3
+
+
+# -- REST -----------------------------------------------------------------------------
+
+
+async def test_history_answers_are_bounded(small: Daemon) -> None:
+    sampler = small.app[SAMPLER]
+    ncpu = len(sampler.latest["kernel.percpu.cpu.user"])
+    # 1 series x (300 s / 0.1 s + 1) = 3001 values: under 5000.
+    status, body = await get(small, "/api/v1/history?names=kernel.all.load&seconds=100")
+    assert status == 200, body
+    status, body = await get(small, "/api/v1/history?names=kernel.percpu,kernel.all&seconds=3600")
+    assert status == 400
+    error = body["error"]
+    assert isinstance(error, dict) and error["code"] == "too_many_values"
+    assert "max_history_values" in error["message"]
+    assert ncpu >= 1
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+class Ticking:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeat_filter_counts_what_it_suppresses() -> None:
+    clock = Ticking()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(KeyValueFormatter())
+    handler.addFilter(RepeatFilter(3, 60.0, clock=clock))
+    log = logging.getLogger("hostscope.test.repeats")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(100):
+            log.info("bad websocket message", extra={"n": i})
+            log.warning("client dropped")
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 6  # three of each event
+        assert [line for line in lines if "n=" in line][-1].endswith("n=2")
+        clock.now = 61.0
+        log.info("bad websocket message", extra={"n": 100})
+        last = stream.getvalue().splitlines()[-1]
+        assert "n=100" in last and "suppressed=97" in last
+        log.info("bad websocket message", extra={"n": 101})
+        assert "suppressed" not in stream.getvalue().splitlines()[-1]
+    finally:
+        log.removeHandler(handler)
+
+
+async def test_a_garbage_sender_cannot_flood_the_log(small: Daemon) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(KeyValueFormatter())
+    handler.addFilter(RepeatFilter(5))
+    log = logging.getLogger("hostscope.daemon")
+    log.addHandler(handler)
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        async with connect(small.url) as ws:
+            await hello(ws)
+            errors = 0
+            for batch in range(10):  # read the answers as we go: a sender that never
+                for i in range(30):  # reads them is dropped as too slow instead
+                    await ws.send(f"not json {{{batch}.{i}")
+                while errors < 30 * (batch + 1):
+                    errors += (await recv(ws))["type"] == "error"
+            await ws.send(json.dumps({"type": "ping", "id": "done"}))
+            assert (await recv_type(ws, "pong"))["id"] == "done"
+            assert errors == 300  # every bad message is answered
+        bad = [line for line in stream.getvalue().splitlines() if "bad websocket message" in line]
+        assert len(bad) == 5
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
