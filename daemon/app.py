@@ -41,7 +41,7 @@ from hostscope.metrics.history import History
 from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
-from . import api, bpf_api, prom, static, stream
+from . import api, bpf_api, profiles_api, prom, static, stream
 from .config import Config
 from .errors import error_middleware
 from .host import read_host_info
@@ -137,6 +137,7 @@ def create_app(
     api.add_routes(app)
     stream.add_routes(app)
     bpf_api.add_routes(app)
+    profiles_api.add_routes(app)
     prom.add_routes(app)
     static.add_routes(app)
     _add_optional_routes(app, RENDER_MODULE)
@@ -145,6 +146,9 @@ def create_app(
     app.cleanup_ctx.append(_sampling)
     # After sampling: started once the host is known, torn down first.
     app.cleanup_ctx.append(_bpf)
+    # Torn down before sampling's cleanup closes the privileged operations: the capture
+    # in flight is cancelled first.
+    app.cleanup_ctx.append(profiles_api.lifecycle)
     app.on_shutdown.append(_close_websockets)
     return app
 

@@ -79,6 +79,15 @@ class Config:
     #: Identical log events written per minute; further ones are counted, and the
     #: count is added to the next one written (``suppressed=N``).
     log_repeats: int = 20
+    #: Finished profile captures kept (a link to one works while it is kept) ...
+    profile_keep: int = 20
+    #: ... and the most memory they may take together (estimated), in bytes.
+    profile_keep_bytes: int = 256 * 1024 * 1024
+    #: Profile requests that may wait while one captures; more are answered 409 busy.
+    profile_queue: int = 4
+    #: Seconds past its duration a capture may take (symbolising) before it is cancelled
+    #: and marked failed, so a hung privileged side never wedges the queue.
+    profile_grace: float = 30.0
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))
@@ -126,6 +135,10 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "max_history_values": (1000, 1_000_000_000, False),
     "history_series": (1, 100_000_000, False),
     "log_repeats": (1, 1_000_000, False),
+    "profile_keep": (1, 1000, False),
+    "profile_keep_bytes": (1024 * 1024, 64 * 1024**3, False),
+    "profile_queue": (0, 100, False),
+    "profile_grace": (1.0, 600.0, False),
 }
 
 

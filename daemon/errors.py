@@ -52,6 +52,29 @@ _BPF_STATUS = {
 }
 
 
+#: Profile error code (the privileged side's ProfileError codes and the profile
+#: service's own) -> HTTP status. A target that does not exist is 404; a request the host
+#: cannot serve now (busy, profiling unavailable, a capture not in the right state) is a
+#: conflict (409); a capture that failed or hung is the server's (500, 504).
+PROFILE_STATUS = {
+    "invalid_request": 400,
+    "unknown_profile": 404,
+    "unknown_container": 404,
+    "no_such_process": 404,
+    "no_such_cgroup": 404,
+    "busy": 409,
+    "unavailable": 409,
+    "not_running": 409,
+    "not_done": 409,
+    "base_mismatch": 409,
+    "unknown_capture": 500,
+    "capture_failed": 500,
+    "cancelled": 409,
+    "timeout": 504,
+    "shutting_down": 503,
+}
+
+
 class ApiError(Exception):
     """An error with a definite HTTP status and protocol code, raised by handlers."""
 
@@ -60,6 +83,14 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class ProfileApiError(ApiError):
+    """A profile request that cannot be served; the status follows from the code
+    (:data:`PROFILE_STATUS`), so the service and the privileged side only name codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(PROFILE_STATUS.get(code, 500), code, message)
 
 
 class BadParameter(ValueError):

@@ -20,6 +20,7 @@ from .config import Config
 from .host import HostInfo
 from .hub import Hub
 from .privileged import PrivilegedOps
+from .profiles import ProfileService
 from .security import SecurityPolicy
 from .ticker import Ticker
 
@@ -44,3 +45,5 @@ STARTED = web.AppKey("started", float)
 BPF_EXECUTOR = web.AppKey("bpf_executor", ThreadPoolExecutor)
 #: Source of websocket connection ids ("ws:N"), the holders of BPF modules they enabled.
 CONNECTION_IDS = web.AppKey("connection_ids", itertools.count)
+#: Profile captures: queue, runner and store (daemon/profiles.py).
+PROFILES = web.AppKey("profiles", ProfileService)

@@ -94,6 +94,26 @@ class PrivilegedOps(Protocol):
 
     def bpf_table(self, name: str, table: str, limit: int) -> dict[str, Any]: ...
 
+    # -- profiles (blocking; JSON in and out; errors are ProfileErrors with a code) ----
+
+    def profile_readiness(self) -> dict[str, Any]:
+        """Whether cpu/offcpu captures can run here, how, and why not."""
+        ...
+
+    def profile_start(self, request: Mapping[str, Any]) -> str:
+        """Start a capture of ``ProfileRequest.to_json()``; its capture id."""
+        ...
+
+    def profile_poll(self, capture_id: str) -> dict[str, Any]:
+        """``{"state", "progress", "error"}`` of a capture."""
+        ...
+
+    def profile_fetch(self, capture_id: str) -> dict[str, Any]:
+        """A finished capture's ProfileData (the privileged side forgets it then)."""
+        ...
+
+    def profile_cancel(self, capture_id: str) -> None: ...
+
     def close(self) -> None:
         """Detach everything still attached and release the helper, if any."""
         ...
@@ -148,6 +168,9 @@ class InProcessOps:
         # under the configured roots (a host's /sys mounted into a container).
         self.bpf_manager = BpfManager(host or shared_host_probe(roots or Roots()))
         self._bpf_disabled = None if bpf else BPF_DISABLED
+        self._roots = roots or Roots()
+        self._profiler: Any = None
+        self._profiler_lock = threading.Lock()
 
     def capabilities(self) -> set[str]:
         text = read_optional(self._self_status)
@@ -213,7 +236,41 @@ class InProcessOps:
     def bpf_table(self, name: str, table: str, limit: int) -> dict[str, Any]:
         return self.bpf_manager.table(name, table, limit)
 
+    # -- profiles -------------------------------------------------------------------
+
+    def _get_profiler(self) -> Any:
+        """The process's one Profiler, created on first use: its module imports bcc
+        lazily too, but even constructing it is work a daemon nobody profiles skips."""
+        with self._profiler_lock:
+            if self._profiler is None:
+                from hostscope.bpfmods.profiler import Profiler
+
+                self._profiler = Profiler(self._roots, self.bpf_manager.host)
+            return self._profiler
+
+    def profile_readiness(self) -> dict[str, Any]:
+        return self._get_profiler().readiness()
+
+    def profile_start(self, request: Mapping[str, Any]) -> str:
+        from hostscope.bpfmods.profiler import ProfileRequest
+
+        return self._get_profiler().start(ProfileRequest.from_json(request))
+
+    def profile_poll(self, capture_id: str) -> dict[str, Any]:
+        return self._get_profiler().poll(capture_id)
+
+    def profile_fetch(self, capture_id: str) -> dict[str, Any]:
+        return self._get_profiler().fetch(capture_id)
+
+    def profile_cancel(self, capture_id: str) -> None:
+        self._get_profiler().cancel(capture_id)
+
     def close(self) -> None:
-        """Detach every BPF module (waiting for starts in progress). Other detachers
-        registered through ``attach`` run at shutdown in the app's cleanup."""
+        """Stop a capture in progress and detach every BPF module (waiting for starts in
+        progress). Other detachers registered through ``attach`` run at shutdown in the
+        app's cleanup."""
+        with self._profiler_lock:
+            profiler, self._profiler = self._profiler, None
+        if profiler is not None:
+            profiler.close()
         self.bpf_manager.close()
