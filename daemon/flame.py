@@ -193,49 +193,47 @@ def _stack_values(profile: Profile, slots: tuple[int, int] | None
 
 
 class _Node:
-    __slots__ = ("base", "children", "frame", "self_base", "self_value", "value")
+    __slots__ = ("base", "children", "key", "self_base", "self_value", "value")
 
-    def __init__(self, frame: Frame | None) -> None:
-        self.frame = frame
+    def __init__(self, key: int) -> None:
+        self.key = key  # index into the frame list of the build (-1: root)
         self.value = 0
         self.self_value = 0
         self.base = 0
         self.self_base = 0
-        self.children: dict[Frame, _Node] = {}
+        self.children: dict[int, _Node] = {}
 
 
-def _add(root: _Node, frames: tuple[Frame, ...], value: int, base: bool) -> None:
-    node = root
-    if base:
-        node.base += value
-    else:
-        node.value += value
-    for frame in frames:
-        child = node.children.get(frame)
-        if child is None:
-            child = node.children[frame] = _Node(frame)
+def _fill(root: _Node, stacks: Iterable[tuple[tuple[int, ...], int]], base: bool) -> None:
+    # Two loops instead of one with a flag test per frame: this is the hot path.
+    for idx, value in stacks:
+        node = root
         if base:
-            child.base += value
+            node.base += value
+            for key in idx:
+                child = node.children.get(key)
+                if child is None:
+                    child = node.children[key] = _Node(key)
+                child.base += value
+                node = child
+            node.self_base += value
         else:
-            child.value += value
-        node = child
-    if base:
-        node.self_base += value
+            node.value += value
+            for key in idx:
+                child = node.children.get(key)
+                if child is None:
+                    child = node.children[key] = _Node(key)
+                child.value += value
+                node = child
+            node.self_value += value
+
+
+def _to_json(node: _Node, frames: list[Frame], diff: bool) -> dict[str, Any]:
+    if node.key < 0:
+        out: dict[str, Any] = {"name": "all", "kind": "root", "module": None}
     else:
-        node.self_value += value
-
-
-def _fill(root: _Node, profile: Profile, slots: tuple[int, int] | None, base: bool) -> None:
-    frames = profile.frames
-    for idx, value in _stack_values(profile, slots):
-        _add(root, tuple(frames[i] for i in idx), value, base)
-
-
-def _to_json(node: _Node, diff: bool) -> dict[str, Any]:
-    frame = node.frame
-    out: dict[str, Any] = (
-        {"name": "all", "kind": "root", "module": None} if frame is None
-        else {"name": frame.name, "kind": frame.kind, "module": frame.module})
+        frame = frames[node.key]
+        out = {"name": frame.name, "kind": frame.kind, "module": frame.module}
     out["value"] = node.value
     out["self"] = node.self_value
     if diff:
@@ -243,8 +241,24 @@ def _to_json(node: _Node, diff: bool) -> dict[str, Any]:
         out["self_base"] = node.self_base
     # flamegraph.pl's order: siblings alphabetical, so the same code sits in the same
     # place in two captures (before/after) whatever its share.
-    out["children"] = [_to_json(c, diff) for _, c in
-                       sorted(node.children.items(), key=lambda kv: (kv[0].name, kv[0].kind))]
+    children = sorted(node.children.values(),
+                      key=lambda c: (frames[c.key].name, frames[c.key].kind))
+    out["children"] = [_to_json(c, frames, diff) for c in children]
+    return out
+
+
+def _rekey(base: Profile, frames: list[Frame]) -> list[int]:
+    """Indexes in ``frames`` of ``base``'s frames, appending the ones it lacks, so both
+    captures' stacks share one key space (a frame is the same if name, kind and module
+    are)."""
+    index = {f: i for i, f in enumerate(frames)}
+    out = []
+    for f in base.frames:
+        i = index.get(f)
+        if i is None:
+            i = index[f] = len(frames)
+            frames.append(f)
+        out.append(i)
     return out
 
 
@@ -259,11 +273,14 @@ def build_tree(profile: Profile, *, start: float | None = None, end: float | Non
     ``self_base``, its values in the base capture: nodes only the base had keep value 0.
     Values are raw; compare shares with the two totals.
     """
-    root = _Node(None)
-    _fill(root, profile, profile.slot_range(start, end), base=False)
+    root = _Node(-1)
+    frames = list(profile.frames)
+    _fill(root, _stack_values(profile, profile.slot_range(start, end)), base=False)
     if base is not None:
-        _fill(root, base, None, base=True)
-    return _to_json(root, base is not None)
+        keys = _rekey(base, frames)
+        _fill(root, ((tuple(keys[i] for i in idx), v) for idx, v in _stack_values(base, None)),
+              base=True)
+    return _to_json(root, frames, base is not None)
 
 
 def timeline_seconds(profile: Profile) -> int:

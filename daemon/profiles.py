@@ -59,6 +59,8 @@ ID_LENGTH = 22
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 #: Seconds a readiness answer is reused (it only changes when the host changes).
 READINESS_TTL_S = 30.0
+#: Poll interval once a capture's duration has passed (symbolising, fetching).
+FAST_POLL_S = 0.05
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 
 
@@ -226,7 +228,7 @@ class ProfileService:
         keep_bytes: int = 256 * 1024 * 1024,
         queue: int = 4,
         grace_s: float = 30.0,
-        poll_interval_s: float = 0.25,
+        poll_interval_s: float = 0.25,  # ~4 Hz while capturing
         call_timeout_s: float = 15.0,
     ) -> None:
         self._ops = ops
@@ -470,7 +472,11 @@ class ProfileService:
 
     async def _watch(self, capture: Capture) -> None:
         """Poll until the capture is final or its deadline passes."""
-        deadline = self._clock.mono() + capture.request["duration"] + self.grace_s
+        begun = self._clock.mono()
+        # Near the end, poll fast: the result is wanted the moment it exists (the view
+        # target is 1 s from capture end), and symbolising takes only a few polls.
+        fast_from = begun + capture.request["duration"] - 0.1
+        deadline = begun + capture.request["duration"] + self.grace_s
         capture_id = capture.capture_id
         assert capture_id is not None
         if capture.final:  # cancelled while starting
@@ -478,7 +484,9 @@ class ProfileService:
                 await self._call(self.call_timeout_s, self._ops.profile_cancel, capture_id)
             return
         while not capture.final:
-            await asyncio.sleep(self.poll_interval_s)
+            fast = self._clock.mono() >= fast_from
+            await asyncio.sleep(min(self.poll_interval_s, FAST_POLL_S) if fast
+                                else self.poll_interval_s)
             if capture.final:
                 return
             left = deadline - self._clock.mono()

@@ -241,7 +241,7 @@ def test_speedscope_schema_rejects_a_broken_file() -> None:
 
 
 def recorded() -> list[str]:
-    return sorted(p.name for p in PROFILE_FIXTURES.glob("*.json"))
+    return sorted(p.name for p in PROFILE_FIXTURES.glob("profiledata-*.json"))
 
 
 @pytest.mark.parametrize("name", recorded())
