@@ -222,6 +222,8 @@ async def toggle_handler(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
     except ValueError as exc:  # malformed JSON or not UTF-8
         raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." within the body limit
+        raise ApiError(400, "bad_request", "the body is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadParameter('the body must be a JSON object: {"enabled": true|false, '
                            '"settings": {...}}')

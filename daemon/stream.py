@@ -150,6 +150,9 @@ class _Connection:
         except ValueError as exc:
             self.error("bad_message", f"not JSON: {exc}")
             return
+        except RecursionError:  # "[[[[..." within max_message: found by fuzzing
+            self.error("bad_message", "not JSON: nested too deeply")
+            return
         if not isinstance(message, dict):
             self.error("bad_message", "a message must be a JSON object with a 'type'")
             return
