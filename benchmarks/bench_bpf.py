@@ -10,9 +10,11 @@
    background workload that triggers every module; "enable" is enable() alone (compile +
    attach). The dashboard adds up to one sampling interval on top.
 2. Overhead of runqlat on a context-switch storm (two processes ping-ponging a byte through
-   pipes): round trips per second without and with the module, alternating off/on for
-   several rounds in one run, medians compared. Both attach plans are measured (raw
-   tracepoint, the default here, and the classic tracepoint fallback).
+   pipes): round trips per second without and with the module, each "on" run next to an
+   "off" run, for several rounds in one run; the median of the per-pair overheads is
+   reported. Every attach plan is measured (tp_btf, the default here, raw tracepoint and
+   classic tracepoint), each also with empty programs on the same hooks (the floor: what
+   attaching alone costs).
 3. Overhead of biolatency on O_DIRECT 4 KiB random reads (IOPS), alternating the same way.
 
 Targets (issue): first column within 3 s including compilation; runqlat overhead < 5 %.
@@ -152,23 +154,74 @@ def alternate(label: str, manager: BpfManager, name: str, workload: Callable[[],
           f"      rounds off {[round(x) for x in off]}\n      rounds on  {[round(x) for x in on]}")
 
 
-class RunqTracepointOnly(RunqLatency):
-    """runqlat forced onto its fallback plan, to measure what the fallback costs."""
+#: Programs on runqlat's hooks that return at once: what attaching alone costs, per plan.
+EMPTY_RUNQ = r"""
+#include "hostscope_bpf.h"
+BPF_PERCPU_ARRAY(hist, u64, HS_HIST_SLOTS);
+#if HS_USE_TP_BTF
+int hs_tp_btf__sched_wakeup(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+int hs_tp_btf__sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+int hs_tp_btf__sched_switch(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+#elif HS_USE_RAW_TP
+RAW_TRACEPOINT_PROBE(sched_wakeup) { return 0; }
+RAW_TRACEPOINT_PROBE(sched_wakeup_new) { return 0; }
+RAW_TRACEPOINT_PROBE(sched_switch) { return 0; }
+RAW_TRACEPOINT_PROBE(sched_process_exit) { return 0; }
+#else
+TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }
+TRACEPOINT_PROBE(sched, sched_wakeup_new) { return 0; }
+TRACEPOINT_PROBE(sched, sched_switch) { return 0; }
+TRACEPOINT_PROBE(sched, sched_process_exit) { return 0; }
+#endif
+"""
 
-    plans = RunqLatency.plans[1:]
+
+def runq_variant(plan: str, source: str | None = None) -> RunqLatency:
+    """runqlat forced onto one attach plan, optionally with another program source."""
+    module = RunqLatency()
+    module.plans = tuple(p for p in RunqLatency.plans if p.name == plan)
+    if source is not None:
+        module.source = source  # an absolute path replaces the packaged file
+    return module
 
 
 def measure_runq_overhead(rounds: int, seconds: float) -> None:
-    print(f"2. runqlat overhead on a context-switch storm ({rounds} alternations of "
-          f"{seconds:g} s each)")
-    for label, modules in (("raw_tracepoint (default here)", [RunqLatency()]),
-                           ("tracepoint (fallback)", [RunqTracepointOnly()])):
-        manager = BpfManager(modules=modules)
+    """Every variant in every round, next to an unprobed run of the same round: the VM's
+    noise drifts over minutes, so per-round ratios compare like with like."""
+    print(f"2. runqlat overhead on a context-switch storm ({rounds} rounds of {seconds:g} s "
+          "per variant; overhead = 1 - on/off, off measured in the same round)")
+    with tempfile.NamedTemporaryFile("w", suffix=".bpf.c", prefix="hostscope-empty-") as empty:
+        empty.write(EMPTY_RUNQ)
+        empty.flush()
+        variants: list[tuple[str, BpfManager]] = []
+        for plan in (p.name for p in RunqLatency.plans):
+            for label, source in ((plan, None), (f"{plan}, empty programs", empty.name)):
+                manager = BpfManager(modules=[runq_variant(plan, source)])
+                if manager.status()[0]["available"]:
+                    variants.append((label, manager))
+                else:
+                    print(f"   {label}: unusable here ({manager.status()[0]['reason']})")
+                    manager.close()
+        ratios: dict[str, list[float]] = {label: [] for label, _ in variants}
+        offs: list[float] = []
         try:
-            alternate(label, manager, "runqlat", lambda: storm(seconds), rounds=rounds,
-                      unit="round trips/s")
+            for _ in range(rounds):
+                for label, manager in variants:
+                    off = storm(seconds)
+                    manager.enable("runqlat", {}, "bench")
+                    on = storm(seconds)
+                    manager.disable("runqlat", "bench")
+                    offs.append(off)
+                    ratios[label].append(on / off)
         finally:
-            manager.close()
+            for _, manager in variants:
+                manager.close()
+    print(f"   unprobed: median {statistics.median(offs):,.0f} round trips/s "
+          f"(min {min(offs):,.0f}, max {max(offs):,.0f})")
+    for label, values in ratios.items():
+        overheads = sorted((1 - r) * 100 for r in values)
+        print(f"   {label:<30} overhead median {statistics.median(overheads):5.1f} %  "
+              f"rounds {[round(o, 1) for o in overheads]}")
 
 
 def direct_reads(path: Path, seconds: float, blocks: int) -> float:

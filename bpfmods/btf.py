@@ -199,6 +199,11 @@ class Btf:
             return None
         return [self.type_name(t) for _, _, t in proto.members[1:]]
 
+    def raw_tracepoint_btf_id(self, event: str) -> int | None:
+        """BTF type id of the ``btf_trace_<event>`` typedef: what a BTF-enabled tracepoint
+        program (tp_btf) names as its attach target when it is loaded. None if absent."""
+        return self._by_name.get((_TYPEDEF, f"btf_trace_{event}"))
+
 
 
 # -- resolving a few facts, in a child process --------------------------------------
@@ -207,13 +212,14 @@ class Btf:
 def resolve(path: Path, offsets: Iterable[tuple[str, str]], events: Iterable[str]
             ) -> dict[str, Any]:
     """The answers :class:`KernelBtfFacts` keeps: ``{"offsets": {"struct.member": int |
-    {"error": str}}, "raw_args": {event: [C types] | None}}``.
+    {"error": str}}, "raw_args": {event: [C types] | None}, "trace_ids": {event: int |
+    None}}``.
 
     Parses the whole BTF (~0.3 s, ~40 MB): run it in a child (:func:`resolve_in_child`),
     not in a process that lives on. Raises :class:`BtfError` if the BTF cannot be read.
     """
     btf = Btf.load(path)
-    answers: dict[str, Any] = {"offsets": {}, "raw_args": {}}
+    answers: dict[str, Any] = {"offsets": {}, "raw_args": {}, "trace_ids": {}}
     for struct_name, member in offsets:
         key = f"{struct_name}.{member}"
         try:
@@ -222,6 +228,7 @@ def resolve(path: Path, offsets: Iterable[tuple[str, str]], events: Iterable[str
             answers["offsets"][key] = {"error": str(exc)}
     for event in events:
         answers["raw_args"][event] = btf.raw_tracepoint_args(event)
+        answers["trace_ids"][event] = btf.raw_tracepoint_btf_id(event)
     return answers
 
 
@@ -281,6 +288,7 @@ class KernelBtfFacts:
         self._lock = threading.Lock()
         self._offsets: dict[str, int | dict[str, str]] = {}
         self._raw_args: dict[str, list[str] | None] = {}
+        self._trace_ids: dict[str, int | None] = {}
         self.error: str | None = None
         #: children started so far (each parses the whole BTF)
         self.resolutions = 0
@@ -311,6 +319,9 @@ class KernelBtfFacts:
                 raise
             self._offsets.update(answers["offsets"])
             self._raw_args.update(answers["raw_args"])
+            # Absent from answers of older children/resolvers: then unknown (no tp_btf).
+            trace_ids = answers.get("trace_ids") or {}
+            self._trace_ids.update({e: trace_ids.get(e) for e in answers["raw_args"]})
 
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of ``struct_name.member`` (see :meth:`Btf.member_offset`)."""
@@ -326,6 +337,12 @@ class KernelBtfFacts:
         self.prefetch(events=[event])
         found = self._raw_args[event]
         return None if found is None else list(found)
+
+    def raw_tracepoint_btf_id(self, event: str) -> int | None:
+        """BTF type id of ``btf_trace_<event>`` (see :meth:`Btf.raw_tracepoint_btf_id`)."""
+        self.prefetch(events=[event])
+        found = self._trace_ids.get(event)
+        return None if found is None else int(found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ AF_INET, AF_INET6 = 2, 10
 
 SCHED_SWITCH_ARGS = ("bool", "struct task_struct *", "struct task_struct *", "unsigned int")
 TASK_PID = {"HS_TASK_PID_OFF": ("task_struct", "pid")}
+TASK_PID_TGID = {**TASK_PID, "HS_TASK_TGID_OFF": ("task_struct", "tgid")}
 
 
 # -- attach plans ---------------------------------------------------------------------------
@@ -82,6 +83,8 @@ class AttachPlan:
     offsets: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: tracepoints used when present, each with the macro set to 1 when it is
     optional: tuple[tuple[ProbeSpec, str], ...] = ()
+    #: oldest kernel (major, minor) with what the plan's programs use
+    min_kernel: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,9 @@ def _plan_problem(plan: AttachPlan, host: HostProbe, check_btf: bool = True
     prediction, no child process; its offsets are then left out).
     """
     defines: dict[str, int] = {}
+    if plan.min_kernel > (0, 0) and kernel_version(host.release) < plan.min_kernel:
+        need = ".".join(map(str, plan.min_kernel))
+        return f"needs Linux >= {need} (running {host.release})", {}
     tracefs = host.tracefs()
     for probe in plan.probes:
         if probe.kind == "tracepoint":
@@ -134,9 +140,22 @@ def _plan_problem(plan: AttachPlan, host: HostProbe, check_btf: bool = True
                             f"expects ({', '.join(expected)})"), {}
             for macro, (struct, member) in plan.offsets.items():
                 defines[macro] = btf.member_offset(struct, member)
+            for probe in plan.probes:
+                if probe.kind == "tp_btf" and btf.raw_tracepoint_btf_id(probe.event) is None:
+                    return f"no btf_trace_{probe.event} in the kernel's BTF", {}
         except BtfError as exc:
             return f"needs kernel BTF ({exc})" if btf.error else str(exc), {}
     return None, defines
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string ("6.18.44-fc-v657" -> (6, 18));
+    (0, 0) when it does not start with two numbers."""
+    major, _, rest = release.partition(".")
+    digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+    if not major.isdigit() or not digits:
+        return (0, 0)
+    return int(major), int(digits)
 
 
 def btf_questions(modules: Sequence[BpfModule]
@@ -169,6 +188,11 @@ def resolve_plan(module: BpfModule, host: HostProbe, check_btf: bool = True) -> 
             continue
         defines = {**plan.defines, **offsets}
         probes = list(plan.probes)
+        if check_btf and any(p.kind == "tp_btf" for p in probes):
+            btf = host.btf()
+            assert btf is not None  # _plan_problem checked it
+            probes = [replace(p, btf_id=btf.raw_tracepoint_btf_id(p.event) or 0)
+                      if p.kind == "tp_btf" else p for p in probes]
         for probe, macro in plan.optional:
             category, _, event = probe.event.partition(":")
             present = host.has_tracepoint(category, event)
@@ -432,6 +456,19 @@ class RunqLatency(_HistogramModule):
     what = "run queue latency"
     settings = (_cgroup_setting(), _tgid_setting())
     plans = (
+        # Task-local storage in tracing programs arrived in 5.11; 6.2 made its helpers safe
+        # against recursion from inside the scheduler, which is where these programs run.
+        AttachPlan(
+            "tp_btf",
+            tuple(ProbeSpec("tp_btf", e) for e in
+                  ("sched_wakeup", "sched_wakeup_new", "sched_switch")),
+            {"HS_USE_TP_BTF": 1, "HS_USE_RAW_TP": 0},
+            raw_args={"sched_switch": SCHED_SWITCH_ARGS,
+                      "sched_wakeup": ("struct task_struct *",),
+                      "sched_wakeup_new": ("struct task_struct *",)},
+            offsets=TASK_PID_TGID,
+            min_kernel=(6, 2),
+        ),
         AttachPlan(
             "raw_tracepoint",
             tuple(ProbeSpec("raw_tracepoint", e) for e in

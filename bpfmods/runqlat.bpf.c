@@ -1,12 +1,20 @@
 /* Run-queue latency: from a task becoming runnable (woken, newly forked, or preempted while
  * still runnable) to the moment it is switched in, as a log2 histogram in microseconds.
  *
- * Attach: raw tracepoints (HS_USE_RAW_TP=1: no argument copying, the cheapest hook; task
- * pids read at BTF offsets) or classic tracepoints (arguments from tracefs formats).
+ * Attach, cheapest first:
+ * - HS_USE_TP_BTF=1: BTF-enabled tracepoints (tp_btf). Arguments arrive as typed task
+ *   pointers, so the wakeup timestamp lives in task-local storage (one helper call, no
+ *   hashing, freed with the task: no exit hook) and pid/tgid are plain loads at BTF
+ *   offsets instead of bpf_probe_read_kernel calls. bcc cannot load tp_btf programs itself;
+ *   bpfmods/runtime.py loads these functions (named hs_tp_btf__<event>).
+ * - HS_USE_RAW_TP=1: raw tracepoints (no argument copying); task pids read at BTF offsets.
+ * - otherwise classic tracepoints (arguments from tracefs formats).
  * Filters (HS_FILTER_CGROUP_ID, HS_FILTER_TGID): when a task is switched in, `current` is
  * still the previous task, so the task's own cgroup and tgid are not available to helpers
  * then. With a filter the measured latency is parked and accounted when the task next
- * leaves the CPU, when it *is* `current`.
+ * leaves the CPU, when it *is* `current`. With tp_btf the tgid is read from the task
+ * itself (no parking), and each task's cgroup verdict is remembered at its switch-out, so
+ * tasks known to be outside the cgroup cost one storage lookup per wakeup and nothing more.
  */
 #include "hostscope_bpf.h"
 
@@ -16,7 +24,117 @@
 #ifndef HS_FILTER_TGID
 #define HS_FILTER_TGID 0
 #endif
+#ifndef HS_USE_TP_BTF
+#define HS_USE_TP_BTF 0
+#endif
 #define HS_DEFERRED (HS_FILTER_CGROUP_ID || HS_FILTER_TGID)
+
+#if HS_USE_TP_BTF
+/* verdict: whether the task was in the filtered cgroup at its last switch-out */
+#define HS_UNKNOWN 0
+#define HS_MATCH 1
+#define HS_NO_MATCH 2
+
+struct hs_task {
+    u64 queued;   /* bpf_ktime_get_ns() when it became runnable; 0 = not queued */
+    u32 parked;   /* latency in us + 1 waiting for a verdict; 0 = none */
+    u32 verdict;
+};
+
+BPF_TASK_STORAGE(tasks, struct hs_task);
+BPF_PERCPU_ARRAY(hist, u64, HS_HIST_SLOTS);
+
+static __always_inline void hs_record(u64 usec)
+{
+    u32 slot = hs_slot(usec);
+    u64 *count = hist.lookup(&slot);
+    if (count)
+        *count += 1;  /* per-CPU slot: no other CPU writes it */
+}
+
+/* Plain loads from a trusted task pointer: the verifier checks each offset against the
+ * kernel's BTF, and no helper is called. */
+static __always_inline u32 hs_task_u32(u64 task, u32 off)
+{
+    return *(u32 *)(task + off);
+}
+
+static __always_inline void hs_enqueue(u64 task)
+{
+#if HS_FILTER_TGID
+    if (hs_task_u32(task, HS_TASK_TGID_OFF) != HS_FILTER_TGID)
+        return;
+#endif
+    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0,
+                                               BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!t)
+        return;
+#if HS_FILTER_CGROUP_ID
+    if (t->verdict == HS_NO_MATCH)
+        return;
+#endif
+    t->queued = bpf_ktime_get_ns();
+}
+
+static __always_inline void hs_switch_in(u64 task)
+{
+    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0, 0);
+    if (!t || !t->queued)
+        return;
+    u64 usec = (bpf_ktime_get_ns() - t->queued) / 1000;
+    t->queued = 0;
+#if HS_FILTER_CGROUP_ID
+    if (t->verdict == HS_UNKNOWN) {  /* not seen leaving a CPU since enabled: ask then */
+        t->parked = usec < 0xfffffffe ? usec + 1 : 0xffffffff;
+        return;
+    }
+    if (t->verdict != HS_MATCH)
+        return;
+#endif
+    hs_record(usec);
+}
+
+/* `task` is `current` here: its cgroup is what bpf_get_current_cgroup_id() says. */
+static __always_inline void hs_switch_out(u64 task)
+{
+#if HS_FILTER_CGROUP_ID
+    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0, 0);
+    if (!t)
+        return;
+    t->verdict = bpf_get_current_cgroup_id() == HS_FILTER_CGROUP_ID ? HS_MATCH : HS_NO_MATCH;
+    if (t->parked) {
+        if (t->verdict == HS_MATCH)
+            hs_record(t->parked - 1);
+        t->parked = 0;
+    }
+#endif
+}
+
+/* args: bool preempt, struct task_struct *prev, *next, unsigned int prev_state (>= 5.18) */
+int hs_tp_btf__sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 prev = ctx->args[1];
+    hs_switch_out(prev);
+    /* Still runnable: preempted, or the idle task (pid 0), which never queues. */
+    if ((ctx->args[0] || (u32)ctx->args[3] == 0) && hs_task_u32(prev, HS_TASK_PID_OFF) != 0)
+        hs_enqueue(prev);
+    hs_switch_in(ctx->args[2]);
+    return 0;
+}
+
+int hs_tp_btf__sched_wakeup(struct bpf_raw_tracepoint_args *ctx)
+{
+    hs_enqueue(ctx->args[0]);
+    return 0;
+}
+
+int hs_tp_btf__sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
+{
+    hs_enqueue(ctx->args[0]);
+    return 0;
+}
+
+#else /* raw tracepoints and tracepoints: a hash keyed by task */
 
 /* Keyed by task: the task_struct pointer with raw tracepoints (no read needed to get it),
  * the pid with tracepoints. Entries are reused in place (timestamp 0 = not queued) rather
@@ -158,3 +276,4 @@ TRACEPOINT_PROBE(sched, sched_switch)
     return 0;
 }
 #endif
+#endif /* HS_USE_TP_BTF */

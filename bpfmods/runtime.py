@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import ctypes as ct
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,15 +55,20 @@ def bcc_bpf_class() -> Any:
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """One attachment: ``kind`` is "raw_tracepoint" or "tracepoint"."""
+    """One attachment: ``kind`` is "tp_btf", "raw_tracepoint" or "tracepoint"."""
 
     kind: str
-    #: "sched_switch" for raw tracepoints, "sched:sched_switch" for tracepoints
+    #: "sched_switch" for (BTF-enabled) raw tracepoints, "sched:sched_switch" for tracepoints
     event: str
+    #: tp_btf only: BTF type id of the kernel's ``btf_trace_<event>`` typedef (0 = unknown)
+    btf_id: int = 0
 
     @property
     def fn_name(self) -> str:
-        """The C function bcc's TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE macros define."""
+        """The C function bcc's TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE macros define, or
+        ``hs_tp_btf__<event>`` for a tp_btf program (a prefix bcc does not act on)."""
+        if self.kind == "tp_btf":
+            return f"hs_tp_btf__{self.event}"
         if self.kind == "raw_tracepoint":
             return f"raw_tracepoint__{self.event}"
         category, _, name = self.event.partition(":")
@@ -77,6 +83,8 @@ class Loaded:
 
     def __init__(self, bpf: Any, probes: Sequence[ProbeSpec], compile_s: float) -> None:
         self._bpf = bpf
+        #: program and link fds of tp_btf programs (loaded here, not by bcc)
+        self._own_fds: list[int] = []
         self.probes = list(probes)
         self.compile_s = compile_s
         self._rings = False
@@ -135,6 +143,9 @@ class Loaded:
         if self.closed:
             return
         self.closed = True
+        for fd in reversed(self._own_fds):  # links first, then their programs
+            os.close(fd)
+        self._own_fds.clear()
         self._bpf.cleanup()
         # bcc registers cleanup with atexit, which would keep the object (and its ctypes
         # tables) alive until exit; it is already clean.
@@ -158,7 +169,9 @@ def load(source: str, cflags: Sequence[str], probes: Sequence[ProbeSpec]) -> Loa
     try:
         for probe in probes:
             fn = probe.fn_name.encode()
-            if probe.kind == "raw_tracepoint":
+            if probe.kind == "tp_btf":
+                _attach_tp_btf(bpf, fn, probe, loaded._own_fds)
+            elif probe.kind == "raw_tracepoint":
                 bpf.attach_raw_tracepoint(tp=probe.event.encode(), fn_name=fn)
             elif probe.kind == "tracepoint":
                 bpf.attach_tracepoint(tp=probe.event.encode(), fn_name=fn)
@@ -171,6 +184,83 @@ def load(source: str, cflags: Sequence[str], probes: Sequence[ProbeSpec]) -> Loa
         raise BpfLoadError(f"attaching {probe} failed: {exc}") from None
     return loaded
 
+
+# -- BTF-enabled tracepoints (tp_btf), which bcc 0.26 cannot load -----------------------------
+#
+# bcc compiles the functions (and creates the maps they reference), but its loader derives
+# the attach type of a BPF_PROG_TYPE_TRACING program from the function name (kfunc__,
+# lsm__, ...) and has no tp_btf prefix. So the compiled instructions (map fds already in
+# them) are loaded here with BPF_PROG_LOAD, naming the tracepoint by the BTF id of its
+# ``btf_trace_<event>`` typedef, and attached with BPF_RAW_TRACEPOINT_OPEN without a name
+# (what libbcc's bpf_attach_kfunc does).
+
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_RAW_TP = 23
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_LOG_SIZE = 1 << 20
+
+
+class _ProgLoadAttr(ct.Structure):
+    """The BPF_PROG_LOAD part of ``union bpf_attr`` (include/uapi/linux/bpf.h), up to
+    ``attach_btf_obj_fd``; padded, since the kernel wants unused trailing bytes zero."""
+
+    _fields_ = [
+        ("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
+        ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
+        ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
+        ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32),
+        ("expected_attach_type", ct.c_uint32), ("prog_btf_fd", ct.c_uint32),
+        ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64),
+        ("func_info_cnt", ct.c_uint32), ("line_info_rec_size", ct.c_uint32),
+        ("line_info", ct.c_uint64), ("line_info_cnt", ct.c_uint32),
+        ("attach_btf_id", ct.c_uint32), ("attach_btf_obj_fd", ct.c_uint32),
+        ("_reserved", ct.c_uint8 * 64),
+    ]
+
+
+def _attach_tp_btf(bpf: Any, fn: bytes, probe: ProbeSpec, fds: list[int]) -> None:
+    """Load compiled function ``fn`` of ``bpf`` as a tp_btf program on ``probe`` and attach
+    it; the program and link fds are appended to ``fds`` (closed by :meth:`Loaded.close`)."""
+    import platform
+
+    from bcc import lib  # imported already: bcc_bpf_class() ran before any load
+
+    sys_bpf = _SYS_BPF.get(platform.machine())
+    if sys_bpf is None or not probe.btf_id:
+        raise BpfLoadError(f"tp_btf {probe.event}: unsupported here")
+    start = lib.bpf_function_start(bpf.module, fn)
+    if not start:
+        raise BpfLoadError(f"tp_btf {probe.event}: no compiled function {fn.decode()}")
+    size = lib.bpf_function_size(bpf.module, fn)
+    license_ptr = lib.bpf_module_license(bpf.module)
+    attr = _ProgLoadAttr()
+    attr.prog_type = _BPF_PROG_TYPE_TRACING
+    attr.insn_cnt = size // 8
+    attr.insns = ct.cast(start, ct.c_void_p).value or 0
+    attr.license = ct.cast(license_ptr, ct.c_void_p).value or 0
+    attr.expected_attach_type = _BPF_TRACE_RAW_TP
+    attr.attach_btf_id = probe.btf_id
+    attr.prog_name = f"hs_{probe.event}"[:15].encode()
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    prog_fd = libc.syscall(sys_bpf, _BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+    if prog_fd < 0:
+        err = ct.get_errno()
+        log_buf = ct.create_string_buffer(_LOG_SIZE)  # only now: the verifier's reasons
+        attr.log_level = 1
+        attr.log_size = _LOG_SIZE
+        attr.log_buf = ct.addressof(log_buf)
+        libc.syscall(sys_bpf, _BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+        tail = log_buf.value.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise BpfLoadError(f"loading tp_btf {probe.event} failed: {os.strerror(err)}"
+                           + (f" ({' / '.join(tail)})" if tail else ""))
+    fds.append(prog_fd)
+    link_fd = lib.bpf_attach_kfunc(prog_fd)  # BPF_RAW_TRACEPOINT_OPEN(name=NULL, prog_fd)
+    if link_fd < 0:
+        raise BpfLoadError(f"attaching tp_btf {probe.event} failed: "
+                           f"{os.strerror(ct.get_errno())}")
+    fds.append(link_fd)
 
 
 def own_program_ids(proc: Path = Path("/proc")) -> list[int]:

@@ -28,6 +28,7 @@ import pytest
 from hostscope.bpfmods.histogram import BUCKET_NAMES
 from hostscope.bpfmods.host import HostProbe
 from hostscope.bpfmods.manager import BpfManager
+from hostscope.bpfmods.modules import RunqLatency
 from hostscope.bpfmods.runtime import own_program_ids
 from hostscope.bpfmods.settings import SettingsContext
 from hostscope.metrics.sources import Roots
@@ -108,9 +109,46 @@ def test_runqlat_counts_every_switch_in_of_a_filtered_process(manager: BpfManage
     try:
         _runq_events_vs_schedstat(manager, storm, {"pid": storm.pid})
         assert next(s for s in manager.status() if s["name"] == "runqlat")[
-            "attach_point"] in ("raw_tracepoint", "tracepoint")
+            "attach_point"] in ("tp_btf", "raw_tracepoint", "tracepoint")
     finally:
         storm.finish()
+
+
+@pytest.mark.parametrize("plan", [p.name for p in RunqLatency.plans])
+@pytest.mark.parametrize("filtered", ["pid", "cgroup"])
+def test_runqlat_every_attach_plan_counts_the_same(host: HostProbe, plan: str,
+                                                   filtered: str) -> None:
+    """Each plan forced in turn (this host would pick the first), filtered by pid and by
+    cgroup: the tp_btf plan keeps its state in task storage and caches cgroup verdicts,
+    the others use hash maps, and all must count exactly the storm's switch-ins."""
+    module = RunqLatency()
+    module.plans = tuple(p for p in RunqLatency.plans if p.name == plan)
+    mgr = BpfManager(host, modules=[module])
+    if not mgr.status()[0]["available"]:
+        mgr.close()
+        pytest.skip(f"{plan} unusable here: {mgr.status()[0]['reason']}")
+    root = SettingsContext(Roots()).cgroup2_root()
+    if filtered == "cgroup" and root is None:
+        mgr.close()
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    storm = Storm(5000)
+    cgroup = root / f"hostscope-test-{os.getpid()}-{plan}" if root is not None else None
+    try:
+        if filtered == "cgroup":
+            assert cgroup is not None
+            cgroup.mkdir()
+            (cgroup / "cgroup.procs").write_text(f"{storm.pid}\n")
+            settings: dict[str, object] = {"cgroup": f"/{cgroup.name}"}
+        else:
+            settings = {"pid": storm.pid}
+        _runq_events_vs_schedstat(mgr, storm, settings)
+        assert mgr.status()[0]["attach_point"] == plan
+    finally:
+        storm.finish()
+        mgr.close()
+        if cgroup is not None and cgroup.exists():
+            cgroup.rmdir()
+    assert own_program_ids() == []
 
 
 def test_runqlat_cgroup_filter(manager: BpfManager) -> None:

@@ -32,6 +32,7 @@ from hostscope.bpfmods.modules import (
     clean_text,
     exec_event_struct,
     format_addr,
+    kernel_version,
     parse_diskstats_devs,
     parse_unistd,
     resolve_plan,
@@ -246,8 +247,17 @@ def test_every_module_resolves_to_tracepoints_on_the_captured_tree(tmp_path: Pat
         assert res.plan is not None, (module.name, res.reason)
         assert res.plan.name.startswith("tracepoint")
         for name, why in res.rejected:  # the captured tree has no BTF
-            assert name == "raw_tracepoint"
+            assert name in ("tp_btf", "raw_tracepoint")
             assert why.startswith("needs kernel BTF (") and "missing" in why
+
+
+def test_tp_btf_plan_needs_a_recent_kernel(tmp_path: Path) -> None:
+    roots, lib_modules, _ = fixture_tree(tmp_path)
+    host = HostProbe(roots, lib_modules=lib_modules, release="6.1.0-56-amd64")
+    res = resolve_plan(RunqLatency(), host)
+    assert res.rejected[0] == ("tp_btf", "needs Linux >= 6.2 (running 6.1.0-56-amd64)")
+    assert [kernel_version(r) for r in ("6.18.44-fc-v657", "5.4", "6.2-rc1", "x", "6.")] == [
+        (6, 18), (5, 4), (6, 2), (0, 0), (0, 0)]
 
 
 def test_missing_tracepoint_gives_exact_reason(tmp_path: Path) -> None:
@@ -262,8 +272,9 @@ def test_missing_tracepoint_gives_exact_reason(tmp_path: Path) -> None:
         assert not runq["available"]
         assert f"tracepoint sched:sched_switch missing from {events.parent}/events" in \
             runq["reason"]
-        assert runq["reason"].startswith("no usable attach point: raw_tracepoint: needs "
+        assert runq["reason"].startswith("no usable attach point: tp_btf: needs "
                                          "kernel BTF")
+        assert "; raw_tracepoint: needs kernel BTF" in runq["reason"]
         assert "tcp:tcp_retransmit_skb missing" in status["tcpretrans"]["reason"]
         assert status["execsnoop"]["available"]
     else:
@@ -385,6 +396,10 @@ def test_btf_facts_come_from_one_child_and_agree_with_the_reader(tmp_path: Path)
     assert facts.member_offset("task_struct", "pid") == 0
     assert facts.raw_tracepoint_args("demo") == ["struct task_struct *"]
     assert facts.raw_tracepoint_args("nope") is None
+    # tp_btf programs name their tracepoint by the id of its btf_trace_<event> typedef
+    assert facts.raw_tracepoint_btf_id("demo") == btf.raw_tracepoint_btf_id("demo")
+    assert facts.raw_tracepoint_btf_id("demo") is not None
+    assert facts.raw_tracepoint_btf_id("nope") is None
     with pytest.raises(BtfError, match="no member comm"):
         facts.member_offset("task_struct", "comm")
     assert facts.resolutions == 1  # every answer above was kept from the one child
@@ -411,8 +426,11 @@ def test_btf_command_prints_the_answers_as_json(tmp_path: Path,
     path = tmp_path / "vmlinux"
     path.write_bytes(_crafted_btf())
     assert main([str(path), "--offset", "task_struct.tgid", "--raw-args", "demo"]) == 0
+    typedef_id = Btf(_crafted_btf()).raw_tracepoint_btf_id("demo")
+    assert typedef_id is not None and typedef_id > 0
     assert json.loads(capsys.readouterr().out) == {
-        "offsets": {"task_struct.tgid": 4}, "raw_args": {"demo": ["struct task_struct *"]}}
+        "offsets": {"task_struct.tgid": 4}, "raw_args": {"demo": ["struct task_struct *"]},
+        "trace_ids": {"demo": typedef_id}}
     with pytest.raises(SystemExit):
         main([str(path), "--offset", "no_dot"])
 

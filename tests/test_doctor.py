@@ -41,7 +41,7 @@ def test_captured_tree_is_ready_except_what_it_lacks(tmp_path: Path) -> None:
     modules = [c for cid, c in got.items() if cid.startswith("module.")]
     assert len(modules) == 7 and not any(c.required for c in modules)
     if got["bcc"].ok:
-        assert got["module.runqlat"].detail.startswith("attaches via tracepoint (raw_tracepoint "
+        assert got["module.runqlat"].detail.startswith("attaches via tracepoint (tp_btf "
                                                        "unusable: needs kernel BTF")
 
 
