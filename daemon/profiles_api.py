@@ -108,8 +108,10 @@ async def create_handler(request: web.Request) -> web.Response:
                        '{"kind": "cpu", "duration": 30}')
     try:
         body = json.loads(await request.read())
-    except ValueError as exc:
+    except ValueError as exc:  # malformed JSON or not UTF-8
         raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." within the body limit
+        raise ApiError(400, "bad_request", "the body is not JSON: nested too deeply") from None
     service = request.app[PROFILES]
     capture = await service.submit(body)
     return web.json_response(_summary(service, capture), status=202)
