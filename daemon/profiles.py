@@ -399,8 +399,9 @@ class ProfileService:
         self._finish(capture, "cancelled", {"code": "cancelled",
                                             "message": "cancelled by a client"})
         log.info("profile cancelled", extra={"profile": capture.id})
-        if self._current is capture:
-            # Its runner leaves at its next wake-up; the slot is free now.
+        if self._current is capture and capture.capture_id is not None:
+            # Its runner leaves at its next wake-up; the slot is free now. (While its
+            # start is still in flight, the runner frees the slot after cancelling it.)
             self._current = None
             self._evict()
             self._next()
