@@ -6,8 +6,10 @@
 import { apiUrl, getJson, sendJson } from './api'
 import type { FlameNode } from './flame'
 import type { Timeline } from './flamescope'
+import type { Range } from './profileroute'
 
-export type ProfileKind = 'cpu' | 'offcpu'
+export type { ProfileKind } from './profileroute'
+import type { ProfileKind } from './profileroute'
 export type ProfileState = 'queued' | 'running' | 'symbolizing' | 'done' | 'failed' | 'cancelled'
 
 export interface ProfileSummary {
@@ -114,11 +116,6 @@ export const getProfile = (base: string, id: string, signal?: AbortSignal): Prom
 export const cancelCapture = (base: string, id: string): Promise<ProfileSummary> =>
   sendJson<ProfileSummary>(base, 'DELETE', `/api/v1/profiles/${encodeURIComponent(id)}`)
 
-export interface Range {
-  start: number
-  end: number
-}
-
 /** Query string of a capture's output: format, optional time range and diff base. */
 export function outputQuery(format: string, range?: Range | null, baseId?: string | null): string {
   const q = new URLSearchParams({ format })
@@ -148,66 +145,7 @@ export function downloadUrl(base: string, id: string, format: string, range?: Ra
   return apiUrl(base, `/api/v1/profiles/${encodeURIComponent(id)}?${outputQuery(format, range)}`)
 }
 
-// -- route ----------------------------------------------------------------------------------
-
-/**
- * The profiles pages live in the URL fragment, so the dashboard's own query string (its
- * view) is untouched and a capture's link `#/profiles/ID` keeps working:
- * `#/profiles` (list + form), `#/profiles?new=cpu&pid=123` (form prefilled),
- * `#/profiles/ID[?start=&end=&base=ID2]`. `host=` names another daemon.
- */
-export interface ProfilesRoute {
-  id: string | null
-  host: string
-  newKind: ProfileKind | null
-  pid: number | null
-  container: string | null
-  range: Range | null
-  baseId: string | null
-}
-
-export function parseRoute(hash: string): ProfilesRoute | null {
-  const m = /^#\/profiles(?:\/([^?/]+))?\/?(?:\?(.*))?$/.exec(hash)
-  if (!m) return null
-  const q = new URLSearchParams(m[2] ?? '')
-  const kind = q.get('new')
-  const pid = Number(q.get('pid'))
-  const start = Number(q.get('start'))
-  const end = Number(q.get('end'))
-  const hasRange = q.has('start') && q.has('end') && Number.isFinite(start) && Number.isFinite(end) && end > start && start >= 0
-  let id: string | null = null
-  if (m[1]) {
-    try {
-      id = decodeURIComponent(m[1])
-    } catch {
-      id = null
-    }
-  }
-  return {
-    id,
-    host: q.get('host') ?? '',
-    newKind: kind === 'cpu' || kind === 'offcpu' ? kind : null,
-    pid: Number.isInteger(pid) && pid > 0 ? pid : null,
-    container: q.get('container') || null,
-    range: hasRange ? { start, end } : null,
-    baseId: q.get('base') || null,
-  }
-}
-
-export function routeHash(r: Partial<ProfilesRoute>): string {
-  const q = new URLSearchParams()
-  if (r.newKind) q.set('new', r.newKind)
-  if (r.pid) q.set('pid', String(r.pid))
-  if (r.container) q.set('container', r.container)
-  if (r.range) {
-    q.set('start', String(r.range.start))
-    q.set('end', String(r.range.end))
-  }
-  if (r.baseId) q.set('base', r.baseId)
-  if (r.host) q.set('host', r.host)
-  const qs = q.toString()
-  return `#/profiles${r.id ? '/' + encodeURIComponent(r.id) : ''}${qs ? '?' + qs : ''}`
-}
+export { parseRoute, routeHash, type ProfilesRoute, type Range } from './profileroute'
 
 /** "CPU, 30 s, pid 123" */
 export function describeRequest(s: ProfileSummary): string {
