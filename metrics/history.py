@@ -34,6 +34,7 @@ import math
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 
 from .collector import Cooked
 
@@ -73,6 +74,27 @@ class _Group:
     bucket_n: int = 0  # appends so far in the current coarse bucket
     metrics: frozenset[str] | None = None  # recorded metrics (None = all)
     series: dict[SeriesKey, _Series] = field(default_factory=dict)
+    #: Bumped whenever a series is created or evicted (invalidates ``plan``).
+    version: int = 0
+    #: Append count of the last tick written through ``plan``: every series existing
+    #: then was seen then (it stands in for their ``last_seen``, see ``History.append``).
+    planned_at: int = 0
+    #: Layout of the last collection and the fine rings its values go to, in order.
+    plan: _Plan | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Where each value of a collection goes, for a collection with a known layout.
+
+    ``layout`` is (metric names, instance count per metric, instance names), which
+    identifies the nesting of a cooked dict exactly; ``rings`` are the fine rings of
+    its values in iteration order. Valid while the group's ``version`` is unchanged.
+    """
+
+    layout: tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]
+    rings: list[array]
+    version: int
 
 
 def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
@@ -132,9 +154,12 @@ class History:
     def append(self, group_name: str, timestamp: float, values: Cooked) -> None:
         """Record one collection of a group taken at wall-clock ``timestamp``.
 
-        This runs every tick for every series, so it is written for speed: one dict
-        lookup and one array store per value, and a pass over absent series only when
-        some series had no value this tick.
+        This runs every tick for every series, so it is written for speed. A group
+        remembers the layout (metrics and instances, in order) of its last collection
+        and the rings its values went to; a collection laid out the same way, as
+        nearly all are, is written in one pass: one array store per value. Otherwise
+        values are written one by one (a dict lookup each), series created and absent
+        ones padded and evicted, and a new plan made.
         """
         group = self._groups[group_name]
         if group.coarse:
@@ -157,6 +182,33 @@ class History:
             group.head = (idx + 1) % cap
         count = group.appended + 1
         group.appended = count
+        recorded = group.metrics
+        if recorded is None:
+            # The common case: the same metrics and instances as last time. Their
+            # values are written in one pass over a flat view (no per-value key
+            # tuple, dict lookup or bookkeeping); the layout is compared at C speed.
+            inner = values.values()
+            layout = (tuple(values), tuple(map(len, inner)), tuple(chain.from_iterable(inner)))
+            plan = group.plan
+            if plan is not None and plan.version == group.version and plan.layout == layout:
+                flat = chain.from_iterable(map(dict.values, inner))
+                if growing:
+                    for ring, value in zip(plan.rings, flat, strict=True):
+                        ring.append(NAN if value is None else value)
+                else:
+                    for ring, value in zip(plan.rings, flat, strict=True):
+                        ring[idx] = NAN if value is None else value
+                group.planned_at = count
+                return
+            self._append_each(group, values, idx, growing, count)
+            group.plan = self._plan(group, values, layout, idx if growing else cap)
+            return
+        self._append_each(group, values, idx, growing, count)
+
+    def _append_each(self, group: _Group, values: Cooked, idx: int, growing: bool,
+                     count: int) -> None:
+        """Write a collection value by value, creating and evicting series as needed."""
+        cap = group.capacity
         series_map = group.series
         recorded = group.metrics
         nseen = 0
@@ -180,17 +232,51 @@ class History:
         if nseen == len(series_map):
             return
         stale: list[SeriesKey] = []
+        planned_at = group.planned_at
         for key, series in series_map.items():
             if series.last_seen != count:
                 if growing:
                     series.fine.append(NAN)
                 else:
                     series.fine[idx] = NAN
-                if count - series.last_seen >= cap:
+                if count - max(series.last_seen, planned_at) >= cap:
                     stale.append(key)
         for key in stale:
             del series_map[key]
             self._nseries -= 1
+        if stale:
+            group.version += 1
+
+    def _plan(self, group: _Group, values: Cooked,
+              layout: tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]],
+              length: int) -> _Plan | None:
+        """A plan for collections laid out like ``values`` (just written), if one fits.
+
+        It fits when every value is a number or None and the collection covers every
+        series of the group (then a tick written through it leaves nothing absent).
+        An instance whose value has always been None (a disk's await while it is
+        idle) gets its all-NaN series here, so that one idle device does not send the
+        whole group down the value-by-value path.
+        """
+        rings: list[array] = []
+        series_map = group.series
+        for metric, instances in values.items():
+            for inst, value in instances.items():
+                if value.__class__ is str:
+                    return None
+                series = series_map.get((metric, inst))
+                if series is None:
+                    if value is not None:
+                        return None  # dropped: over max_series
+                    series = self._new_series(group, (metric, inst), length)
+                    if series is None:
+                        return None
+                    if len(series.fine) < len(group.times):
+                        series.fine.append(NAN)  # this tick's slot, so it stays aligned
+                rings.append(series.fine)
+        if len(rings) != len(series_map):
+            return None
+        return _Plan(layout, rings, group.version)
 
     def _new_series(self, group: _Group, key: SeriesKey, length: int) -> _Series | None:
         if self._nseries >= self.max_series:
@@ -203,6 +289,7 @@ class History:
             group.appended,
         )
         group.series[key] = series
+        group.version += 1
         self._nseries += 1
         return series
 

@@ -76,18 +76,21 @@ class RateConverter:
         """
         prev = self._prev.get(group)
         self._prev[group] = (mono, raw)
-        cooked: Cooked = {}
+        # Non-counters pass through as the same dict objects: one C-level copy of the
+        # mapping, then a pass over the counters only (a Python-level pass over every
+        # metric cost a tenth more).
+        cooked: Cooked = raw.copy()  # type: ignore[assignment]
         if prev is None or mono <= prev[0]:
-            for name, instances in raw.items():
-                cooked[name] = (
-                    dict.fromkeys(instances) if name in counters else instances  # type: ignore[assignment]
-                )
+            for name in counters:
+                instances = raw.get(name)
+                if instances is not None:
+                    cooked[name] = dict.fromkeys(instances)
             return cooked
         prev_raw = prev[1]
         inv_dt = 1.0 / (mono - prev[0])
-        for name, instances in raw.items():
-            if name not in counters:
-                cooked[name] = instances  # type: ignore[assignment]
+        for name, wrap_bits in counters.items():
+            instances = raw.get(name)
+            if instances is None:
                 continue
             prev_values = prev_raw.get(name)
             if prev_values is None:
@@ -101,7 +104,7 @@ class RateConverter:
                 elif value >= old:  # type: ignore[operator]
                     out[inst] = (value - old) * inv_dt  # type: ignore[operator]
                 else:
-                    delta = counter_delta(old, value, counters[name])  # type: ignore[arg-type]
+                    delta = counter_delta(old, value, wrap_bits)  # type: ignore[arg-type]
                     out[inst] = None if delta is None else delta * inv_dt
             cooked[name] = out
         return cooked
