@@ -98,22 +98,21 @@ describe('one capture', () => {
   const props = { base: '', id, range: null, baseId: null, others: fx.list.profiles as unknown as ProfileSummary[], pollMs: 5 }
 
   it('shows progress and queue position while it runs, cancels, then loads the flame graph', async () => {
+    // The daemon's state moves on when the test says so; the page keeps polling.
     let state = 0
     const seq = [fx.queued, fx.running, fx.done]
-    answers.push([`GET /api/v1/profiles/${id}`, () => ({ body: { ...seq[Math.min(state++, 2)], id } })])
+    answers.push([`GET /api/v1/profiles/${id}`, () => ({ body: { ...seq[state], id } })])
     answers.push([`GET /api/v1/profiles/${id}?format=json`, { body: fx.json }])
     const w = mount(ProfileCapture, { props })
     await flushPromises()
     expect(w.text()).toContain('position 2')
     expect(w.find('progress').exists()).toBe(true)
-    await new Promise((r) => setTimeout(r, 10))
-    await flushPromises()
-    expect(w.find('progress').attributes('value')).toBe('0.4')
+    state = 1
+    await vi.waitFor(() => expect(w.find('progress').attributes('value')).toBe('0.4'))
     expect(w.text()).toContain('2 of 5 s')
-    await new Promise((r) => setTimeout(r, 10))
-    await flushPromises()
+    state = 2
+    await vi.waitFor(() => expect(w.findComponent(FlameGraph).exists()).toBe(true))
     expect(w.find('progress').exists()).toBe(false)
-    expect(w.findComponent(FlameGraph).exists()).toBe(true)
     expect(w.emitted('changed')).toHaveLength(1)
     expect(w.text()).toContain('8 % of samples have [unknown] user frames')
     const hrefs = w.findAll('.downloads a').map((a) => a.attributes('href'))
