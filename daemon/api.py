@@ -17,7 +17,7 @@ from hostscope.metrics.processes import MAX_LIMIT, SORT_METRICS, top_processes
 
 from . import encode
 from .errors import ApiError, BadParameter, TooManyNames
-from .keys import CLOCK, CONFIG, HOST, HUB, SAMPLER, STARTED, TICKER
+from .keys import CLOCK, CONFIG, HOST, HUB, PRIVILEGED, SAMPLER, STARTED, TICKER
 from .version import PROTOCOL, VERSION
 
 MAX_NAMES = 200
@@ -200,6 +200,8 @@ async def host_handler(request: web.Request) -> web.Response:
         "version": VERSION,
         "protocol": PROTOCOL,
         "capabilities": info.capabilities if info is not None else {},
+        # The privileged helper (docs/privilege.md); null when privsep is off.
+        "helper": app[PRIVILEGED].helper_info(),
         "collectors": [status.to_json() for status in sampler.status.values()],
         "sampling": {
             "ticks": ticker.ticks,

@@ -33,6 +33,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
@@ -41,7 +42,7 @@ from hostscope.metrics.history import History
 from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
-from . import api, bpf_api, profiles_api, prom, static, stream
+from . import api, bpf_api, encode, profiles_api, prom, static, stream
 from .config import Config
 from .errors import error_middleware
 from .host import read_host_info
@@ -99,7 +100,8 @@ def create_app(
         privileged = InProcessOps(detachers.append, roots=config.roots(), bpf=config.bpf)
     if sampler is None:
         sampler = Sampler(
-            [*default_collectors(config.roots(), process_interval_s=config.process_interval),
+            [*default_collectors(config.roots(), process_interval_s=config.process_interval,
+                                 io_reader=privileged.proc_io_reader()),
              *privileged.bpf_collectors()],
             registry=MetricRegistry(),
             interval_s=config.interval,
@@ -149,8 +151,38 @@ def create_app(
     # Torn down before sampling's cleanup closes the privileged operations: the capture
     # in flight is cancelled first.
     app.cleanup_ctx.append(profiles_api.lifecycle)
+    app.cleanup_ctx.append(_helper_notices)
     app.on_shutdown.append(_close_websockets)
     return app
+
+
+async def _helper_notices(app: web.Application) -> AsyncIterator[None]:
+    """Tell every connected dashboard when the privileged helper is lost or restarted
+    (websocket ``{"type": "notice", "code", "message", "helper"}``, docs/protocol.md).
+    The helper's supervisor thread reports; the loop fans the frame out."""
+    add_listener = getattr(app[PRIVILEGED], "add_listener", None)
+    if add_listener is None:  # in-process: there is no helper to lose
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    active = True
+
+    def broadcast(event: dict[str, Any]) -> None:
+        if not active:
+            return
+        frame = encode.dumps({"type": "notice", **event}).encode()
+        for client in list(app[HUB].clients):
+            client.offer(frame)
+
+    def listener(event: dict[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(broadcast, event)
+
+    add_listener(listener)
+    try:
+        yield
+    finally:
+        active = False
 
 
 def _add_optional_routes(app: web.Application, module_name: str) -> None:

@@ -48,6 +48,7 @@ configuration file (--config FILE, TOML): keys mirror the flags with underscores
     allowed_hosts = ["myhost.example"]             # extra Host header names accepted
     allowed_origins = ["https://dash.example"]     # extra websocket/API origins
     frame_ancestors = ["https://wiki.example"]     # who may embed the dashboard
+    privsep = true            # privileged helper; this process drops every capability
 
 Flags override the file; unknown keys and wrong types are rejected. The daemon only
 listens on loopback unless --allow-remote is given, because it has no authentication.
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--proc-root", metavar="DIR", help="procfs to read (default /proc)")
     serve.add_argument("--sys-root", metavar="DIR", help="sysfs to read (default /sys)")
     serve.add_argument("--etc-root", metavar="DIR", help="/etc to read identity from")
+    serve.add_argument("--no-privsep", dest="privsep", action="store_false",
+                       help="do privileged work (BPF, profiles) in this process instead of a "
+                       "helper, keeping its capabilities (development only)")
     serve.add_argument("--static-dir", metavar="DIR",
                        help="built dashboard to serve (default: the packaged one)")
     serve.set_defaults(func=cmd_serve)
@@ -178,7 +182,16 @@ async def run_server(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    app = create_app(config)
+    privileged = None
+    if config.privsep:
+        from .helper_client import start_privileged
+
+        try:
+            privileged = start_privileged(config)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.error("cannot start the privileged helper", extra={"error": str(exc)})
+            return 1
+    app = create_app(config, privileged=privileged)
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )

@@ -88,6 +88,10 @@ class Config:
     #: Seconds past its duration a capture may take (symbolising) before it is cancelled
     #: and marked failed, so a hung privileged side never wedges the queue.
     profile_grace: float = 30.0
+    #: Privilege separation (docs/privilege.md): privileged work (BPF, profiles, other
+    #: users' /proc/PID/io) runs in a helper process and this network-facing process
+    #: drops every capability. false: all in this process, for development.
+    privsep: bool = True
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))

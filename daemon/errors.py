@@ -49,6 +49,7 @@ _BPF_STATUS = {
     "settings_conflict": 409,
     "not_running": 409,
     "start_failed": 500,
+    "helper_unavailable": 503,  # the privileged helper is restarting (docs/privilege.md)
 }
 
 

@@ -28,6 +28,7 @@ from hostscope.bpfmods.collectors import bpf_collectors
 from hostscope.bpfmods.host import HostProbe
 from hostscope.bpfmods.manager import BpfManager, ModuleUnavailableError
 from hostscope.metrics.collector import Collector
+from hostscope.metrics.collectors.process import IoReader
 from hostscope.metrics.sources import Roots, read_optional
 
 Detacher = Callable[[], None]
@@ -113,6 +114,16 @@ class PrivilegedOps(Protocol):
         ...
 
     def profile_cancel(self, capture_id: str) -> None: ...
+
+    def helper_info(self) -> dict[str, Any] | None:
+        """``{state, pid, restarts, last_restart, error}`` of the helper process, None
+        when privileged work runs in the daemon itself."""
+        ...
+
+    def proc_io_reader(self) -> IoReader | None:
+        """How the process collector reads I/O counters it may not read itself (other
+        users' processes); None when the collector's own reads are all there is."""
+        ...
 
     def close(self) -> None:
         """Detach everything still attached and release the helper, if any."""
@@ -264,6 +275,12 @@ class InProcessOps:
 
     def profile_cancel(self, capture_id: str) -> None:
         self._get_profiler().cancel(capture_id)
+
+    def helper_info(self) -> dict[str, Any] | None:
+        return None
+
+    def proc_io_reader(self) -> IoReader | None:
+        return None  # same privileges as the collector: nothing more to read
 
     def close(self) -> None:
         """Stop a capture in progress and detach every BPF module (waiting for starts in

@@ -10,7 +10,7 @@ from .collectors.filesys import FilesysCollector
 from .collectors.host import HostCollector
 from .collectors.memory import MemoryCollector
 from .collectors.network import NetworkCollector, TcpConnCollector
-from .collectors.process import ProcessCollector
+from .collectors.process import IoReader, ProcessCollector
 from .collectors.psi import PsiCollector
 from .history import History
 from .model import MetricRegistry
@@ -18,8 +18,13 @@ from .sampler import Clock, Sampler
 from .sources import Roots
 
 
-def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list[Collector]:
-    """Every collector hostscope runs by default, reading under ``roots``."""
+def default_collectors(
+    roots: Roots, *, process_interval_s: float = 2.0, io_reader: IoReader | None = None
+) -> list[Collector]:
+    """Every collector hostscope runs by default, reading under ``roots``.
+
+    ``io_reader``: how to read the I/O counters of processes this one may not (the
+    privileged helper, when the daemon runs without capabilities)."""
     return [
         CpuCollector(roots),
         MemoryCollector(roots),
@@ -32,7 +37,7 @@ def default_collectors(roots: Roots, *, process_interval_s: float = 2.0) -> list
         # collector's per-second sockstat and CurrEstab counts cover the gaps.
         TcpConnCollector(roots),
         HostCollector(roots),  # every 10 s: identity and inventory change rarely
-        ProcessCollector(roots, interval_s=process_interval_s),
+        ProcessCollector(roots, interval_s=process_interval_s, io_reader=io_reader),
         CgroupCollector(roots, interval_s=2.0),
     ]
 

@@ -718,7 +718,11 @@ async def test_serve_with_a_module_on_exits_on_sigterm_and_leaves_nothing_loaded
             assert resp.status == 200, await resp.text()
             resp = await session.post(url + "api/v1/bpf/execsnoop", json={"enabled": True})
             assert resp.status == 200, await resp.text()
-        held = fdinfo_prog_ids(proc.pid)
+            helper = (await (await session.get(url + "api/v1/host")).json())["helper"]
+        # With privilege separation (the default) the helper holds the programs and the
+        # network-facing daemon none (docs/privilege.md).
+        assert fdinfo_prog_ids(proc.pid) == set()
+        held = fdinfo_prog_ids(helper["pid"])
         assert len(held) >= 5  # runqlat's 4, execsnoop's 1-3
         assert held <= system_prog_ids()  # bpftool sees what the daemon holds
 
@@ -731,6 +735,7 @@ async def test_serve_with_a_module_on_exits_on_sigterm_and_leaves_nothing_loaded
         assert code == 0, log
         assert elapsed < 5
         assert "msg=stopped" in log and "Traceback" not in log and "level=error" not in log
+        assert not Path(f"/proc/{helper['pid']}").exists(), "the helper outlived the daemon"
         assert_unloaded(held)
     finally:
         if proc.returncode is None:

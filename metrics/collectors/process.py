@@ -39,8 +39,12 @@ of ``stat``), so a reused PID is a new instance and rates never splice two proce
 
 Absences are normal: a process that exits between listing and reading, or whose ``io`` is
 denied (other users' processes without ``CAP_SYS_PTRACE``), simply has no value. A denied
-``io`` is remembered per identity and not retried. Errors are translated by
-:func:`..sources.translate`, the one place that knows which errno means what.
+``io`` is remembered per identity and not retried here. With privilege separation the
+daemon holds no capabilities, so that is every process with more privileges than it
+(root's daemons included); an injected ``io_reader`` (the privileged helper's
+``proc_io``) then gets those processes' counters in ONE batched call per collection,
+keyed by ``(pid, start time)`` so a reused PID is never misattributed. Errors are
+translated by :func:`..sources.translate`, the one place that knows which errno means what.
 
 ``/proc/PID/stat`` layout (proc(5)); ``comm`` is in parentheses and may itself contain
 spaces and parentheses, so the fields start after the *last* ``)``::
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..collector import Collector, Derivation, Raw
@@ -105,6 +109,10 @@ ROW_METRICS: tuple[str, ...] = (
     "proc.id.container",
     "proc.psinfo.start_time",
 )
+
+#: Reads other processes' I/O counters with privileges: [[pid, start], ...] ->
+#: {(pid, start): (read_bytes, write_bytes)} for those it could read.
+IoReader = Callable[[list[list[int]]], Mapping[tuple[int, int], tuple[int, int]]]
 
 #: (comm, state, flags, minflt, majflt, utime, stime, threads, starttime, vsize, rss pages)
 StatTuple = tuple[str, str, int, int, int, int, int, int, int, int, int]
@@ -268,8 +276,10 @@ class ProcessCollector(Collector):
         page_size: int | None = None,
         max_open_fds: int | None = None,
         cmdline_limit: int = 4096,
+        io_reader: IoReader | None = None,
     ) -> None:
         self.roots = roots
+        self._io_reader = io_reader
         self.interval_s = interval_s
         self.hz = hz or os.sysconf("SC_CLK_TCK")
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
@@ -367,6 +377,10 @@ class ProcessCollector(Collector):
         ctx_vals: list[tuple[int, int]] = []
         sched_ok = sched_tries = 0
         read_file = self._read_file
+        #: [pid, start] of processes whose io only the io_reader can read.
+        remote: list[list[int]] = []
+        remote_keys: list[str] = []
+        io_reader = self._io_reader
         for pid in list_dir(self.roots.proc):
             if not pid.isdigit():
                 continue
@@ -390,6 +404,9 @@ class ProcessCollector(Collector):
                 if vals is not None:
                     io_keys.append(rec.key)
                     io_vals.append(vals)
+            if rec.io_denied and io_reader is not None:
+                remote.append([int(pid), rec.start])
+                remote_keys.append(rec.key)
 
             if self._schedstat is not False and rec.ctx is not None:
                 sched_tries += 1
@@ -410,6 +427,13 @@ class ProcessCollector(Collector):
         for rec in old.values():
             self._release(rec)
         self._procs = procs
+        if remote and io_reader is not None:
+            got = io_reader(remote)
+            for (pid_n, start), key in zip(remote, remote_keys, strict=True):
+                vals = got.get((pid_n, start))
+                if vals is not None:
+                    io_keys.append(key)
+                    io_vals.append(vals)
         if self._schedstat is None:
             if sched_ok:
                 self._schedstat = True

@@ -1,0 +1,333 @@
+"""The privileged helper process and the spawner that (re)starts it.
+
+``hostscope serve`` with ``privsep = true`` (the default) runs three processes::
+
+    hostscope serve (network-facing; drops every capability once the spawner runs)
+      └─ spawner  (python -m hostscope.daemon.helper --spawner; idle, one job)
+           └─ helper (python -m hostscope.daemon.helper; keeps the 5 capabilities)
+
+Why a spawner. After the daemon drops its capabilities it can no longer start a
+privileged process, yet a helper that dies must be restarted. The spawner is started
+while the daemon still holds them; its only input is a fixed ``spawn`` datagram (no
+arguments: the helper's settings were fixed on its own command line by the daemon's
+configuration), and it answers with a connected socket to a fresh helper, passed with
+``SCM_RIGHTS``. It sets ``PR_SET_PDEATHSIG`` so it dies with the daemon, and the helper
+sets it so it dies with the spawner; a helper's BPF programs are attached through its
+file descriptors, so they go with it however it ends (``kill -9`` included).
+
+The helper serves the op table of :mod:`.rpc` over its socket: a reader (the main
+thread) checks each request and hands it to a small pool, so a compile (~0.5 s) does not
+hold up the sampler's per-tick ``bpf_read``. It keeps only :data:`~.caps.HELPER_CAPS`
+(bounding, permitted, effective), and exits when the socket closes (the daemon stopped
+or restarted it), closing the BPF manager first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hostscope.metrics.sources import Roots, SourceUnavailable, read_bytes
+
+from . import caps, rpc
+
+log = logging.getLogger("hostscope.helper")
+
+#: Requests the helper works on at once; more are refused with ``busy``.
+MAX_IN_FLIGHT = 64
+#: Worker threads: a few concurrent compiles plus room for the sampler's reads.
+WORKERS = 8
+SPAWN_REQUEST = b"spawn"
+
+
+class HelperService:
+    """The methods behind the op table, one per op, taking the op's checked arguments.
+
+    Wraps an :class:`~.privileged.InProcessOps` (the same code the in-process mode runs)
+    plus what only a separate process needs: a batched metrics read and other processes'
+    I/O counters.
+    """
+
+    def __init__(self, roots: Roots, bpf: bool) -> None:
+        from .privileged import InProcessOps
+
+        self.roots = roots
+        self._detachers: list[Any] = []
+        self.ops = InProcessOps(self._detachers.append, roots=roots, bpf=bpf)
+
+    def ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "capabilities": sorted(self.ops.capabilities())}
+
+    def capabilities(self) -> list[str]:
+        return sorted(self.ops.capabilities())
+
+    def bpf_prewarm(self) -> dict[str, Any]:
+        return self.ops.bpf_prewarm()
+
+    def bpf_readiness(self, resolve: bool) -> dict[str, Any]:
+        return self.ops.bpf_readiness(resolve=resolve)
+
+    def bpf_status(self) -> list[dict[str, Any]]:
+        return self.ops.bpf_status()
+
+    def bpf_describe(self) -> list[dict[str, Any]]:
+        return self.ops.bpf_describe()
+
+    def bpf_enable(self, name: str, settings: Mapping[str, Any] | None, user: str
+                   ) -> dict[str, Any]:
+        return self.ops.bpf_enable(name, settings, user)
+
+    def bpf_disable(self, name: str, user: str) -> dict[str, Any]:
+        return self.ops.bpf_disable(name, user)
+
+    def bpf_release(self, user: str) -> list[str]:
+        return self.ops.bpf_release(user)
+
+    def bpf_table(self, name: str, table: str, limit: int) -> dict[str, Any]:
+        return self.ops.bpf_table(name, table, limit)
+
+    def bpf_read(self, names: list[str]) -> dict[str, Any]:
+        manager = self.ops.bpf_manager
+        return {name: manager.read_metrics(name) for name in names}
+
+    def proc_io(self, processes: list[list[int]]) -> list[list[int]]:
+        """``[pid, start, read_bytes, write_bytes]`` for each ``[pid, start]`` whose
+        process still has that start time (a reused PID is skipped, not misattributed)."""
+        from hostscope.metrics.collectors.process import parse_io, parse_stat
+
+        proc = self.roots.proc
+        out: list[list[int]] = []
+        for pid, start in processes:
+            base = proc / str(pid)
+            try:
+                stat = parse_stat(read_bytes(base / "stat", 4096))
+                if stat is None or stat[8] != start:
+                    continue
+                io = parse_io(read_bytes(base / "io", 1024))
+            except SourceUnavailable:
+                continue
+            if io is not None:
+                out.append([pid, start, io[0], io[1]])
+        return out
+
+    def close(self) -> None:
+        while self._detachers:
+            with contextlib.suppress(Exception):
+                self._detachers.pop()()
+        self.ops.close()
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    """The wire form of an exception raised while serving a request."""
+    from hostscope.bpfmods.manager import BpfError
+
+    if isinstance(exc, rpc.RpcError):
+        return exc.to_json()
+    if isinstance(exc, BpfError):
+        return {"kind": "bpf", **exc.to_json()}
+    code = getattr(exc, "code", None)
+    to_json = getattr(exc, "to_json", None)
+    if type(exc).__name__ == "ProfileError" and isinstance(code, str) and callable(to_json):
+        return {"kind": "profile", **to_json()}
+    log.exception("helper operation failed", exc_info=exc)
+    return {"kind": "internal", "code": "internal",
+            "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+class Server:
+    """Reads requests from ``sock`` and answers them until the stream ends."""
+
+    def __init__(self, sock: socket.socket, service: Any, ops: Mapping[str, rpc.Op]) -> None:
+        self.sock = sock
+        self.service = service
+        self.ops = ops
+        self._write_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="helper")
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        try:
+            frame = rpc.encode_frame(message)
+        except ValueError as exc:  # NaN or something JSON cannot carry: a helper bug
+            frame = rpc.encode_frame({"id": message.get("id"), "error": {
+                "kind": "internal", "code": "internal", "message": f"unencodable: {exc}"}})
+        with self._write_lock, contextlib.suppress(OSError):
+            self.sock.sendall(frame)
+
+    def serve(self) -> None:
+        """Until end of stream (or a fatal framing error): read, check, dispatch."""
+        try:
+            while True:
+                try:
+                    message = rpc.read_frame(self.sock, rpc.MAX_REQUEST)
+                except rpc.FrameError as exc:
+                    self.send({"id": None, "error": {"kind": "rpc", "code": exc.code,
+                                                     "message": exc.message}})
+                    if exc.fatal:
+                        return
+                    continue
+                except OSError:
+                    return
+                if message is None:
+                    return
+                try:
+                    req_id, op, args = rpc.parse_request(message, self.ops)
+                except rpc.RpcError as exc:
+                    self.send({"id": rpc.request_id(message), "error": exc.to_json()})
+                    continue
+                if not self._in_flight.acquire(blocking=False):
+                    self.send({"id": req_id, "error": {
+                        "kind": "rpc", "code": "busy",
+                        "message": f"more than {MAX_IN_FLIGHT} requests in flight"}})
+                    continue
+                self._pool.submit(self._run, req_id, op, args)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, req_id: int, op: rpc.Op, args: dict[str, Any]) -> None:
+        try:
+            result = getattr(self.service, op.method)(**args)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a typed answer
+            self.send({"id": req_id, "error": _error_json(exc)})
+        else:
+            self.send({"id": req_id, "ok": result})
+        finally:
+            self._in_flight.release()
+
+
+def _die_with_parent(expected_parent: int | None) -> None:
+    """SIGKILL when the parent goes; and if it already went before we asked, go now."""
+    caps.set_parent_death_signal(signal.SIGKILL)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def _roots(args: argparse.Namespace) -> Roots:
+    return Roots(proc=Path(args.proc_root), sys=Path(args.sys_root), etc=Path(args.etc_root))
+
+
+def run_helper(args: argparse.Namespace) -> int:
+    """Main of the helper process proper."""
+    _die_with_parent(args.parent)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        caps.restrict_to(caps.HELPER_CAPS)
+    except caps.CapsError as exc:  # an unprivileged start: nothing to restrict
+        log.warning("could not restrict capabilities", extra={"error": str(exc)})
+    # SIGTERM (the spawner stopping us): end the serve loop; BPF fds close with us.
+    signal.signal(signal.SIGTERM, lambda *_: sock.shutdown(socket.SHUT_RDWR))
+    from hostscope.bpfmods.modules import all_modules
+
+    service = HelperService(_roots(args), bpf=not args.no_bpf)
+    ops = rpc.build_ops(rpc.ModuleFacts.of(all_modules()))
+    log.info("helper serving", extra={"pid": os.getpid(),
+                                      "capabilities": ",".join(sorted(service.capabilities()))})
+    try:
+        Server(sock, service, ops).serve()
+    finally:
+        service.close()
+        sock.close()
+    return 0
+
+
+def helper_argv(args: argparse.Namespace, fd: int) -> list[str]:
+    """Command line of a helper with the same fixed settings as its spawner."""
+    argv = [sys.executable, "-m", "hostscope.daemon.helper", "--fd", str(fd),
+            "--parent", str(os.getpid()), "--proc-root", args.proc_root,
+            "--sys-root", args.sys_root, "--etc-root", args.etc_root,
+            "--log-level", args.log_level, "--log-format", args.log_format]
+    if args.no_bpf:
+        argv.append("--no-bpf")
+    return argv
+
+
+def run_spawner(args: argparse.Namespace) -> int:
+    """Main of the spawner: one ``spawn`` datagram in, one helper socket out."""
+    _die_with_parent(args.parent)
+    control = socket.socket(fileno=args.fd)
+    children: list[subprocess.Popen[bytes]] = []
+    # A spawner that runs nothing privileged itself needs no effective capabilities;
+    # permitted/inheritable/ambient stay so the helper it execs receives them.
+    with contextlib.suppress(caps.CapsError):
+        current = caps.get()
+        caps.set_sets(caps.CapSets(0, current.permitted, current.inheritable))
+    try:
+        while True:
+            try:
+                data = control.recv(64)
+            except OSError:
+                break
+            if not data:
+                break
+            # Reap helpers that ended (their deaths are how we got asked again).
+            children = [c for c in children if c.poll() is None]
+            if data != SPAWN_REQUEST:
+                control.send(json.dumps({"error": "unknown request"}).encode())
+                continue
+            if children:
+                control.send(json.dumps({"error": "a helper is still running"}).encode())
+                continue
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                child = subprocess.Popen(helper_argv(args, theirs.fileno()),
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                control.send(json.dumps({"error": f"cannot start helper: {exc}"}).encode())
+                ours.close()
+                theirs.close()
+                continue
+            theirs.close()
+            children.append(child)
+            socket.send_fds(control, [json.dumps({"pid": child.pid}).encode()], [ours.fileno()])
+            ours.close()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hostscope.daemon.helper",
+                                     description="hostscope's privileged helper (internal: "
+                                     "started by hostscope serve, not by hand)")
+    parser.add_argument("--spawner", action="store_true")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, default=None)
+    parser.add_argument("--proc-root", default="/proc")
+    parser.add_argument("--sys-root", default="/sys")
+    parser.add_argument("--etc-root", default="/etc")
+    parser.add_argument("--no-bpf", action="store_true")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    return run_spawner(args) if args.spawner else run_helper(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
