@@ -178,9 +178,7 @@ class Server:
                     if exc.fatal:
                         return
                     continue
-                except OSError:
-                    return
-                if message is None:
+                except (OSError, rpc.EndOfStream):
                     return
                 try:
                     req_id, op, args = rpc.parse_request(message, self.ops)

@@ -221,9 +221,7 @@ class Connection:
                     if exc.fatal:
                         break
                     continue
-                except OSError:
-                    break
-                if message is None:
+                except (OSError, rpc.EndOfStream):
                     break
                 req_id = message.get("id") if isinstance(message, dict) else None
                 with self._lock:

@@ -65,6 +65,10 @@ class FrameError(Exception):
         self.fatal = fatal
 
 
+class EndOfStream(Exception):
+    """The peer closed the stream cleanly, between frames."""
+
+
 class RpcError(Exception):
     """A request refused before any work (kind ``rpc``), or a transport failure."""
 
@@ -102,15 +106,16 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(sock: socket.socket, max_size: int) -> Any | None:
-    """The next frame's JSON value; None at end of stream.
+def read_frame(sock: socket.socket, max_size: int) -> Any:
+    """The next frame's JSON value (which may be ``null``).
 
-    Raises :class:`FrameError`: ``oversized`` (the frame was skipped, the stream is still
-    usable), ``malformed`` (not UTF-8 JSON; also still usable) or ``truncated`` (fatal).
+    Raises :class:`EndOfStream` at a clean end, :class:`FrameError`: ``oversized`` (the
+    frame was skipped, the stream is still usable), ``malformed`` (not UTF-8 JSON; also
+    still usable) or ``truncated`` (fatal).
     """
     header = _recv_exact(sock, _HEADER.size)
     if header is None:
-        return None
+        raise EndOfStream()
     (size,) = _HEADER.unpack(header)
     if size > max_size:
         left = size

@@ -1,0 +1,325 @@
+"""Privilege separation with real processes (docs/privilege.md).
+
+* capabilities: dropping leaves CapEff/CapPrm/CapAmb/CapBnd empty as the kernel reports
+  them in /proc/PID/status, a program run afterwards gets nothing back (even as root), and
+  the helper keeps exactly its five;
+* ``HelperOps``: BPF modules toggle through the helper, ``kill -9`` of the helper is
+  followed by a restart that re-attaches the held modules, and closing leaves no process
+  and no program behind (bpftool, as tests/test_bpf_manager.py);
+* ``hostscope serve``: every thread of the daemon has CapEff 0 while toggles work, the
+  helper's restart reaches a websocket client as a ``notice``, other users' process I/O is
+  still measured, and SIGTERM ends daemon, spawner and helper within 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import connect
+
+from hostscope.daemon import caps
+from hostscope.daemon.helper_client import HelperOps, HelperSettings, HelperUnavailableError
+from hostscope.metrics.sources import Roots
+from tests.test_bpf_manager import assert_unloaded, require_bpf, system_prog_ids
+from tests.test_daemon_shutdown import read_rest, start_serve
+
+FIVE = sum(1 << caps.CAP_NUMBERS[n] for n in caps.HELPER_CAPS)
+
+
+def status_of(pid: int | str) -> dict[str, int]:
+    return caps.status_masks(Path(f"/proc/{pid}/status").read_text())
+
+
+def thread_caps(pid: int) -> dict[str, int]:
+    """CapEff of every thread of ``pid`` (capabilities belong to threads)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[task.name] = caps.status_masks((task / "status").read_text())["CapEff"]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def prog_ids_of(pid: int) -> set[int]:
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fd.read_text()
+        except FileNotFoundError:
+            continue
+        ids.update(int(line.split()[1]) for line in text.splitlines()
+                   if line.startswith("prog_id:"))
+    return ids
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    """Exited and reaped (a zombie still has /proc/PID)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+# -- capabilities ------------------------------------------------------------------------
+
+DROP_SCRIPT = textwrap.dedent("""
+    import json, subprocess, sys
+    from pathlib import Path
+    from hostscope.daemon import caps
+    caps.drop_all()
+    child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    print(json.dumps({"self": caps.status_masks(Path("/proc/self/status").read_text()),
+                      "child": caps.status_masks(child),
+                      "nnp": "NoNewPrivs:\\t1" in Path("/proc/self/status").read_text()}))
+""")
+
+
+def test_drop_all_leaves_nothing_and_nothing_comes_back_on_exec() -> None:
+    out = subprocess.run([sys.executable, "-c", DROP_SCRIPT], capture_output=True, text=True,
+                         check=True).stdout
+    result = json.loads(out)
+    for who in ("self", "child"):
+        for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert result[who][key] == 0, (who, key, hex(result[who][key]))
+    assert result["nnp"]
+
+
+RESTRICT_SCRIPT = textwrap.dedent("""
+    import json, subprocess, sys
+    from pathlib import Path
+    from hostscope.daemon import caps
+    caps.restrict_to(caps.HELPER_CAPS)
+    child = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    print(json.dumps({"self": caps.status_masks(Path("/proc/self/status").read_text()),
+                      "child": caps.status_masks(child)}))
+""")
+
+
+@pytest.mark.root
+def test_the_helper_keeps_exactly_its_five_capabilities_for_itself_and_programs_it_runs(
+) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root")
+        pytest.skip("needs root: restricting a full set to five")
+    result = json.loads(subprocess.run([sys.executable, "-c", RESTRICT_SCRIPT],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert result["self"]["CapEff"] == FIVE
+    assert result["self"]["CapPrm"] == FIVE
+    assert result["self"]["CapBnd"] == FIVE
+    # perf (the profiler's fallback) run by the helper as root gets the five, no more.
+    assert result["child"]["CapEff"] == FIVE
+    assert caps.names(FIVE) == set(caps.HELPER_CAPS)
+
+
+# -- HelperOps with real processes -------------------------------------------------------
+
+
+@pytest.fixture
+def ops() -> Iterator[HelperOps]:
+    require_bpf()
+    helper = HelperOps(HelperSettings(Roots()))
+    helper.start()
+    yield helper
+    helper.close()
+
+
+@pytest.mark.root
+def test_modules_toggle_through_the_helper_and_survive_its_kill(ops: HelperOps) -> None:
+    events: list[dict[str, Any]] = []
+    ops.add_listener(events.append)
+    first = ops.pid
+    assert first is not None and first != os.getpid()
+    assert status_of(first)["CapEff"] == FIVE
+
+    status = ops.bpf_enable("runqlat", None, "ws:1")
+    assert status["state"] == "on"
+    held = prog_ids_of(first)
+    assert held and held <= system_prog_ids()
+    assert prog_ids_of(os.getpid()) == set()  # nothing loaded in the caller's process
+    time.sleep(0.3)
+    assert "bpf.runq.latency" in ops.read_bpf("runqlat", refresh=True)
+
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: ops.info()["restarts"] == 1 and ops.info()["state"] == "running",
+             10, "helper restarted")
+    second = ops.pid
+    assert second not in (None, first)
+    # Its programs died with its file descriptors.
+    assert_unloaded(held)
+    wait_for(lambda: [e for e in events if e["code"] == "helper_restarted"], 10,
+             "restart notice")
+    codes = [e["code"] for e in events]
+    assert codes[:2] == ["helper_lost", "helper_restarted"], codes
+    restarted = events[1]
+    assert restarted["reenabled"] == ["runqlat"] and restarted["dropped"] == []
+    assert restarted["helper"]["pid"] == second
+    on = {s["name"]: s for s in ops.bpf_status()}["runqlat"]
+    assert on["state"] == "on" and on["users"] == ["ws:1"]
+    assert prog_ids_of(second)
+
+    again = prog_ids_of(second)
+    ops.close()
+    assert wait_for(lambda: gone(second), 5, "helper gone after close")
+    assert_unloaded(again)
+
+
+@pytest.mark.root
+def test_calls_during_a_restart_fail_with_helper_unavailable(ops: HelperOps) -> None:
+    pid = ops.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: ops.info()["state"] != "running" or ops.pid != pid, 5, "loss noticed")
+    try:
+        ops.bpf_status()
+    except HelperUnavailableError as exc:
+        assert exc.code == "helper_unavailable"
+    wait_for(lambda: ops.info()["state"] == "running", 10, "helper back")
+    assert len(ops.bpf_status()) == 7
+
+
+@pytest.mark.root
+def test_no_rpc_per_tick_while_no_module_is_held(ops: HelperOps) -> None:
+    """BPF unused costs nothing: the collectors answer without a request."""
+    collectors = ops.bpf_collectors()
+    sent: list[str] = []
+    original = ops.call
+
+    def counting(op: str, **args: Any) -> Any:
+        sent.append(op)
+        return original(op, **args)
+
+    ops.call = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        for collector in collectors:
+            assert collector.collect() == {}
+    assert sent == []
+    ops.bpf_enable("runqlat", None, "t")
+    ops.bpf_enable("syscalls", None, "t")
+    sent.clear()
+    time.sleep(0.2)
+    for collector in collectors:
+        collector.collect()
+    assert sent == ["bpf_read"]  # one batched read per tick for both modules
+
+
+# -- hostscope serve -----------------------------------------------------------------------
+
+
+async def _host(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + "api/v1/host") as resp:
+        return await resp.json()
+
+
+@pytest.mark.root
+async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashboard() -> None:
+    require_bpf()
+    proc, url, lines = await start_serve("--process-interval", "0.5")
+    try:
+        async with aiohttp.ClientSession() as session:
+            host = await _host(session, url)
+            helper = host["helper"]
+            assert helper["state"] == "running" and helper["restarts"] == 0
+            spawner = [p for p in children_of(proc.pid) if p != helper["pid"]]
+            assert len(spawner) == 1 and children_of(spawner[0]) == [helper["pid"]]
+            ws_url = url.replace("http://", "ws://") + "api/v1/stream"
+            async with connect(ws_url) as ws:
+                assert json.loads(await ws.recv())["type"] == "hello"
+                await ws.send(json.dumps({"type": "bpf", "name": "runqlat", "enabled": True}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    if msg["type"] == "bpf":
+                        break
+                assert msg["status"]["state"] == "on", msg
+                # The network-facing process: no capability in any thread, no program.
+                assert set(thread_caps(proc.pid).values()) == {0}
+                masks = status_of(proc.pid)
+                assert masks["CapPrm"] == 0 and masks["CapAmb"] == 0
+                assert prog_ids_of(proc.pid) == set()
+                held = prog_ids_of(helper["pid"])
+                assert held
+
+                os.kill(helper["pid"], signal.SIGKILL)
+                notices = []
+                while not any(n["code"] == "helper_restarted" for n in notices):
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                    if msg["type"] == "notice":
+                        notices.append(msg)
+                assert notices[0]["code"] == "helper_lost"
+                assert "runqlat" in notices[-1]["message"]
+                host = await _host(session, url)
+                assert host["helper"]["restarts"] == 1
+                assert host["helper"]["pid"] not in (None, helper["pid"])
+                assert host["helper"]["last_restart"] is not None
+                async with session.get(url + "api/v1/bpf/runqlat") as resp:
+                    assert (await resp.json())["state"] == "on"
+                new_helper = host["helper"]["pid"]
+                assert_unloaded(held)
+
+                # Other users' I/O (the helper's, which has more privileges than the
+                # daemon) is still measured, through the helper's proc_io.
+                async def io_of(pid: int) -> float | None:
+                    async with session.get(url + "api/v1/processes?limit=1000") as resp:
+                        rows = (await resp.json())["processes"]
+                    return next((r.get("io") for r in rows if r["pid"] == pid), None)
+
+                deadline = time.monotonic() + 10
+                while await io_of(new_helper) is None:
+                    assert time.monotonic() < deadline, "no io for the helper process"
+                    await asyncio.sleep(0.3)
+
+                new_held = prog_ids_of(new_helper)
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(proc.wait(), 5)
+                elapsed = time.monotonic() - started
+        await read_rest(proc, lines)
+        log = "".join(lines)
+        assert code == 0, log
+        assert elapsed < 5, elapsed
+        assert gone(new_helper) and gone(spawner[0]), "helper or spawner outlived the daemon"
+        assert_unloaded(new_held)
+        assert "Traceback" not in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_no_privsep_keeps_privileged_work_in_the_daemon() -> None:
+    proc, url, lines = await start_serve("--no-privsep")
+    try:
+        async with aiohttp.ClientSession() as session:
+            host = await _host(session, url)
+        assert host["helper"] is None
+        assert children_of(proc.pid) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 5)
+        await read_rest(proc, lines)
