@@ -122,6 +122,23 @@ class HelperService:
                 out.append([pid, start, io[0], io[1]])
         return out
 
+    # -- profiles (the profiler is created on first use, in this process) ------------
+
+    def profile_readiness(self) -> dict[str, Any]:
+        return self.ops.profile_readiness()
+
+    def profile_start(self, request: dict[str, Any]) -> str:
+        return self.ops.profile_start(request)
+
+    def profile_poll(self, capture_id: str) -> dict[str, Any]:
+        return self.ops.profile_poll(capture_id)
+
+    def profile_fetch(self, capture_id: str) -> dict[str, Any]:
+        return self.ops.profile_fetch(capture_id)
+
+    def profile_cancel(self, capture_id: str) -> None:
+        self.ops.profile_cancel(capture_id)
+
     def close(self) -> None:
         while self._detachers:
             with contextlib.suppress(Exception):
@@ -163,6 +180,10 @@ class Server:
         except ValueError as exc:  # NaN or something JSON cannot carry: a helper bug
             frame = rpc.encode_frame({"id": message.get("id"), "error": {
                 "kind": "internal", "code": "internal", "message": f"unencodable: {exc}"}})
+        if len(frame) > rpc.MAX_RESPONSE:  # the daemon would skip it: say why instead
+            frame = rpc.encode_frame({"id": message.get("id"), "error": {
+                "kind": "rpc", "code": "response_too_large",
+                "message": f"answer of {len(frame)} bytes exceeds {rpc.MAX_RESPONSE}"}})
         with self._write_lock, contextlib.suppress(OSError):
             self.sock.sendall(frame)
 

@@ -543,6 +543,33 @@ class HelperOps:
         except rpc.RpcError as exc:
             raise BpfError(str(name)[:60], exc.message) from None
 
+    # -- profiles: errors keep their code (daemon/profiles.py reads ``code``/``message``)
+
+    def _profile_call(self, op: str, **args: Any) -> Any:
+        try:
+            return self.call(op, **args)
+        except rpc.RpcError as exc:  # refused by the same checks the helper makes
+            raise RemoteError({"kind": "profile", "code": "invalid_request",
+                               "message": exc.message}) from None
+        except HelperUnavailableError as exc:
+            raise RemoteError({"kind": "profile", "code": "unavailable",
+                               "message": exc.message}) from None
+
+    def profile_readiness(self) -> dict[str, Any]:
+        return dict(self._profile_call("profile_readiness"))
+
+    def profile_start(self, request: Mapping[str, Any]) -> str:
+        return str(self._profile_call("profile_start", request=dict(request)))
+
+    def profile_poll(self, capture_id: str) -> dict[str, Any]:
+        return dict(self._profile_call("profile_poll", capture_id=capture_id))
+
+    def profile_fetch(self, capture_id: str) -> dict[str, Any]:
+        return dict(self._profile_call("profile_fetch", capture_id=capture_id))
+
+    def profile_cancel(self, capture_id: str) -> None:
+        self._profile_call("profile_cancel", capture_id=capture_id)
+
     def held_modules(self) -> list[str]:
         with self._lock:
             return sorted(self._holds)

@@ -49,7 +49,7 @@ MAX_PROC_BATCH = 16384
 #: Largest PID the kernel hands out (PID_MAX_LIMIT on 64-bit).
 MAX_PID = 4194304
 MAX_USER_ID = 80
-_USER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:")
+_USER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-:.")
 MAX_SETTING_TEXT = 4096
 MAX_SETTINGS = 32
 
@@ -189,7 +189,7 @@ class TokenArg(Arg):
     def check(self, value: Any) -> Any:
         if not isinstance(value, str) or not 0 < len(value) <= self.max_len \
                 or not set(value) <= _USER_CHARS:
-            raise ValueError(f"must be 1-{self.max_len} characters of A-Z a-z 0-9 _ - :")
+            raise ValueError(f"must be 1-{self.max_len} characters of A-Z a-z 0-9 _ - : .")
         return value
 
 
@@ -250,6 +250,79 @@ class SettingsArg(Arg):
             elif item is not None and not isinstance(item, bool | int | float):
                 raise ValueError(f"{key[:40]!r} must be a number, boolean, string or null")
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class NumberArg(Arg):
+    minimum: float
+    maximum: float
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, got {_type_name(value)}")
+        if not math.isfinite(value) or not self.minimum <= value <= self.maximum:
+            raise ValueError(f"must be between {self.minimum:g} and {self.maximum:g}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class NullableArg(Arg):
+    inner: Arg
+
+    def check(self, value: Any) -> Any:
+        return None if value is None else self.inner.check(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupArg(Arg):
+    """A cgroup v2 path *relative to the cgroup2 mount* (``/system.slice/x.scope``), as
+    the daemon resolves a container name to. Not a filesystem path: no ``.``/``..``
+    segments, no empty ones; the profiler resolves it under its own cgroup2 root."""
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096 \
+                or "\0" in value:
+            raise ValueError("must be a cgroup path starting with / (at most 4096 characters)")
+        if value != "/" and any(part in ("", ".", "..") for part in value[1:].split("/")):
+            raise ValueError("must not have empty, '.' or '..' segments")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectArg(Arg):
+    """An object with a closed set of keys: ``required`` ones and ``optional`` ones."""
+
+    required: Mapping[str, Arg]
+    optional: Mapping[str, Arg]
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be an object, got {_type_name(value)}")
+        unknown = sorted(set(value) - set(self.required) - set(self.optional))
+        if unknown:
+            raise ValueError(f"has unknown key(s) {', '.join(map(repr, unknown))[:200]}")
+        missing = sorted(set(self.required) - set(value))
+        if missing:
+            raise ValueError(f"lacks key(s) {', '.join(missing)}")
+        out = {}
+        for key, item in value.items():
+            spec = self.required.get(key) or self.optional[key]
+            try:
+                out[key] = spec.check(item)
+            except ValueError as exc:
+                raise ValueError(f"{key} {exc}") from None
+        return out
+
+
+#: A capture id handed out by the profiler (and only ever sent back to it).
+CAPTURE_ID = TokenArg(max_len=128)
+#: ProfileRequest.to_json() (docs: /work/notes/profiles.md); the profiler checks again.
+PROFILE_REQUEST = ObjectArg(
+    required={"kind": EnumArg(frozenset({"cpu", "offcpu"})), "duration_s": NumberArg(1, 120)},
+    optional={"frequency_hz": NullableArg(IntArg(1, 999)),
+              "pid": NullableArg(IntArg(1, MAX_PID)),
+              "cgroup": NullableArg(CgroupArg())},
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +414,13 @@ def build_ops(facts: ModuleFacts) -> dict[str, Op]:
            timeout_s=5.0),
         Op("proc_io", {"processes": ListArg(process, MAX_PROC_BATCH)}, "proc_io",
            timeout_s=5.0),
+        # Profiles (#6): one capture at a time, bounded by the profiler; the service
+        # (daemon/profiles.py) applies its own, tighter, timeouts on top.
+        Op("profile_readiness", {}, "profile_readiness", timeout_s=60.0),
+        Op("profile_start", {"request": PROFILE_REQUEST}, "profile_start", timeout_s=60.0),
+        Op("profile_poll", {"capture_id": CAPTURE_ID}, "profile_poll", timeout_s=30.0),
+        Op("profile_fetch", {"capture_id": CAPTURE_ID}, "profile_fetch", timeout_s=120.0),
+        Op("profile_cancel", {"capture_id": CAPTURE_ID}, "profile_cancel", timeout_s=60.0),
     ]
     return {op.name: op for op in ops}
 

@@ -116,6 +116,20 @@ def test_ping_and_a_real_operation(peer: Peer) -> None:
     ({"id": 1, "op": "proc_io", "args": {"processes": [[1, 1]] * (rpc.MAX_PROC_BATCH + 1)}},
      "invalid_arguments"),
     ({"id": 1, "op": "ping", "args": [], }, "invalid_arguments"),
+    ({"id": 1, "op": "profile_start", "args": {"request": {"kind": "cpu", "duration_s": 10,
+                                                           "cgroup": "/a/../../etc"}}},
+     "invalid_arguments"),
+    ({"id": 1, "op": "profile_start", "args": {"request": {"kind": "cpu", "duration_s": 10,
+                                                           "command": "perf record"}}},
+     "invalid_arguments"),
+    ({"id": 1, "op": "profile_start", "args": {"request": {"kind": "cpu", "duration_s": 0}}},
+     "invalid_arguments"),
+    ({"id": 1, "op": "profile_start", "args": {"request": {"kind": "sh", "duration_s": 5}}},
+     "invalid_arguments"),
+    ({"id": 1, "op": "profile_start", "args": {"request": {"kind": "cpu", "duration_s": 5,
+                                                           "frequency_hz": 100000}}},
+     "invalid_arguments"),
+    ({"id": 1, "op": "profile_poll", "args": {"capture_id": "$(reboot)"}}, "invalid_arguments"),
     ({"id": 1, "op": "ping", "args": {}, "code": "import os"}, "bad_request"),
     ({"id": "1", "op": "ping", "args": {}}, "bad_request"),
     ({"id": True, "op": "ping", "args": {}}, "bad_request"),
@@ -131,6 +145,14 @@ def test_refused_requests_get_typed_errors_and_the_helper_keeps_serving(
     assert answer["error"]["code"] == code, answer
     assert answer["id"] == rpc.request_id(message)
     peer.alive()
+
+
+def test_a_profile_request_as_the_service_sends_it_is_accepted() -> None:
+    request = {"kind": "cpu", "duration_s": 30.0, "frequency_hz": 49, "pid": None,
+               "cgroup": "/system.slice/docker-ab12.scope"}
+    _id, op, args = rpc.parse_request(
+        {"id": 7, "op": "profile_start", "args": {"request": request}}, OPS)
+    assert op.name == "profile_start" and args == {"request": request}
 
 
 def test_oversized_request_is_skipped_without_buffering_and_the_stream_stays_in_step(
