@@ -277,11 +277,9 @@ def run_spawner(args: argparse.Namespace) -> int:
     _die_with_parent(args.parent)
     control = socket.socket(fileno=args.fd)
     children: list[subprocess.Popen[bytes]] = []
-    # A spawner that runs nothing privileged itself needs no effective capabilities;
-    # permitted/inheritable/ambient stay so the helper it execs receives them.
-    with contextlib.suppress(caps.CapsError):
-        current = caps.get()
-        caps.set_sets(caps.CapSets(0, current.permitted, current.inheritable))
+    # It keeps its capabilities as received: the helper it execs inherits them (ambient
+    # under systemd), and even exec'ing the interpreter may need CAP_DAC_READ_SEARCH
+    # (an interpreter under a 0700 directory). Its only input is a fixed datagram.
     try:
         while True:
             try:
