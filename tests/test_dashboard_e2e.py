@@ -121,7 +121,8 @@ def _passed(cmd: list[str], env: dict[str, str]) -> int:
 
 
 def test_dashboard_end_to_end(daemon: str) -> None:
-    env = _e2e_env(daemon, HOSTSCOPE_BPF_SKIP="run by test_dashboard_bpf_end_to_end")
+    env = _e2e_env(daemon, HOSTSCOPE_BPF_SKIP="run by test_dashboard_bpf_end_to_end",
+                   HOSTSCOPE_PROFILES_SKIP="run by test_dashboard_profiles_end_to_end")
     assert _passed(["npm", "run", "--silent", "e2e"], env) >= 12
 
 
@@ -150,6 +151,30 @@ def test_dashboard_bpf_end_to_end(daemon: str) -> None:
     node = shutil.which("node") or "node"
     cmd = [node, "--test", "--test-concurrency=1", "e2e/bpf.test.mjs"]
     assert _passed(cmd, _e2e_env(daemon)) >= 4
+
+
+def _profiles_unready(daemon: str) -> str | None:
+    """Why this machine cannot capture a CPU profile, or None if it can."""
+    if os.geteuid() != 0:
+        return "not root: CPU profiling needs root (or CAP_PERFMON and CAP_BPF)"
+    with urllib.request.urlopen(f"{daemon}/api/v1/profiles", timeout=30) as resp:
+        cpu = json.load(resp)["kinds"]["cpu"]
+    if not cpu["available"]:
+        return f"the daemon cannot profile the CPU here: {cpu['reason']}"
+    return None
+
+
+def test_dashboard_profiles_end_to_end(daemon: str) -> None:
+    """A real 5 s capture started from the page: flame graph, search, zoom, FlameScope
+    range, downloads and a hostile process name shown as text."""
+    why = _profiles_unready(daemon)
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, so the flame graph tests must run, but {why}")
+        pytest.skip(why)
+    node = shutil.which("node") or "node"
+    cmd = [node, "--test", "--test-concurrency=1", "e2e/profiles.test.mjs"]
+    assert _passed(cmd, _e2e_env(daemon)) >= 2
 
 
 # -- the dashboard's twin of bpfmods.histogram.percentiles ------------------------------

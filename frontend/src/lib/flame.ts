@@ -234,10 +234,10 @@ export function nameHash(s: string): number {
   return (h >>> 0) / 4294967296
 }
 
-/** Hue ranges per kind: kernel orange, user red-yellow, JIT green, process violet, unknown grey. */
+/** Hue ranges per kind: user red, kernel orange, JIT green, process violet, unknown grey. */
 export const KIND_COLOURS: Record<FrameKind | 'root', { h: [number, number]; s: number; l: [number, number]; label: string }> = {
-  user: { h: [0, 45], s: 72, l: [58, 68], label: 'user' },
-  kernel: { h: [22, 34], s: 85, l: [52, 62], label: 'kernel' },
+  user: { h: [0, 14], s: 70, l: [62, 72], label: 'user' },
+  kernel: { h: [32, 44], s: 88, l: [52, 60], label: 'kernel' },
   jit: { h: [95, 140], s: 50, l: [50, 62], label: 'JIT' },
   process: { h: [255, 275], s: 45, l: [62, 70], label: 'process' },
   unknown: { h: [0, 0], s: 0, l: [66, 74], label: 'unknown' },
