@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -39,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hostscope.metrics.sources import Roots, SourceUnavailable, read_bytes
+from hostscope.metrics.sources import Roots, SourceUnavailable, read_bytes, translate
 
 from . import caps, rpc
 
@@ -66,6 +67,10 @@ class HelperService:
         self.roots = roots
         self._detachers: list[Any] = []
         self.ops = InProcessOps(self._detachers.append, roots=roots, bpf=bpf)
+        #: (pid, start) -> kept descriptor of /proc/PID/io (see proc_io).
+        self._io_fds: dict[tuple[int, int], int] = {}
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._io_fd_budget = 16384 if soft == resource.RLIM_INFINITY else min(soft // 2, 16384)
 
     def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "capabilities": sorted(self.ops.capabilities())}
@@ -104,23 +109,59 @@ class HelperService:
 
     def proc_io(self, processes: list[list[int]]) -> list[list[int]]:
         """``[pid, start, read_bytes, write_bytes]`` for each ``[pid, start]`` whose
-        process still has that start time (a reused PID is skipped, not misattributed)."""
-        from hostscope.metrics.collectors.process import parse_io, parse_stat
+        process still has that start time (a reused PID is skipped, not misattributed).
 
-        proc = self.roots.proc
+        Same economy as the process collector: ``io`` is opened once per process
+        identity (after checking its start time in ``stat``) and kept open, so a call
+        costs one ``pread`` per process; a kept descriptor cannot be fooled by PID
+        reuse (reading it fails once its process is gone). Descriptors of processes no
+        longer asked for are closed.
+        """
+        from hostscope.metrics.collectors.process import parse_io
+
+        proc = str(self.roots.proc)
+        kept = self._io_fds
+        wanted = {(pid, start) for pid, start in processes}
+        for key in [k for k in kept if k not in wanted]:
+            os.close(kept.pop(key))
         out: list[list[int]] = []
-        for pid, start in processes:
-            base = proc / str(pid)
-            try:
-                stat = parse_stat(read_bytes(base / "stat", 4096))
-                if stat is None or stat[8] != start:
-                    continue
-                io = parse_io(read_bytes(base / "io", 1024))
-            except SourceUnavailable:
+        for key in wanted:
+            pid, start = key
+            data = self._read_io(key, f"{proc}/{pid}")
+            if data is None:
                 continue
+            io = parse_io(data)
             if io is not None:
                 out.append([pid, start, io[0], io[1]])
         return out
+
+    def _read_io(self, key: tuple[int, int], base: str) -> bytes | None:
+        """``io`` of process ``key`` through its kept descriptor (opened on first use,
+        after the start time matched); None if gone, denied or another process."""
+        from hostscope.metrics.collectors.process import parse_stat
+
+        kept = self._io_fds
+        fd = kept.get(key)
+        try:
+            if fd is None:
+                stat = parse_stat(read_bytes(Path(f"{base}/stat"), 4096))
+                if stat is None or stat[8] != key[1]:
+                    return None
+                fd = os.open(f"{base}/io", os.O_RDONLY | os.O_CLOEXEC)
+                if len(kept) >= self._io_fd_budget:
+                    try:
+                        return os.read(fd, 1024)
+                    finally:
+                        os.close(fd)
+                kept[key] = fd
+            return os.pread(fd, 1024, 0)
+        except SourceUnavailable:
+            return None
+        except OSError as exc:
+            translate(exc, Path(f"{base}/io"))  # gone or denied: no value (others raise)
+            if kept.pop(key, None) is not None:
+                os.close(fd)  # type: ignore[arg-type]
+            return None
 
     # -- profiles (the profiler is created on first use, in this process) ------------
 
@@ -140,6 +181,8 @@ class HelperService:
         self.ops.profile_cancel(capture_id)
 
     def close(self) -> None:
+        while self._io_fds:
+            os.close(self._io_fds.popitem()[1])
         while self._detachers:
             with contextlib.suppress(Exception):
                 self._detachers.pop()()

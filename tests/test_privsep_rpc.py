@@ -236,7 +236,8 @@ def test_parse_request_accepts_only_valid_requests_and_refuses_with_rpc_errors(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_helper_survives_any_request(peer: Peer, message: dict[str, Any]) -> None:
     # Ops that would do real (slow or stateful) work when accepted are out of scope here.
-    if message["op"] in ("bpf_prewarm", "bpf_readiness", "bpf_status", "proc_io"):
+    if message["op"] in ("bpf_prewarm", "bpf_readiness", "bpf_status", "proc_io") \
+            or message["op"].startswith("profile_"):
         message["op"] = "nonexistent"
     peer.send_raw(rpc.encode_frame(message))
     answer = peer.recv()
