@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,9 @@ DEFAULT_SET = [
     "network.tcp.retranssegs", "network.tcpconn", "kernel.all.pressure",
 ]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The daemon under test accepts this operator token (HOSTSCOPE_TOKEN, docs/security.md).
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def hostscope_command() -> list[str]:
@@ -70,7 +74,8 @@ class Daemon:
     def __init__(self, interval: float) -> None:
         self.proc = subprocess.Popen(
             [*hostscope_command(), "serve", "--port", "0", "--interval", str(interval)],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "HOSTSCOPE_TOKEN": TOKEN},
         )
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
@@ -86,7 +91,8 @@ class Daemon:
         return self.url.replace("http://", "ws://") + "api/v1/stream"
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as resp:
+        request = urllib.request.Request(self.url + path.lstrip("/"), headers=AUTH)
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
     def stop(self) -> None:
@@ -121,7 +127,7 @@ def count_wire_bytes(ws: ClientConnection, stats: ClientStats) -> None:
 async def client(url: str, names: list[str], stats: ClientStats, events: tuple[asyncio.Event,
                  asyncio.Event], keep_frames: bool) -> None:
     ready, stop = events
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, additional_headers=AUTH) as ws:
         if keep_frames:
             count_wire_bytes(ws, stats)
         await ws.recv()  # hello

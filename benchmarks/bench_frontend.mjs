@@ -10,9 +10,10 @@
 // Usage (from the repository root, after `cd frontend && npm ci && npm run build`):
 //   node benchmarks/bench_frontend.mjs                 # 3 minutes
 //   node benchmarks/bench_frontend.mjs --long          # 30 minutes
-//   node benchmarks/bench_frontend.mjs --duration 60 [--url http://127.0.0.1:7470] [--json]
+//   node benchmarks/bench_frontend.mjs --duration 60 [--url http://127.0.0.1:7470 --token T] [--json]
 //   node benchmarks/bench_frontend.mjs --heatmaps 4    # 4 of the 20 are BPF heat maps (root)
 // Without --url it starts `.venv/bin/hostscope serve --interval 1` on a free port.
+import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -64,10 +65,15 @@ function freePort() {
   })
 }
 
+/** Operator token of the daemon (docs/security.md): ours, or --token for --url. */
+const TOKEN = opt('--token', null) ?? randomBytes(32).toString('base64url')
+const AUTH = { Authorization: `Bearer ${TOKEN}` }
+
 async function startDaemon() {
   const port = await freePort()
   const child = spawn(join(ROOT, '.venv', 'bin', 'hostscope'), ['serve', '--port', String(port), '--interval', '1'], {
     stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, HOSTSCOPE_TOKEN: TOKEN },
   })
   const base = `http://127.0.0.1:${port}`
   for (let i = 0; i < 200; i++) {
@@ -126,7 +132,7 @@ function treeTicks(rootPid) {
 /** 20 chart panels this host can fill: catalogue panels first, then custom widgets. */
 async function chooseCharts(base) {
   const panels = JSON.parse(readFileSync(join(ROOT, 'daemon', 'panels.json'), 'utf8')).panels
-  const known = new Set((await (await fetch(`${base}/api/v1/metrics`)).json()).metrics.map((m) => m.name))
+  const known = new Set((await (await fetch(`${base}/api/v1/metrics`, { headers: AUTH })).json()).metrics.map((m) => m.name))
   const ids = panels
     .filter((p) => (p.kind ?? 'timeseries') === 'timeseries' && p.series.length && p.series.every((s) => known.has(s.metric)))
     .map((p) => p.id)
@@ -165,6 +171,8 @@ async function main() {
   // First paint: navigation start -> every chart drawn with samples older than the page.
   // Measured on several loads (median), as the machine may be busy with other work.
   const paints = []
+  // The token URL sets the cookie the page then authenticates with.
+  await page.goto(`${base}/?token=${encodeURIComponent(TOKEN)}`)
   for (let i = 0; i < PAINTS; i++) {
     await page.goto(url)
     paints.push(

@@ -43,11 +43,13 @@ from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
 from . import api, bpf_api, encode, profiles_api, prom, static, stream
+from .auth import Auth, auth_middleware, build_auth
 from .config import Config
 from .errors import error_middleware
 from .host import read_host_info
 from .hub import Hub
 from .keys import (
+    AUTH,
     BPF_EXECUTOR,
     CLOCK,
     CONFIG,
@@ -84,6 +86,7 @@ def create_app(
     sampler: Sampler | None = None,
     clock: Clock | None = None,
     privileged: PrivilegedOps | None = None,
+    auth: Auth | None = None,
 ) -> web.Application:
     """A ready-to-run application for ``config``.
 
@@ -92,7 +95,9 @@ def create_app(
     BPF modules' collectors (``privileged.bpf_collectors()``) over ``config``'s roots,
     with an in-memory history of ``config.history`` seconds; a sampler passed in should
     include those collectors if BPF metrics are wanted. ``clock`` defaults to the system
-    clock.
+    clock. ``auth`` defaults to the tokens ``config`` names (see docs/security.md), or a
+    random operator token (``app[AUTH].generated``) if it names none; ``hostscope serve``
+    passes one that also knows ``HOSTSCOPE_TOKEN``.
     """
     clock = clock or (sampler.clock if sampler is not None else SystemClock())
     detachers: list[Detacher] = []
@@ -114,8 +119,13 @@ def create_app(
         allowed_origins=config.allowed_origins,
         frame_ancestors=config.frame_ancestors,
     )
+    if auth is None:
+        auth = build_auth(config)
+    if not auth.panel_metrics:
+        auth.panel_metrics = _panel_metrics()
     app = web.Application(
-        middlewares=[error_middleware, *security_middlewares(policy)],
+        middlewares=[error_middleware, *security_middlewares(policy),
+                     auth_middleware(auth, clock, policy.origin_allowed)],
         client_max_size=MAX_REQUEST_BODY,
     )
     hub = Hub(sampler)
@@ -125,6 +135,7 @@ def create_app(
     app[HUB] = hub
     app[TICKER] = Ticker(sampler, hub.publish, clock=clock)
     app[SECURITY] = policy
+    app[AUTH] = auth
     app[DETACHERS] = detachers
     app[PRIVILEGED] = privileged
     # Threads start on first use; nothing runs until the app does.
@@ -183,6 +194,18 @@ async def _helper_notices(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         active = False
+
+
+def _panel_metrics() -> dict[str, tuple[str, ...]]:
+    """Metrics of each catalogue panel, which embed-token scopes may name by panel id."""
+    try:
+        render = importlib.import_module(RENDER_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != RENDER_MODULE:
+            raise
+        return {}
+    catalogue = render.load_catalogue()
+    return {p.id: tuple(s.metric for s in p.series) for p in catalogue.panels.values()}
 
 
 def _add_optional_routes(app: web.Application, module_name: str) -> None:

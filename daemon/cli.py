@@ -2,6 +2,7 @@
 
 ``serve`` runs the daemon until SIGTERM or SIGINT, then shuts down gracefully (websockets
 closed with 1001, sampler stopped, everything attached detached) within a few seconds.
+``token`` makes tokens, their hashes and embed tokens (docs/security.md).
 ``sample`` prints current values once, for people (with units) or scripts (``--json``).
 ``doctor`` checks what BPF modules and profiling need here (privileges, bcc, kernel
 headers, tracefs, ...) and how to fix what is missing; it is
@@ -15,7 +16,9 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +32,25 @@ from hostscope.metrics.format import format_value
 from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.sources import Roots
 
-from .config import DEFAULT_PORT, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build_config
+from .auth import (
+    ROLES,
+    Auth,
+    EmbedSigner,
+    build_auth,
+    hash_token,
+    load_or_create_secret,
+    new_token,
+)
+from .config import (
+    DEFAULT_PORT,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    build_config,
+    is_loopback,
+)
+from .errors import ApiError
 from .logs import setup_logging
 from .version import VERSION
 
@@ -49,10 +70,16 @@ configuration file (--config FILE, TOML): keys mirror the flags with underscores
     allowed_origins = ["https://dash.example"]     # extra websocket/API origins
     frame_ancestors = ["https://wiki.example"]     # who may embed the dashboard
     privsep = true            # privileged helper; this process drops every capability
+    token_file = "/etc/hostscope/tokens"  # 'ROLE TOKEN' lines, mode 600
+    tokens = ["viewer sha256:..."]        # or hashes here (hostscope token hash)
+    tls_cert = "/etc/hostscope/cert.pem"  # with tls_key: serve HTTPS
+    embed_secret_file = "/var/lib/hostscope/embed.key"  # embed links survive restarts
 
-Flags override the file; unknown keys and wrong types are rejected. The daemon only
-listens on loopback unless --allow-remote is given, because it has no authentication.
-See docs/daemon.md for the API, security model and shutdown behaviour.
+Flags override the file; unknown keys and wrong types are rejected. Every request but
+/healthz and the dashboard's files needs a token: with none configured (token_file,
+tokens, or the HOSTSCOPE_TOKEN environment variable) a random one is printed as a
+ready-to-open URL. Listening beyond loopback needs configured tokens.
+See docs/security.md (tokens, roles, TLS) and docs/daemon.md (API, shutdown).
 """
 
 
@@ -62,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="hostscope: a per-host live performance dashboard "
         "(PCP-style metrics over a websocket, REST API, Prometheus /metrics).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,sample,doctor,version}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{serve,sample,doctor,token,version}")
 
     serve = sub.add_parser(
         "serve",
@@ -81,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="full-resolution history kept in memory (default 3600)")
     serve.add_argument("--process-interval", type=float, metavar="SECONDS",
                        help="per-process sampling interval (default 2.0)")
-    serve.add_argument("--allow-remote", action="store_true",
-                       help="allow listening on a non-loopback address (no auth yet!)")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="tokens: 'ROLE TOKEN-OR-HASH' lines (viewer/operator), mode 600")
+    serve.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    serve.add_argument("--embed-secret-file", metavar="FILE",
+                       help="secret signing embed tokens, kept so embed links survive restarts")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     serve.add_argument("--log-format", choices=LOG_FORMATS,
                        help="text (key=value, default) or json, one line per event")
@@ -117,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", add_help=False,
                             help="check BPF and perf readiness (exit 0 when modules can run)")
     doctor.set_defaults(func=None)
+
+    token = sub.add_parser(
+        "token", help="make tokens, token hashes and embed tokens",
+        description="Tokens for hostscope serve (see docs/security.md).")
+    tsub = token.add_subparsers(dest="token_command", metavar="{new,hash,embed}")
+    tnew = tsub.add_parser("new", help="print a new random token (256 bits)")
+    tnew.add_argument("--role", choices=ROLES, help="print a token-file line for this role")
+    thash = tsub.add_parser("hash", help="print the sha256: hash of a token (read from "
+                            "stdin if not given) for token files and 'tokens'")
+    thash.add_argument("value", nargs="?", metavar="TOKEN")
+    tembed = tsub.add_parser(
+        "embed", help="mint an embed token (read-only, scoped, expiring)",
+        description="Mint an embed token with the daemon's embed secret file. A running "
+        "daemon also mints them: POST /api/v1/embed-tokens (operator role).")
+    tembed.add_argument("scope", nargs="+", metavar="PANEL_OR_METRIC",
+                        help="panel ids (cpu.util) or metric names/prefixes it opens")
+    tembed.add_argument("--ttl", type=float, default=30 * 86400.0, metavar="SECONDS",
+                        help="lifetime (default 30 days)")
+    tembed.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration")
+    tembed.add_argument("--embed-secret-file", metavar="FILE",
+                        help="the daemon's embed_secret_file (default: from --config)")
+    token.set_defaults(func=cmd_token)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
@@ -153,21 +207,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     try:
         config = build_config(getattr(args, "config", None), overrides)
-        config.check_bind()
+        config.check_bind(os.environ)
+        auth = build_auth(config, os.environ)
+        ssl_context = tls_context(config)
     except ConfigError as exc:
         return _fail(str(exc))
     setup_logging(config.log_level, config.log_format, repeats=config.log_repeats)
-    return asyncio.run(run_server(config))
+    return asyncio.run(run_server(config, auth=auth, ssl_context=ssl_context))
 
 
-def _url(address: Any) -> str:
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A server context from ``tls_cert``/``tls_key`` (TLS 1.2 or newer), or None."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load tls_cert {config.tls_cert} / tls_key "
+                          f"{config.tls_key}: {exc}") from None
+    return context
+
+
+def _url(address: Any, scheme: str = "http") -> str:
     host, port = address[0], address[1]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
 
 
-async def run_server(config: Config) -> int:
+def _open_url(address: Any, scheme: str, token: str) -> str:
+    """The ready-to-open URL: a wildcard bind is opened through loopback (a Host of
+    0.0.0.0 is not one the daemon answers to)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
+    return f"{_url((host, address[1]), scheme)}?token={token}"
+
+
+async def run_server(config: Config, *, auth: Auth | None = None,
+                     ssl_context: ssl.SSLContext | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit status."""
     from .app import create_app  # the app pulls in aiohttp's web stack: only for serve
 
@@ -191,13 +269,15 @@ async def run_server(config: Config) -> int:
         except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot start the privileged helper", extra={"error": str(exc)})
             return 1
-    app = create_app(config, privileged=privileged)
+    if auth is None:
+        auth = build_auth(config, os.environ)
+    app = create_app(config, privileged=privileged, auth=auth)
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
+        await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
     except OSError as exc:
         log.error(
             "cannot listen",
@@ -205,7 +285,17 @@ async def run_server(config: Config) -> int:
         )
         await runner.cleanup()
         return 1
-    log.info("listening", extra={"url": " ".join(_url(a) for a in runner.addresses)})
+    scheme = "https" if ssl_context is not None else "http"
+    log.info("listening", extra={"url": " ".join(_url(a, scheme) for a in runner.addresses)})
+    generated = auth.generated
+    if generated is not None:
+        # Like a notebook server: the token of this run, ready to open (it sets a cookie
+        # and is stripped from the address bar).
+        log.info("open the dashboard",
+                 extra={"url": _open_url(runner.addresses[0], scheme, generated)})
+    if ssl_context is None and not is_loopback(config.host):
+        log.warning("serving without TLS beyond loopback: tokens cross the network in "
+                    "clear text; configure tls_cert and tls_key")
     await stop.wait()
     started = time.monotonic()
     log.info("shutting down", extra={"signal": received[0] if received else None})
@@ -264,6 +354,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     finally:
         sampler.close()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    command = getattr(args, "token_command", None)
+    if command == "new":
+        token = new_token()
+        print(f"{args.role} {token}" if args.role else token)
+        return 0
+    if command == "hash":
+        value = args.value if args.value is not None else sys.stdin.readline().strip()
+        if not value:
+            return _fail("no token given")
+        print(hash_token(value))
+        return 0
+    if command == "embed":
+        secret_file = args.embed_secret_file
+        try:
+            if secret_file is None and args.config is not None:
+                secret_file = build_config(args.config).embed_secret_file
+            if secret_file is None:
+                return _fail("embed tokens are signed with the daemon's embed_secret_file: "
+                             "pass --embed-secret-file or --config (or mint one from a "
+                             "running daemon: POST /api/v1/embed-tokens)")
+            signer = EmbedSigner(load_or_create_secret(secret_file))
+            print(signer.mint(args.scope, args.ttl, time.time()))
+        except ConfigError as exc:
+            return _fail(str(exc))
+        except ApiError as exc:
+            return _fail(exc.message)
+        return 0
+    print("usage: hostscope token {new,hash,embed} ...", file=sys.stderr)
+    return 2
 
 
 def cmd_version(args: argparse.Namespace) -> int:

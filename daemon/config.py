@@ -20,6 +20,15 @@ from typing import Any
 from hostscope.metrics.sources import Roots
 
 DEFAULT_PORT = 7470
+#: Environment variable holding one operator token (systemd units, CI, tests).
+TOKEN_ENV = "HOSTSCOPE_TOKEN"
+#: Keys that existed once, with what replaces them: a stale config file gets a pointed
+#: message instead of a generic "unknown key".
+_REMOVED = {
+    "allow_remote": "allow_remote was removed: hostscope now requires a token on every "
+    "request; to listen beyond loopback configure tokens (token_file, tokens, or the "
+    f"{TOKEN_ENV} environment variable) and preferably tls_cert/tls_key. See docs/security.md",
+}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -32,7 +41,7 @@ class ConfigError(ValueError):
 class Config:
     """Everything ``hostscope serve`` can be told. Defaults are the safe ones."""
 
-    #: Address to listen on. Loopback unless ``allow_remote`` (see :meth:`check_bind`).
+    #: Address to listen on. Loopback unless tokens are configured (see :meth:`check_bind`).
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     #: Base sampling interval in seconds; every client interval is a multiple of it.
@@ -41,7 +50,6 @@ class Config:
     history: float = 3600.0
     #: Cadence of the (expensive) per-process collector, in seconds.
     process_interval: float = 2.0
-    allow_remote: bool = False
     log_level: str = "info"
     log_format: str = "text"
     proc_root: str = "/proc"
@@ -92,24 +100,43 @@ class Config:
     #: users' /proc/PID/io) runs in a helper process and this network-facing process
     #: drops every capability. false: all in this process, for development.
     privsep: bool = True
+    #: File of ``ROLE TOKEN-OR-HASH`` lines (roles: viewer, operator); must not be
+    #: readable by other users. See docs/security.md.
+    token_file: str | None = None
+    #: Token hashes in the config file itself: ``"ROLE sha256:HEX"`` entries.
+    tokens: tuple[str, ...] = ()
+    #: TLS certificate chain and private key (PEM); both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Where the secret that signs embed tokens is kept (created 0600 if missing), so
+    #: embed links survive restarts; unset, a new secret each start voids old links.
+    embed_secret_file: str | None = None
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))
 
-    def check_bind(self) -> None:
-        """Refuse a non-loopback bind address unless remote access was asked for.
+    def auth_configured(self, env: Mapping[str, str]) -> bool:
+        """Were tokens configured, rather than left to the one generated at start?"""
+        return bool(self.tokens or self.token_file or env.get(TOKEN_ENV))
 
-        hostscope has no authentication yet; anything that can reach the port can read
-        every process's command line. Listening beyond loopback must be a decision.
+    def check_bind(self, env: Mapping[str, str] | None = None) -> None:
+        """Refuse a non-loopback bind address unless tokens are configured.
+
+        The token generated at start is printed on the daemon's console: fine for the
+        person at that console, but a network service needs credentials its users were
+        given deliberately (and can be rotated without restarting a URL-sharing ritual).
         """
-        if self.allow_remote or is_loopback(self.host):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if is_loopback(self.host) or self.auth_configured(env or {}):
             return
         raise ConfigError(
-            f"refusing to listen on {self.host!r}: it is not a loopback address and hostscope "
-            "has no authentication yet, so anyone who can reach the port could read process "
-            "command lines and host details. Put it behind an authenticating reverse proxy, "
-            "or pass --allow-remote (allow_remote = true in the config file) if you accept "
-            "that; also list the names clients use in allowed_hosts."
+            f"refusing to listen on {self.host!r}: it is not a loopback address and no "
+            "tokens are configured, so the only credential would be the random token "
+            "printed on this console. Configure tokens first: a token_file of 'ROLE TOKEN' "
+            f"lines (mode 600), 'tokens' hashes in the config file, or {TOKEN_ENV}; add "
+            "tls_cert/tls_key so tokens do not cross the network in clear text, and list "
+            "the names clients use in allowed_hosts. See docs/security.md."
         )
 
 
@@ -200,6 +227,8 @@ def from_mapping(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     known = set(known_keys())
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key in _REMOVED:
+            raise ConfigError(f"{source}: {_REMOVED[key]}")
         if key not in known:
             raise ConfigError(
                 f"{source}: unknown key {key!r} (known keys: {', '.join(sorted(known))})"

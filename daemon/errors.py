@@ -36,6 +36,7 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     413: "too_large",
     421: "host_not_allowed",
+    429: "rate_limited",
 }
 
 #: BpfError.code -> HTTP status. A module that cannot run here, or runs with other
@@ -79,11 +80,14 @@ PROFILE_STATUS = {
 class ApiError(Exception):
     """An error with a definite HTTP status and protocol code, raised by handlers."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        #: Headers the answer must carry (WWW-Authenticate on 401, Retry-After on 429).
+        self.headers = dict(headers or {})
 
 
 class ProfileApiError(ApiError):
@@ -166,7 +170,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         known = translate(exc)
         if known is not None:
             status, code, message = known
-            return error_response(status, code, message, details(exc))
+            response = error_response(status, code, message, details(exc))
+            if isinstance(exc, ApiError):
+                response.headers.update(exc.headers)
+            return response
         log.exception(
             "unhandled error", extra={"path": request.path, "method": request.method}
         )

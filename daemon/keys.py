@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from hostscope.metrics.sampler import Clock, Sampler
 
+from .auth import Auth
 from .config import Config
 from .host import HostInfo
 from .hub import Hub
@@ -32,6 +33,8 @@ TICKER = web.AppKey("ticker", Ticker)
 #: Identity and capabilities, read once at startup (None until then).
 HOST = web.AppKey("host", HostInfo)
 SECURITY = web.AppKey("security", SecurityPolicy)
+#: Tokens, embed-token signer and the failure limiter (daemon/auth.py).
+AUTH = web.AppKey("auth", Auth)
 PRIVILEGED = web.AppKey("privileged", PrivilegedOps)
 #: Callables run (newest first) at shutdown: BPF programs, perf events, helpers.
 DETACHERS = web.AppKey("detachers", list[Callable[[], None]])

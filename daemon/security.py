@@ -12,7 +12,10 @@ attack is a web page in the user's browser talking to the daemon:
 * **Framing and content sniffing**: CSP ``frame-ancestors``, ``nosniff``.
 
 No permissive CORS is ever sent: only origins configured in ``allowed_origins`` (another
-host's hostscope dashboard) get an exact ``Access-Control-Allow-Origin`` echo.
+host's hostscope dashboard) get an exact ``Access-Control-Allow-Origin`` echo, and only
+they get an answer to a CORS preflight (which a request carrying ``Authorization`` needs).
+No ``Access-Control-Allow-Credentials``: cross-origin dashboards send a Bearer token, never
+this daemon's cookie. Authentication itself is daemon/auth.py.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 _LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+PREFLIGHT_METHODS = "GET, HEAD, POST, DELETE"
+PREFLIGHT_HEADERS = "Authorization, Content-Type, X-Hostscope-Client"
 
 
 def host_name(header: str) -> str:
@@ -117,7 +122,26 @@ def security_middlewares(policy: SecurityPolicy) -> list[Handler]:
             )
         return await handler(request)
 
-    return [host_check]
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return await handler(request)
+        origin = (request.headers.get("Origin") or "").rstrip("/").lower()
+        if origin not in policy.allowed_origins or not (
+            request.path.startswith("/api/") or request.path == "/metrics"
+        ):
+            raise ApiError(403, "origin_not_allowed",
+                           f"Origin {request.headers.get('Origin')!r} may not call this daemon "
+                           "cross-origin; add it to allowed_origins in the config file")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": request.headers["Origin"],
+            "Access-Control-Allow-Methods": PREFLIGHT_METHODS,
+            "Access-Control-Allow-Headers": PREFLIGHT_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        })
+
+    return [host_check, preflight]
 
 
 def check_websocket_origin(policy: SecurityPolicy, request: web.Request) -> None:
@@ -141,10 +165,12 @@ def install_headers(app: web.Application, policy: SecurityPolicy) -> None:
         origin = request.headers.get("Origin")
         if (
             origin is not None
-            and request.path.startswith("/api/")
+            and (request.path.startswith("/api/") or request.path == "/metrics")
             and origin.rstrip("/").lower() in policy.allowed_origins
+            and "Access-Control-Allow-Origin" not in headers
         ):
             headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = "Retry-After, WWW-Authenticate"
             headers.add("Vary", "Origin")
 
     app.on_response_prepare.append(on_prepare)

@@ -31,9 +31,10 @@ from hostscope.bpfmods.manager import BpfError
 from hostscope.metrics.model import UnknownMetricError
 
 from . import bpf_api, encode
+from .auth import OPERATOR, Principal, principal_json, request_principal, websocket_login
 from .errors import ApiError, BadParameter, TooManyNames, details, translate
 from .hub import Client, Hub, interval_multiple
-from .keys import CONFIG, CONNECTION_IDS, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
+from .keys import AUTH, CLOCK, CONFIG, CONNECTION_IDS, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
 from .security import check_websocket_origin
 from .version import PROTOCOL, VERSION
 
@@ -57,8 +58,12 @@ ABORT_AFTER_S = 5.0
 class _Connection:
     """Per-connection state owned by the handler."""
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, peer: str) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, peer: str,
+                 principal: Principal) -> None:
         self.request = request
+        #: Who the connection acts for: its role gates state-changing messages, an embed
+        #: token's scope limits what it may subscribe to.
+        self.principal = principal
         self.ws = ws
         self.client = Client(
             peer, queue_size=request.app[CONFIG].client_queue, on_overflow=self.overflow
@@ -167,11 +172,13 @@ class _Connection:
                 self.send({"type": "pong", "id": message.get("id")})
             elif kind == "bpf":
                 await self.bpf(message)
+            elif kind == "auth":
+                self.reauth(message)
             else:
                 self.error(
                     "unknown_type",
-                    f"unknown message type {kind!r}; expected subscribe, unsubscribe, ping "
-                    "or bpf",
+                    f"unknown message type {kind!r}; expected subscribe, unsubscribe, ping, "
+                    "bpf or auth",
                     ref,
                 )
         except (ApiError, UnknownMetricError, BadParameter, BpfError) as exc:
@@ -199,6 +206,7 @@ class _Connection:
         container = _container(message)
         hub = self.hub
         metrics, absent = hub.resolve(names, optional)  # raises before anything changes
+        self.check_scope([*metrics, *absent])
 
         client = self.client
         held = set(client.metrics) | metrics
@@ -258,8 +266,31 @@ class _Connection:
             return False
         return not client.closed
 
+    def check_scope(self, names: list[str]) -> None:
+        principal = self.principal
+        if principal.scope is None:
+            return
+        panels = self.request.app[AUTH].panel_metrics
+        outside = [n for n in names if not principal.allows_metric(n, panels)]
+        if outside:
+            raise ApiError(403, "forbidden",
+                           f"the embed token does not open {', '.join(outside[:5])}")
+
+    def reauth(self, message: dict[str, Any]) -> None:
+        """A later ``auth`` message changes the connection's role (a viewer pasting an
+        operator token); a bad one is an error and leaves the role as it was."""
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise BadParameter("'token' must be a non-empty string")
+        app = self.request.app
+        self.principal = app[AUTH].check(token, self.request.remote or "unknown", app[CLOCK])
+        self.send({"type": "auth", **principal_json(self.principal)})
+
     async def bpf(self, message: dict[str, Any]) -> None:
         """Toggle a BPF module held by this connection; answer with its status entry."""
+        if not self.principal.has(OPERATOR) or self.principal.embed:
+            raise ApiError(403, "forbidden", "toggling BPF modules needs the operator role; "
+                           f"this connection has {self.principal.role}")
         name = message.get("name")
         if not isinstance(name, str) or not name:
             raise BadParameter("'name' must name a BPF module (GET /api/v1/bpf lists them)")
@@ -369,8 +400,14 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         return ws
     app[WEBSOCKETS].add(ws)
+    principal = request_principal(request)
+    if principal is None:
+        principal = await websocket_login(request, ws, app[AUTH], app[CLOCK])
+        if principal is None:
+            return ws
+        await ws.send_str(encode.dumps({"type": "auth", **principal_json(principal)}))
     peer = _peer(request)
-    conn = _Connection(request, ws, peer)
+    conn = _Connection(request, ws, peer, principal)
     client = conn.client
     hub.register(client)
     writer = conn.writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer {peer}")

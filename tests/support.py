@@ -1,10 +1,15 @@
-"""Test helpers shared across test modules: a controllable clock and fixture roots."""
+"""Test helpers shared across test modules: a controllable clock, fixture roots, and the
+tokens tests authenticate to daemons with."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from hostscope.daemon.auth import hash_token
+from hostscope.daemon.config import TOKEN_ENV, Config
 from hostscope.metrics.sources import Roots
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -38,3 +43,28 @@ def copy_fixture(tmp_path: Path, *parts: str) -> Roots:
     dest = tmp_path / "tree"
     shutil.copytree(FIXTURES.joinpath(*parts), dest, symlinks=True)
     return Roots.under(dest)
+
+
+# -- authentication (docs/security.md) ---------------------------------------------------
+# Every test that talks to a daemon authenticates. In-process daemons:
+# ``auth_config(...)`` is a Config with the two known tokens below; send
+# ``auth_headers()`` (operator) or ``auth_headers(VIEWER_TOKEN)``. ``hostscope serve``
+# subprocesses: run them with ``serve_env()`` (HOSTSCOPE_TOKEN = the operator token).
+
+OPERATOR_TOKEN = "test-operator-token-0123456789abcdef"
+VIEWER_TOKEN = "test-viewer-token-0123456789abcdef"
+TEST_TOKENS = (f"operator {hash_token(OPERATOR_TOKEN)}", f"viewer {hash_token(VIEWER_TOKEN)}")
+
+
+def auth_config(**settings: Any) -> Config:
+    """A daemon Config that accepts OPERATOR_TOKEN and VIEWER_TOKEN."""
+    return Config(tokens=TEST_TOKENS, **settings)
+
+
+def auth_headers(token: str = OPERATOR_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def serve_env(token: str = OPERATOR_TOKEN, **extra: str) -> dict[str, str]:
+    """Environment for a ``hostscope serve`` subprocess that accepts ``token``."""
+    return {**os.environ, TOKEN_ENV: token, **extra}

@@ -11,14 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from hostscope.daemon.config import TOKEN_ENV
 from hostscope.daemon.version import VERSION
 
 
-def hostscope(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def hostscope(*args: str, timeout: float = 30,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).parent / "hostscope"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
+    if env is None:  # a token in the caller's environment must not change the outcome
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*command, *args], capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
     )
 
 
@@ -31,11 +36,12 @@ def test_version() -> None:
 def test_help_documents_commands_and_config() -> None:
     top = hostscope("--help")
     assert top.returncode == 0
-    for word in ("serve", "sample", "doctor", "version"):
+    for word in ("serve", "sample", "doctor", "token", "version"):
         assert word in top.stdout
     serve = hostscope("serve", "--help")
     for flag in ("--host", "--port", "--interval", "--history", "--process-interval", "--config",
-                 "--allow-remote", "--log-level", "--log-format", "--proc-root", "--sys-root",
+                 "--token-file", "--tls-cert", "--tls-key", "--log-level", "--log-format",
+                 "--proc-root", "--sys-root", "HOSTSCOPE_TOKEN", "token_file",
                  "--static-dir", "allowed_hosts", "allowed_origins", "frame_ancestors"):
         assert flag in serve.stdout, flag
     sample = hostscope("sample", "--help")
@@ -98,11 +104,11 @@ def test_sample_bad_interval(interval: str) -> None:
     assert "--interval" in result.stderr
 
 
-def test_serve_refuses_remote_bind_without_flag() -> None:
+def test_serve_refuses_remote_bind_without_configured_tokens() -> None:
     result = hostscope("serve", "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2
     assert "refusing to listen on '0.0.0.0'" in result.stderr
-    assert "--allow-remote" in result.stderr
+    assert "no tokens are configured" in result.stderr and "token_file" in result.stderr
 
 
 def test_serve_reports_config_errors(tmp_path: Path) -> None:
@@ -117,6 +123,11 @@ def test_serve_reports_config_errors(tmp_path: Path) -> None:
     result = hostscope("serve", "--config", str(config))
     assert result.returncode == 2
     assert "unknown key 'alow_remote'" in result.stderr
+
+    config.write_text("allow_remote = true\n")  # removed: says what replaces it
+    result = hostscope("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "allow_remote was removed" in result.stderr and "token_file" in result.stderr
 
     result = hostscope("serve", "--port", "70000")
     assert result.returncode == 2

@@ -23,6 +23,8 @@ from hostscope.daemon.app import create_app
 from hostscope.daemon.config import Config
 from hostscope.daemon.keys import SAMPLER
 
+from .support import auth_config, auth_headers
+
 INTERVAL = 0.1
 
 
@@ -61,9 +63,9 @@ async def static_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def server(static_dir: Path) -> AsyncIterator[Server]:
-    config = Config(interval=INTERVAL, port=0, static_dir=str(static_dir))
+    config = auth_config(interval=INTERVAL, port=0, static_dir=str(static_dir))
     runner, port = await start(config)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers()) as session:
         srv = Server(runner.app, f"http://127.0.0.1:{port}", session)
         await srv.wait_ticks(2)
         yield srv
@@ -271,13 +273,13 @@ async def test_local_host_headers_are_accepted(server: Server, host: str) -> Non
 
 
 async def test_configured_hosts_and_origins(static_dir: Path) -> None:
-    config = Config(
+    config = auth_config(
         interval=INTERVAL, static_dir=str(static_dir), allowed_hosts=("dash.example",),
         allowed_origins=("https://other.example",), frame_ancestors=("https://wiki.example",),
     )
     runner, port = await start(config)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
             url = f"http://127.0.0.1:{port}/api/v1/metrics"
             ok = await session.get(url, headers={"Host": "dash.example:7470"})
             assert ok.status == 200

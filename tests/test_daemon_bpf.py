@@ -12,6 +12,7 @@ everywhere.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -28,7 +29,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 
 from hostscope.bpfmods.doctor import run_checks
 from hostscope.bpfmods.host import HostProbe
@@ -38,8 +40,12 @@ from hostscope.daemon.config import Config
 from hostscope.daemon.keys import SAMPLER
 from hostscope.daemon.privileged import BPF_DISABLED, InProcessOps
 from hostscope.metrics.sources import Roots
+from tests.support import auth_config, auth_headers
 from tests.test_bpf_manager import Storm, assert_unloaded, require_bpf, system_prog_ids
 from tests.test_daemon_shutdown import read_rest, start_serve
+
+#: Every websocket here authenticates as the operator (BPF toggles need it).
+connect = functools.partial(ws_connect, additional_headers=auth_headers())
 
 #: Tests that load BPF programs (the others run on any host).
 needs_bpf = pytest.mark.root
@@ -108,7 +114,7 @@ async def start_server(config: Config, **kwargs: Any) -> tuple[web.AppRunner, Se
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(headers=auth_headers())
     return runner, Server(app, f"http://127.0.0.1:{runner.addresses[0][1]}", session)
 
 
@@ -126,7 +132,7 @@ def bpf_host() -> HostProbe:
 async def server(bpf_host: HostProbe) -> AsyncIterator[Server]:
     del bpf_host
     assert own_program_ids() == []
-    runner, srv = await start_server(Config(interval=INTERVAL, port=0))
+    runner, srv = await start_server(auth_config(interval=INTERVAL, port=0))
     await srv.wait_ticks(1)
     yield srv
     await stop_server(runner, srv)
@@ -612,7 +618,7 @@ async def test_unavailable_module_is_a_409_with_the_reason(tmp_path: Path) -> No
     roots = Roots(sys=tmp_path / "sys")
     detachers: list[Any] = []
     ops = InProcessOps(detachers.append, roots=roots, host=HostProbe(roots))
-    runner, server = await start_server(Config(interval=INTERVAL, port=0), privileged=ops)
+    runner, server = await start_server(auth_config(interval=INTERVAL, port=0), privileged=ops)
     try:
         body = await server.get_json("/api/v1/bpf")
         assert body["available"] is False and body["reason"]
@@ -634,7 +640,7 @@ async def test_unavailable_module_is_a_409_with_the_reason(tmp_path: Path) -> No
 
 
 async def test_bpf_off_in_config_loads_nothing() -> None:
-    runner, server = await start_server(Config(interval=INTERVAL, port=0, bpf=False))
+    runner, server = await start_server(auth_config(interval=INTERVAL, port=0, bpf=False))
     try:
         await server.wait_ticks(1)
         body = await server.get_json("/api/v1/bpf")
@@ -680,7 +686,7 @@ class SlowReadinessOps(InProcessOps):
 
 async def test_readiness_check_neither_delays_nor_fails_startup() -> None:
     ops = SlowReadinessOps(lambda _detach: None, bpf=True)
-    runner, server = await start_server(Config(interval=INTERVAL, port=0), privileged=ops)
+    runner, server = await start_server(auth_config(interval=INTERVAL, port=0), privileged=ops)
     try:
         await server.wait_ticks(3)  # sampling runs while prewarm is stuck
         health = await server.get_json("/healthz")
@@ -713,7 +719,7 @@ async def test_serve_with_a_module_on_exits_on_sigterm_and_leaves_nothing_loaded
     del bpf_host
     proc, url, lines = await start_serve()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
             resp = await session.post(url + "api/v1/bpf/runqlat", json={"enabled": True})
             assert resp.status == 200, await resp.text()
             resp = await session.post(url + "api/v1/bpf/execsnoop", json={"enabled": True})
@@ -763,7 +769,7 @@ async def test_serve_with_bpf_on_costs_no_memory_until_a_module_is_enabled(
     (on, on_url, on_lines), (off, _off_url, off_lines) = await asyncio.gather(
         start_serve(), start_serve("--config", str(config)))
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
 
             async def checked() -> dict[str, Any] | None:
                 resp = await session.get(on_url + "api/v1/host")

@@ -19,7 +19,7 @@ def test_defaults_are_safe() -> None:
     config = build_config()
     assert config == Config()
     assert config.host == "127.0.0.1" and config.port == 7470
-    assert config.allow_remote is False
+    assert config.token_file is None and config.tokens == () and config.tls_cert is None
     config.check_bind()
 
 
@@ -65,7 +65,9 @@ def test_every_field_is_a_known_key() -> None:
         ("interval = 0\n", "'interval' must be >= 0.01"),
         ("interval = nan\n", "'interval' must be a finite number"),
         ("history = 0\n", "'history' must be > 0"),
-        ("allow_remote = 1\n", "'allow_remote' must be true or false, got int"),
+        ("bpf = 1\n", "'bpf' must be true or false, got int"),
+        ("allow_remote = true\n", "allow_remote was removed"),
+        ('tokens = "viewer x"\n', "'tokens' must be a list of non-empty strings"),
         ('allowed_hosts = "a"\n', "'allowed_hosts' must be a list of non-empty strings"),
         ("allowed_hosts = [1]\n", "'allowed_hosts' must be a list of non-empty strings"),
         ('log_level = "verbose"\n', "'log_level' must be one of debug, info, warning, error"),
@@ -109,9 +111,17 @@ def test_loopback_addresses(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com", ""])
-def test_remote_bind_needs_allow_remote(host: str) -> None:
+def test_remote_bind_needs_configured_tokens(host: str, tmp_path: Path) -> None:
     assert not is_loopback(host)
     with pytest.raises(ConfigError, match="refusing to listen") as info:
-        Config(host=host).check_bind()
-    assert "--allow-remote" in str(info.value)
-    Config(host=host, allow_remote=True).check_bind()
+        Config(host=host).check_bind({})
+    assert "no tokens are configured" in str(info.value)
+    Config(host=host, token_file=str(tmp_path / "tokens")).check_bind({})
+    Config(host=host, tokens=("viewer sha256:" + "0" * 64,)).check_bind({})
+    Config(host=host).check_bind({"HOSTSCOPE_TOKEN": "x" * 32})
+
+
+def test_tls_cert_and_key_go_together() -> None:
+    with pytest.raises(ConfigError, match="tls_cert and tls_key"):
+        Config(tls_cert="/c.pem").check_bind({})
+    Config(tls_cert="/c.pem", tls_key="/k.pem").check_bind({})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from .support import auth_headers, serve_env
 
 
 def hostscope_command() -> list[str]:
@@ -28,7 +29,7 @@ async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, str, list
     """Start ``hostscope serve --port 0`` and return it with its URL and log lines."""
     proc = await asyncio.create_subprocess_exec(
         *hostscope_command(), "serve", "--port", "0", "--interval", "0.1", *args,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=asyncio.subprocess.PIPE, env=serve_env(PYTHONUNBUFFERED="1"),
     )
     assert proc.stderr is not None
     lines: list[str] = []
@@ -53,7 +54,7 @@ async def test_signal_closes_websockets_with_1001_and_exits(sig: signal.Signals)
     proc, url, lines = await start_serve()
     try:
         ws_url = url.replace("http://", "ws://") + "api/v1/stream"
-        async with connect(ws_url) as ws:
+        async with connect(ws_url, additional_headers=auth_headers()) as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
             await ws.send(json.dumps({"type": "subscribe", "names": ["kernel.all.load"]}))
             assert json.loads(await ws.recv())["type"] == "meta"

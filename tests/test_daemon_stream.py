@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import socket
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostscope.daemon.app import create_app
@@ -26,7 +28,12 @@ from hostscope.metrics.history import History
 from hostscope.metrics.sampler import Sampler, SystemClock
 from hostscope.metrics.sources import Roots
 
+from .support import auth_config, auth_headers
+
 INTERVAL = 0.1
+#: Every websocket here authenticates (tests/support.py); test_daemon_auth.py covers
+#: the other ways and the refusals.
+connect = functools.partial(ws_connect, additional_headers=auth_headers())
 
 
 class SteppingClock:
@@ -86,7 +93,7 @@ async def run_daemon(
 
 @pytest.fixture
 async def daemon() -> AsyncIterator[Daemon]:
-    runner, d = await run_daemon(Config(interval=INTERVAL))
+    runner, d = await run_daemon(auth_config(interval=INTERVAL))
     yield d
     await runner.cleanup()
 
@@ -187,7 +194,7 @@ async def test_subscribe_backfill_then_live(daemon: Daemon) -> None:
 async def test_large_backfill_is_chunked(tmp_path: object) -> None:
     del tmp_path
     sampler = prefilled_sampler(1300, INTERVAL)
-    runner, daemon = await run_daemon(Config(interval=INTERVAL), sampler)
+    runner, daemon = await run_daemon(auth_config(interval=INTERVAL), sampler)
     try:
         async with connect(daemon.url, max_size=None) as ws:
             await hello(ws)
@@ -449,7 +456,7 @@ async def expect_1013(slow: ClientConnection) -> None:
 
 async def test_slow_client_dropped_fast_client_on_schedule() -> None:
     interval = 0.05
-    runner, daemon = await run_daemon(Config(interval=interval, client_queue=8))
+    runner, daemon = await run_daemon(auth_config(interval=interval, client_queue=8))
     hub = daemon.app[HUB]
     try:
         async with connect(daemon.url) as fast:
@@ -486,7 +493,7 @@ async def test_client_too_slow_for_its_backfill_is_dropped(
     monkeypatch.setattr("hostscope.daemon.stream.BACKFILL_SEND_TIMEOUT_S", 0.5)
     interval = 0.05
     sampler = prefilled_sampler(1200, interval)
-    runner, daemon = await run_daemon(Config(interval=interval, client_queue=8), sampler)
+    runner, daemon = await run_daemon(auth_config(interval=interval, client_queue=8), sampler)
     hub = daemon.app[HUB]
     try:
         async with connect(daemon.url) as fast:

@@ -33,6 +33,8 @@ import pytest
 
 from hostscope.bpfmods.histogram import BUCKET_NAMES, percentiles
 
+from .support import auth_headers, serve_env
+
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND = ROOT / "frontend"
 STATIC_INDEX = ROOT / "daemon" / "static" / "index.html"
@@ -69,7 +71,7 @@ def daemon() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
         _serve_cmd(str(port)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
+        text=True, env=serve_env(),
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -100,7 +102,7 @@ def daemon() -> Iterator[str]:
 
 def _e2e_env(daemon: str, **extra: str) -> dict[str, str]:
     return {
-        **os.environ,
+        **serve_env(),  # HOSTSCOPE_TOKEN: the e2e tests sign in with it (support.mjs)
         "HOSTSCOPE_URL": daemon,
         "HOSTSCOPE_SERVE_CMD": json.dumps(_serve_cmd("{port}")),
         "HOSTSCOPE_CHROMIUM": str(CHROMIUM),
@@ -133,7 +135,8 @@ def _bpf_unready(daemon: str) -> str | None:
     if importlib.util.find_spec("bcc") is None:
         return ("bcc is not importable (bpfmods/install-deps.sh installs it; ./dev test "
                 "runs it as root)")
-    with urllib.request.urlopen(f"{daemon}/api/v1/bpf", timeout=30) as resp:
+    request = urllib.request.Request(f"{daemon}/api/v1/bpf", headers=auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as resp:
         runq = next((m for m in json.load(resp)["modules"] if m["name"] == "runqlat"), None)
     if runq is None or not runq["available"]:
         why = runq["reason"] if runq else "no runqlat module"

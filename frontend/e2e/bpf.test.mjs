@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { after, before, describe, it } from 'node:test'
-import { BASE, launch } from './support.mjs'
+import { AUTH, BASE, launch } from './support.mjs'
 
 const CI = process.env.CI === 'true'
 const skip = !BASE
@@ -15,7 +15,7 @@ const skip = !BASE
 const RUNQ = 'Run queue latency (heat map)'
 
 async function modules() {
-  const r = await fetch(`${BASE}/api/v1/bpf`)
+  const r = await fetch(`${BASE}/api/v1/bpf`, { headers: AUTH })
   assert.equal(r.status, 200, `GET /api/v1/bpf answered ${r.status}`)
   return (await r.json()).modules
 }

@@ -3,7 +3,7 @@
 //   HOSTSCOPE_URL=http://127.0.0.1:7470 npm run e2e
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { BASE, SERVE, freePort, launch, legendValue, shot, startDaemon } from './support.mjs'
+import { AUTH, BASE, SERVE, TOKEN, freePort, launch, legendValue, shot, signIn, startDaemon } from './support.mjs'
 
 const skip = BASE ? false : 'HOSTSCOPE_URL is not set (run through tests/test_dashboard_e2e.py)'
 
@@ -137,7 +137,7 @@ describe('dashboard', { skip }, () => {
   })
 
   it('scopes the process table to one container', async () => {
-    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`)).json()).processes
+    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`, { headers: AUTH })).json()).processes
     const container = procs.map((p) => p.container).find((c) => c)
     if (!container) return // no process in any container on this host
     const page = await browser.page()
@@ -153,9 +153,9 @@ describe('dashboard', { skip }, () => {
   it('offers the cgroup names as container filters, and the process table follows one', async () => {
     // The cgroup charts name a container by its cgroup ("/process_api") while its
     // processes may sit deeper ("/process_api/<id>"): the daemon matches below the name.
-    const fetched = await (await fetch(`${BASE}/api/v1/fetch?names=cgroup.container.name`)).json()
+    const fetched = await (await fetch(`${BASE}/api/v1/fetch?names=cgroup.container.name`, { headers: AUTH })).json()
     const names = (fetched.values[0]?.instances ?? []).map((i) => i.value).filter((v) => v)
-    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`)).json()).processes
+    const procs = (await (await fetch(`${BASE}/api/v1/processes?limit=1000`, { headers: AUTH })).json()).processes
     const within = (c, n) => c === n || c.startsWith(n.replace(/\/$/, '') + '/')
     const name = names.find((n) => procs.some((p) => within(p.container, n)))
     if (!name) return // no container with processes on this host
@@ -204,11 +204,11 @@ describe('dashboard', { skip }, () => {
   })
 
   it('serves a static SVG of a panel', async () => {
-    const r = await fetch(`${BASE}/api/v1/render/cpu.util.svg?seconds=60`)
+    const r = await fetch(`${BASE}/api/v1/render/cpu.util.svg?seconds=60`, { headers: AUTH })
     assert.equal(r.status, 200)
     assert.match(r.headers.get('content-type'), /image\/svg\+xml/)
     assert.match(await r.text(), /<svg[^>]*>[\s\S]*CPU utilisation/)
-    const bad = await fetch(`${BASE}/api/v1/render/nope.svg`)
+    const bad = await fetch(`${BASE}/api/v1/render/nope.svg`, { headers: AUTH })
     assert.equal(bad.status, 404)
     assert.equal((await bad.json()).error.code, 'not_found')
   })
@@ -231,6 +231,7 @@ describe('reconnect', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD is n
     const browser = await launch()
     try {
       const page = await browser.page()
+      await signIn(page, daemon.base)
       await page.goto(`${daemon.base}/?panels=cpu.util`)
       await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
       await page.waitForFunction(() => document.querySelector('.hostchip')?.textContent?.includes('live'))
@@ -260,6 +261,9 @@ describe('several hosts', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD 
     try {
       const page = await browser.page()
       const dead = await freePort()
+      await signIn(page, a.base)
+      // Another daemon's token, as the dashboard keeps it after asking (per tab).
+      await page.evaluate(([origin, token]) => sessionStorage.setItem(`hostscope.token:${origin}`, token), [b.base, TOKEN])
       await page.goto(`${a.base}/?panels=cpu.util,mem.util,cpu.load&hosts=self,127.0.0.1:${pb},127.0.0.1:${dead}`)
       await page.waitForFunction(() => document.querySelectorAll('section[aria-label="CPU utilisation"] canvas').length >= 2, null, { timeout: 15000 })
       const chips = page.locator('.hostchip')

@@ -13,6 +13,15 @@ export const CHROMIUM = process.env.HOSTSCOPE_CHROMIUM ?? '/usr/bin/chromium'
 /** JSON array: the command that starts a daemon; `{port}` is replaced by a free port. */
 export const SERVE = process.env.HOSTSCOPE_SERVE_CMD ? JSON.parse(process.env.HOSTSCOPE_SERVE_CMD) : null
 export const SHOTS = process.env.HOSTSCOPE_SCREENSHOTS ?? ''
+/** The operator token every daemon of the run accepts (HOSTSCOPE_TOKEN, docs/security.md). */
+export const TOKEN = process.env.HOSTSCOPE_TOKEN ?? ''
+export const AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {}
+
+/** Open `base`'s token URL in `page`: the daemon sets its cookie (one per port) and
+ * redirects to the bare address, as for a person opening the URL `hostscope serve` printed. */
+export async function signIn(page, base = BASE) {
+  await page.goto(`${base}/?token=${encodeURIComponent(TOKEN)}`)
+}
 
 export const ARGS = [
   '--headless',
@@ -42,6 +51,7 @@ export async function launch(viewport = { width: 1400, height: 900 }, extraArgs 
     async page() {
       const p = context.pages()[0] ?? (await context.newPage())
       p.on('pageerror', (e) => errors.push(e.message))
+      if (BASE && TOKEN) await signIn(p)
       return p
     },
     async close() {

@@ -46,6 +46,41 @@ export function unreachableMessage(base: string): string {
     : `Cannot reach ${where}. If a hostscope daemon is running there, the two daemons must trust each other: add "${location.origin}" to the allowed_origins of the daemon at ${where}, and "${originOf(base)}" to the allowed_origins of the daemon serving this page (which lets this page connect to it).`
 }
 
+/**
+ * Tokens per daemon, in sessionStorage: this tab only, gone when it closes, never on disk
+ * for other pages of the origin to find later (localStorage would keep an operator token
+ * forever). The page's own daemon usually needs none: the `/?token=` link set an HttpOnly
+ * cookie, which scripts cannot read at all. Other daemons get the token as a Bearer header
+ * and in the websocket's first message (their cookie is not sent cross-origin).
+ */
+const TOKEN_KEY = 'hostscope.token:'
+
+function tokenKey(base: string): string {
+  return TOKEN_KEY + (base ? originOf(base) : location.origin)
+}
+
+export function tokenFor(base: string): string | null {
+  try {
+    return sessionStorage.getItem(tokenKey(base))
+  } catch {
+    return null
+  }
+}
+
+export function setToken(base: string, token: string | null): void {
+  try {
+    if (token) sessionStorage.setItem(tokenKey(base), token)
+    else sessionStorage.removeItem(tokenKey(base))
+  } catch {
+    /* storage disabled: the token lasts as long as nothing asks for it again */
+  }
+}
+
+export function authHeaders(base: string): Record<string, string> {
+  const token = tokenFor(base)
+  return token ? { Authorization: `Bearer ${token}` } : {}
+}
+
 export async function getJson<T>(base: string, path: string, signal?: AbortSignal): Promise<T> {
   return requestJson<T>(base, path, { signal })
 }
@@ -62,7 +97,7 @@ async function requestJson<T>(base: string, path: string, init: RequestInit, jso
   const headers: Record<string, string> = { Accept: 'application/json' }
   if (json) headers['Content-Type'] = 'application/json'
   try {
-    res = await fetch(apiUrl(base, path), { ...init, headers })
+    res = await fetch(apiUrl(base, path), { ...init, headers: { ...headers, ...authHeaders(base) } })
   } catch (e) {
     if ((e as Error).name === 'AbortError') throw e
     throw new DaemonError('unreachable', unreachableMessage(base))

@@ -9,7 +9,7 @@
  * gap is backfilled from the daemon's history and merged by timestamp.
  */
 import { shallowRef, type ShallowRef } from 'vue'
-import { getJson, isCrossOrigin, streamUrl, unreachableMessage } from '../lib/api'
+import { getJson, isCrossOrigin, streamUrl, tokenFor, unreachableMessage } from '../lib/api'
 import {
   DaemonError,
   PROTOCOL_VERSION,
@@ -497,6 +497,10 @@ export class HostConnection {
     let opened = false
     ws.onopen = () => {
       opened = true
+      // Authenticate before anything else (docs/security.md); without a stored token
+      // the page's cookie did it at the upgrade.
+      const token = tokenFor(this.base)
+      if (token) ws.send(JSON.stringify({ type: 'auth', token }))
     }
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return
