@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import socket
 import statistics
 import subprocess
@@ -62,6 +63,11 @@ while True:
 """
 
 
+#: The daemon under test accepts this operator token (HOSTSCOPE_TOKEN, docs/security.md).
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def hostscope_command() -> list[str]:
     script = Path(sys.executable).parent / "hostscope"
     return [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
@@ -70,7 +76,7 @@ def hostscope_command() -> list[str]:
 def request(base: str, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read()
@@ -83,7 +89,8 @@ def start_daemon() -> tuple[subprocess.Popen[bytes], str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([*hostscope_command(), "serve", "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.DEVNULL)
+                             "--log-level", "warning"], stdout=subprocess.DEVNULL,
+                            env={**os.environ, "HOSTSCOPE_TOKEN": TOKEN})
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:

@@ -12,6 +12,7 @@ router, so routes added later (auth, profiles) are fuzzed without editing this f
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import json
 import random
@@ -28,10 +29,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
 from hostscope.daemon.app import create_app
 from hostscope.daemon.config import Config, ConfigError, build_config, known_keys
+
+from .support import auth_config, auth_headers
+
+connect = functools.partial(ws_connect, additional_headers=auth_headers())
 
 #: Seconds any one answer may take (a hang or a multi-second stall fails the test).
 ANSWER_LIMIT_S = 5.0
@@ -96,7 +102,9 @@ class Server:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=ANSWER_LIMIT_S * 2)
         started = time.monotonic()
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            # Authenticated as the operator, so the fuzz reaches every handler (the
+            # refusals themselves are test_daemon_auth.py's).
+            conn.request(method, path, body=body, headers={**auth_headers(), **(headers or {})})
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, data, time.monotonic() - started
@@ -116,7 +124,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (static / "index.html").write_text("<!doctype html><title>hostscope</title>")
     (static / "assets").mkdir()
     (static / "assets" / "app-1234.js").write_text("export {}")
-    srv = Server(Config(interval=0.2, bpf=False, static_dir=str(static)))
+    srv = Server(auth_config(interval=0.2, bpf=False, static_dir=str(static)))
     srv.start()
     deadline = time.monotonic() + 10
     while srv.request("GET", "/healthz")[0] != 200 or b"last_tick_age_s\":null" in \

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 
 from hostscope.daemon.app import create_app
-from hostscope.daemon.config import Config
 from hostscope.daemon.keys import PRIVILEGED, PROFILES
 
 from .profile_support import FOLDED_LINE, HOSTILE, SPEEDSCOPE_SCHEMA, check_tree, find
+from .support import auth_config, auth_headers
 
 pytestmark = pytest.mark.root
 IN_CI = os.environ.get("CI") == "true"
@@ -123,12 +123,12 @@ class Server:
 
 async def serve(tmp_path: Path, **config: Any) -> tuple[web.AppRunner, Server,
                                                          aiohttp.ClientSession]:
-    app = create_app(Config(port=0, interval=1.0, static_dir=str(tmp_path), **config))
+    app = create_app(auth_config(port=0, interval=1.0, static_dir=str(tmp_path), **config))
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(headers=auth_headers())
     return runner, Server(app, f"http://127.0.0.1:{runner.addresses[0][1]}", session), session
 
 

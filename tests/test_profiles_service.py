@@ -29,6 +29,7 @@ from hostscope.daemon.privileged import InProcessOps
 from hostscope.daemon.profiles import ProfileService, parse_request, resolve_container
 
 from .profile_support import FOLDED_LINE, HOSTILE, profile_data
+from .support import auth_config, auth_headers
 
 #: Real seconds per requested second of capture.
 SCALE = 0.02
@@ -132,7 +133,7 @@ class Server:
 @pytest.fixture
 async def server(tmp_path: Any) -> AsyncIterator[Server]:
     ops = ScriptedOps()
-    config = Config(interval=0.2, port=0, static_dir=str(tmp_path), profile_queue=2,
+    config = auth_config(interval=0.2, port=0, static_dir=str(tmp_path), profile_queue=2,
                     profile_keep=3)
     app = create_app(config, privileged=ops)
     app[PROFILES].poll_interval_s = 0.02
@@ -140,7 +141,7 @@ async def server(tmp_path: Any) -> AsyncIterator[Server]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers()) as session:
         yield Server(app, f"http://127.0.0.1:{runner.addresses[0][1]}", session, ops)
     await runner.cleanup()
 

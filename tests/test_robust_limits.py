@@ -13,18 +13,27 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostscope.daemon.config import Config, ConfigError, build_config
 from hostscope.daemon.keys import SAMPLER
 from hostscope.daemon.logs import KeyValueFormatter, RepeatFilter
 
-from .test_daemon_stream import INTERVAL, Daemon, hello, recv, recv_type, run_daemon, subscribe
+from .support import auth_config, auth_headers
+from .test_daemon_stream import (
+    INTERVAL,
+    Daemon,
+    connect,
+    hello,
+    recv,
+    recv_type,
+    run_daemon,
+    subscribe,
+)
 
 
 async def started(**limits: object) -> AsyncIterator[Daemon]:
-    runner, daemon = await run_daemon(Config(interval=INTERVAL, **limits))  # type: ignore[arg-type]
+    runner, daemon = await run_daemon(auth_config(interval=INTERVAL, **limits))  # type: ignore[arg-type]
     try:
         yield daemon
     finally:
@@ -39,7 +48,7 @@ async def small() -> AsyncIterator[Daemon]:
 
 
 async def get(daemon: Daemon, path: str) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as session, session.get(
+    async with aiohttp.ClientSession(headers=auth_headers()) as session, session.get(
         f"http://127.0.0.1:{daemon.port}{path}"
     ) as resp:
         return resp.status, await resp.json()
