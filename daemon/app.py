@@ -44,6 +44,7 @@ from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
 from . import api, bpf_api, encode, profiles_api, prom, static, stream
 from .auth import Auth, auth_middleware, build_auth
+from .auth import add_routes as add_auth_routes
 from .config import Config
 from .errors import error_middleware
 from .host import read_host_info
@@ -148,6 +149,7 @@ def create_app(
     install_headers(app, policy)
 
     api.add_routes(app)
+    add_auth_routes(app)
     stream.add_routes(app)
     bpf_api.add_routes(app)
     profiles_api.add_routes(app)

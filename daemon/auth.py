@@ -88,7 +88,7 @@ WS_RATE_LIMITED = 4429
 REQUEST_PRINCIPAL = web.RequestKey("principal", "Principal")
 
 #: Routes an embed token opens, beyond the websocket: what an embedded panel loads.
-_EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics")
+_EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth")
 _RENDER_PREFIX = "/api/v1/render/"
 STREAM_PATH = "/api/v1/stream"
 _SAFE_METHODS = ("GET", "HEAD")
@@ -614,3 +614,49 @@ async def websocket_login(request: web.Request, ws: web.WebSocketResponse,
             await ws.close(code=code, message=reason.encode()[:120])
         return None
     return principal
+
+
+# -- routes ------------------------------------------------------------------------------
+
+#: Default and longest lifetime asked of POST /api/v1/embed-tokens.
+DEFAULT_EMBED_TTL_S = 30 * 86400.0
+
+
+async def embed_token_handler(request: web.Request) -> web.Response:
+    """``POST /api/v1/embed-tokens`` (operator): ``{"scope": [panel ids or metric names],
+    "ttl": seconds}`` -> the token, its expiry and a ready ``/embed`` link."""
+    from .keys import AUTH, CLOCK
+
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) - {"scope", "ttl"}:
+        raise ApiError(400, "bad_parameter",
+                       'the body must be {"scope": ["cpu.util", ...], "ttl": seconds}')
+    scope = body.get("scope")
+    if not isinstance(scope, list) or not all(isinstance(s, str) for s in scope):
+        raise ApiError(400, "bad_parameter", "'scope' must be a list of panel ids or metric "
+                       "names")
+    ttl = body.get("ttl", DEFAULT_EMBED_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise ApiError(400, "bad_parameter", "'ttl' must be a number of seconds")
+    now = request.app[CLOCK].wall()
+    token = request.app[AUTH].signer.mint(scope, float(ttl), now)
+    panels = [s for s in sorted(set(scope)) if s in request.app[AUTH].panel_metrics]
+    link = f"/embed?panels={','.join(panels)}&token={token}" if panels else None
+    return web.json_response({"token": token, "scope": sorted(set(scope)),
+                              "expires": int(now + float(ttl)), "embed_url": link})
+
+
+async def whoami_handler(request: web.Request) -> web.Response:
+    """``GET /api/v1/auth``: the role (and scope) of the credentials sent, so the
+    dashboard can offer operator controls only to operators."""
+    principal = request_principal(request)
+    assert principal is not None  # the middleware let only authenticated requests here
+    return web.json_response(principal_json(principal))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/embed-tokens", embed_token_handler)
+    app.router.add_get("/api/v1/auth", whoami_handler)

@@ -25,11 +25,14 @@ def hostscope_command() -> list[str]:
     return [sys.executable, "-m", "hostscope.daemon"]
 
 
-async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, str, list[str]]:
-    """Start ``hostscope serve --port 0`` and return it with its URL and log lines."""
+async def start_serve(*args: str, env: dict[str, str] | None = None,
+                      ) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """Start ``hostscope serve --port 0`` and return it with its URL and log lines.
+    ``env`` defaults to one accepting the tests' operator token (tests/support.py)."""
     proc = await asyncio.create_subprocess_exec(
         *hostscope_command(), "serve", "--port", "0", "--interval", "0.1", *args,
-        stderr=asyncio.subprocess.PIPE, env=serve_env(PYTHONUNBUFFERED="1"),
+        stderr=asyncio.subprocess.PIPE,
+        env={**(serve_env() if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stderr is not None
     lines: list[str] = []

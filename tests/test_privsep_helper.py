@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect
 from hostscope.daemon import caps
 from hostscope.daemon.helper_client import HelperOps, HelperSettings, HelperUnavailableError
 from hostscope.metrics.sources import Roots
+from tests.support import auth_headers
 from tests.test_bpf_manager import assert_unloaded, require_bpf, system_prog_ids
 from tests.test_daemon_shutdown import read_rest, start_serve
 
@@ -242,14 +243,14 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
     require_bpf()
     proc, url, lines = await start_serve("--process-interval", "0.5")
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
             host = await _host(session, url)
             helper = host["helper"]
             assert helper["state"] == "running" and helper["restarts"] == 0
             spawner = [p for p in children_of(proc.pid) if p != helper["pid"]]
             assert len(spawner) == 1 and children_of(spawner[0]) == [helper["pid"]]
             ws_url = url.replace("http://", "ws://") + "api/v1/stream"
-            async with connect(ws_url) as ws:
+            async with connect(ws_url, additional_headers=auth_headers()) as ws:
                 assert json.loads(await ws.recv())["type"] == "hello"
                 await ws.send(json.dumps({"type": "bpf", "name": "runqlat", "enabled": True}))
                 while True:
@@ -315,7 +316,7 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
 async def test_no_privsep_keeps_privileged_work_in_the_daemon() -> None:
     proc, url, lines = await start_serve("--no-privsep")
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
             host = await _host(session, url)
         assert host["helper"] is None
         assert children_of(proc.pid) == []
