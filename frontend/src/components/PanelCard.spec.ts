@@ -31,9 +31,12 @@ describe('PanelCard states', () => {
     expect(w.text()).toContain('Not available: kernel built without CONFIG_PSI.')
   })
 
-  it('shows flame graph panels as coming soon or unavailable, as the daemon reports', () => {
-    expect(mountCard('flame.cpu', conn([], { perf: { available: true } })).text()).toContain('Coming soon')
-    expect(mountCard('flame.cpu', conn([], { perf: { available: false, reason: 'perf_event_paranoid is 4' } })).text()).toContain(
+  it('links CPU flame graph panels to their page; others are coming soon or unavailable, as the daemon reports', () => {
+    const cpu = mountCard('flame.cpu', conn([], { perf: { available: true } }))
+    expect(cpu.text()).toContain('Flame graphs have their own page')
+    expect(cpu.find('a').attributes('href')).toBe('#/profiles?new=cpu')
+    expect(mountCard('flame.pagefault', conn([], { perf: { available: true } })).text()).toContain('Coming soon')
+    expect(mountCard('flame.pagefault', conn([], { perf: { available: false, reason: 'perf_event_paranoid is 4' } })).text()).toContain(
       'Not available on this daemon: perf_event_paranoid is 4.',
     )
   })
