@@ -113,7 +113,14 @@ export interface PongMsg {
   id: unknown
 }
 
-export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg | BpfMsg
+/** The daemon's privileged helper exited or was restarted (docs/privilege.md). */
+export interface NoticeMsg {
+  type: 'notice'
+  code: string
+  message: string
+}
+
+export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg | BpfMsg | NoticeMsg
 
 export interface SubscribeMsg {
   type: 'subscribe'
@@ -197,6 +204,10 @@ export function parseServerMsg(text: string): ServerMsg | null {
     case 'error':
     case 'pong':
       return msg as ServerMsg
+    case 'notice': {
+      const nm = msg as NoticeMsg
+      return typeof nm.code === 'string' && typeof nm.message === 'string' ? nm : null
+    }
     case 'meta': {
       const mm = msg as MetaMsg
       return Array.isArray(mm.series) && mm.metrics && typeof mm.metrics === 'object' ? mm : null

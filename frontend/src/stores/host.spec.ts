@@ -69,6 +69,23 @@ describe('HostConnection with recorded daemon messages', () => {
     expect(conn.absence('kernel.all.load')).toBeNull()
   })
 
+  it('shows a notice the daemon sends (its privileged helper restarted) once', async () => {
+    const { conn, ws } = await connected()
+    const notice = {
+      type: 'notice',
+      code: 'helper_restarted',
+      message: 'The privileged helper was restarted (restart 1). BPF modules enabled again: runqlat.',
+      helper: { state: 'running', pid: 42, restarts: 1, last_restart: 1, error: null },
+      reenabled: ['runqlat'],
+      dropped: [],
+    }
+    ws.deliver(notice)
+    ws.deliver(notice)
+    ws.deliver({ type: 'notice', code: 42 })
+    await flush()
+    expect(conn.notices.value.map((n) => [n.code, n.message])).toEqual([['helper_restarted', notice.message]])
+  })
+
   it('learns names the daemon refuses and subscribes the rest again', async () => {
     const { conn, ws } = await connected()
     conn.catalogue.value = null // as when REST is refused cross-origin

@@ -584,6 +584,8 @@ export class HostConnection {
         return this.onError(msg)
       case 'bpf':
         return this.onBpf(msg)
+      case 'notice':
+        return this.notice(msg.code, msg.message)
       default:
         return
     }
