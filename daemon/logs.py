@@ -77,7 +77,9 @@ class JsonFormatter(logging.Formatter):
 class RepeatFilter(logging.Filter):
     """At most ``burst`` records of one event per ``window_s``; the rest are counted.
 
-    An event is (logger, level, message template): clients can provoke some of them
+    An event is (logger, level, first line of the message template; asyncio puts the
+    task's repr after the first line of its "Task exception was never retrieved"
+    messages): clients can provoke some of them
     (``bad websocket message``, ``client dropped``) as fast as they can send, and a
     log that grows by megabytes a minute hides everything else and fills the disk.
     The first record of an event after a suppressed stretch carries
@@ -99,7 +101,10 @@ class RepeatFilter(logging.Filter):
         self._events: dict[tuple[str, int, object], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, record.msg)
+        msg = record.msg
+        if isinstance(msg, str) and "\n" in msg:
+            msg = msg.split("\n", 1)[0]
+        key = (record.name, record.levelno, msg)
         now = self.clock()
         state = self._events.get(key)
         if state is None:

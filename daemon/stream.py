@@ -70,6 +70,9 @@ class _Connection:
         )
         self.hub: Hub = request.app[HUB]
         self.writer: asyncio.Task[None] | None = None
+        #: True while the writer is inside ``send_frame`` (see :meth:`stop_writer`).
+        self.sending = False
+        self.stopping = False
         self.closer: asyncio.Task[None] | None = None
         #: Holder of the BPF modules this connection enables.
         self.user_id = f"ws:{next(request.app[CONNECTION_IDS])}"
@@ -82,11 +85,28 @@ class _Connection:
         queue = self.client.queue
         ws = self.ws
         try:
-            while True:
+            while not self.stopping:
                 frame = await queue.get()
-                await ws.send_frame(frame, WSMsgType.TEXT)
+                self.sending = True
+                try:
+                    await ws.send_frame(frame, WSMsgType.TEXT)
+                finally:
+                    self.sending = False
         except ConnectionError:
             pass  # the peer went away; the reader notices and cleans up
+
+    def stop_writer(self) -> None:
+        """Stop the writer, cancelling it only between frames.
+
+        aiohttp compresses a frame over 16 KiB in a shielded task of its own; cancelling
+        the writer inside ``send_frame`` leaves that task to fail alone when the peer is
+        gone, and asyncio logs "Task exception was never retrieved" at error level, one
+        traceback per disconnect (a connect/disconnect storm made thousands). Inside a
+        send the writer instead ends when the send returns or fails.
+        """
+        self.stopping = True
+        if self.writer is not None and not self.sending:
+            self.writer.cancel()
 
     def send(self, message: dict[str, Any]) -> None:
         self.client.offer(encode.dumps(message).encode())
@@ -130,8 +150,7 @@ class _Connection:
         resumes reading gets everything and then the close code; one that never reads
         is aborted after :data:`ABORT_AFTER_S` so it cannot pin buffers forever.
         """
-        if self.writer is not None:
-            self.writer.cancel()
+        self.stop_writer()
         with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
             await asyncio.wait_for(
                 self.ws.close(code=code, message=reason, drain=False), CLOSE_TIMEOUT_S
@@ -410,7 +429,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     conn = _Connection(request, ws, peer, principal)
     client = conn.client
     hub.register(client)
-    writer = conn.writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer {peer}")
+    conn.writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer {peer}")
     host = app.get(HOST)
     conn.send({
         "type": "hello",
@@ -430,7 +449,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
                 conn.error("bad_message", "binary messages are not part of the protocol")
     finally:
         hub.unregister(client)
-        writer.cancel()
+        conn.stop_writer()
         log.info(
             "client disconnected",
             extra={"client": peer, "code": ws.close_code, "dropped": conn.closer is not None},

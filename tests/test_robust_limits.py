@@ -223,3 +223,54 @@ async def test_a_garbage_sender_cannot_flood_the_log(small: Daemon) -> None:
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+# -- connect/disconnect storms ------------------------------------------------------------
+
+
+async def test_disconnecting_mid_backfill_logs_no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that leave while big (compressed in aiohttp's own shielded task) backfill
+    frames are being sent: nothing is logged at error level. Cancelling the writer inside
+    ``send_frame`` used to leave that task's exception unretrieved: one asyncio traceback
+    per disconnect, thousands in a connect/disconnect storm."""
+    import gc
+
+    from .test_daemon_stream import prefilled_sampler
+
+    sampler = prefilled_sampler(600, INTERVAL)
+    runner, daemon = await run_daemon(Config(interval=INTERVAL), sampler)
+    caplog.set_level(logging.WARNING)
+    try:
+        for i in range(40):
+            async with connect(daemon.url, max_size=None) as ws:
+                await subscribe(ws, names=["kernel", "mem"], backfill=3600)
+                if i % 2:
+                    await asyncio.sleep(0.01 * (i % 5))  # leave at different points
+        async with connect(daemon.url) as ws:  # the daemon still serves
+            await hello(ws)
+            await subscribe(ws, names=["kernel.all.load"], backfill=0)
+            assert (await recv_type(ws, "samples"))["backfill"] is False
+        await asyncio.sleep(0.5)
+        gc.collect()  # unretrieved task exceptions are reported when collected
+        await asyncio.sleep(0.1)
+    finally:
+        await runner.cleanup()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage()[:200] for r in errors]
+
+
+def test_repeat_filter_keys_multiline_messages_by_their_first_line() -> None:
+    """asyncio formats the task into its message ("Task exception was never retrieved\\n
+    future: <Task ... name='Task-38' ...>"), so each message differs after line one."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RepeatFilter(2))
+    log = logging.getLogger("hostscope.test.multiline")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        for i in range(50):
+            log.error(f"Task exception was never retrieved\nfuture: <Task name='Task-{i}'>")
+        assert stream.getvalue().count("never retrieved") == 2
+    finally:
+        log.removeHandler(handler)
