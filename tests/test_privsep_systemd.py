@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from hostscope.daemon import caps
+from tests.support import auth_headers, serve_env
 from tests.test_bpf_manager import assert_unloaded, require_bpf
 from tests.test_daemon_shutdown import read_rest
 from tests.test_privsep_helper import children_of, gone, prog_ids_of, status_of
@@ -87,7 +88,7 @@ async def test_serve_as_the_units_credentials_runs_bpf_with_a_capability_free_da
         f"--inh-caps=-all,{five}", f"--ambient-caps=-all,{five}",
         f"--bounding-set=-all,{five}", "--no-new-privs",
         str(script), "serve", "--port", "0", "--interval", "0.2",
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stderr=asyncio.subprocess.PIPE, env=serve_env(PYTHONUNBUFFERED="1"))
     lines: list[str] = []
     try:
         assert proc.stderr is not None
@@ -98,7 +99,7 @@ async def test_serve_as_the_units_credentials_runs_bpf_with_a_capability_free_da
             lines.append(line)
             if "msg=listening" in line:
                 url = line.split("url=")[1].split()[0]
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
             async with session.post(url + "api/v1/bpf/runqlat", json={"enabled": True}) as r:
                 body = await r.json()
                 assert r.status == 200 and body["state"] == "on", body
