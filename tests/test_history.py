@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostscope.metrics.history import History
 
@@ -155,3 +157,70 @@ def test_coarse_means_skip_missing_points_and_span_the_ring_wrap() -> None:
     # minutes 1 and 2 were read back across the wrap of the 90-point fine ring
     assert coarse.series[("m.a", "")] == [29.5, 89.5, 164.5]
     assert coarse.series[("m.b", "")] == [1.0, None, 1.0]
+
+
+# --- the planned path (same layout as last time) against the value-by-value path ----
+
+_INSTANCES = ("a", "b", "c")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(
+    st.tuples(
+        st.sets(st.sampled_from(_INSTANCES), min_size=1),  # instances present
+        st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, width=32)), min_size=3,
+                 max_size=3),
+        st.booleans(),  # whether the collection repeats the previous one's layout
+    ),
+    min_size=1, max_size=40,
+))
+def test_planned_appends_store_what_value_by_value_appends_store(
+    ticks: list[tuple[set[str], list[float | None], bool]],
+) -> None:
+    planned = History(retention_s=8, coarse_retention_s=0)
+    one_by_one = History(retention_s=8, coarse_retention_s=0)
+    for h in (planned, one_by_one):
+        h.add_group("g", 1.0)
+    one_by_one._plan = lambda *args: None  # type: ignore[method-assign]  # never plan
+    layout: set[str] = {"a"}
+    for t, (present, values, repeat) in enumerate(ticks):
+        if not repeat:
+            layout = present
+        collection = {
+            "m.x": {inst: values[i] for i, inst in enumerate(_INSTANCES) if inst in layout},
+            "m.y": {"": values[0]},
+        }
+        planned.append("g", float(t), collection)
+        one_by_one.append("g", float(t), collection)
+    got_slices = planned.query(["m.x", "m.y"], 3600)
+    want_slices = one_by_one.query(["m.x", "m.y"], 3600)
+    if not want_slices:  # no value ever: value by value keeps no series at all
+        assert all(v is None for sl in got_slices for vs in sl.series.values() for v in vs)
+        return
+    [got], [want] = got_slices, want_slices
+    assert got.timestamps == want.timestamps
+    for key, series in want.series.items():
+        assert _same(got.series[key], series), key
+    for key in set(got.series) - set(want.series):
+        # an instance whose every value was None (or long gone) has an all-None series
+        assert all(v is None for v in got.series[key]), key
+
+
+def _same(a: list[float | None], b: list[float | None]) -> bool:
+    return len(a) == len(b) and all(x == y for x, y in zip(a, b, strict=True))
+
+
+def test_plan_is_used_for_repeated_layouts_and_dropped_when_series_change() -> None:
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {"x": 1.0, "y": None}})  # y gets an all-NaN series
+    group = h._groups["g"]
+    assert group.plan is not None and len(group.plan.rings) == 2
+    h.append("g", 1.0, {"m.a": {"x": 2.0, "y": 5.0}})
+    assert group.planned_at == 2
+    h.append("g", 2.0, {"m.a": {"x": 3.0, "z": 1.0}})  # a new layout: value by value
+    assert group.planned_at == 2
+    [sl] = h.query(["m.a"], 60)
+    assert sl.series[("m.a", "x")] == [1.0, 2.0, 3.0]
+    assert sl.series[("m.a", "y")] == [None, 5.0, None]
+    assert sl.series[("m.a", "z")] == [None, None, 1.0]
