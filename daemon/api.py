@@ -203,6 +203,10 @@ async def host_handler(request: web.Request) -> web.Response:
         # The privileged helper (docs/privilege.md); null when privsep is off.
         "helper": app[PRIVILEGED].helper_info(),
         "collectors": [status.to_json() for status in sampler.status.values()],
+        # which metrics are stale, since when and why (docs/metrics.md)
+        "stale": {name: {**status.stale_json(),
+                         "metrics": sorted(m for m, g in sampler.metric_group.items() if g == name)}
+                  for name, status in sampler.stale().items()},
         "sampling": {
             "ticks": ticker.ticks,
             "skipped": ticker.skipped,

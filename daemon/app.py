@@ -113,6 +113,7 @@ def create_app(
             interval_s=config.interval,
             clock=clock,
             history=History(retention_s=config.history, max_series=config.history_series),
+            self_metrics=True,
         )
     policy = SecurityPolicy.build(
         bind_host=config.host,
@@ -134,7 +135,8 @@ def create_app(
     app[CLOCK] = clock
     app[SAMPLER] = sampler
     app[HUB] = hub
-    app[TICKER] = Ticker(sampler, hub.publish, clock=clock)
+    app[TICKER] = Ticker(sampler, hub.publish, clock=clock,
+                         timeout_s=config.collector_timeout or None)
     app[SECURITY] = policy
     app[AUTH] = auth
     app[DETACHERS] = detachers
@@ -246,6 +248,7 @@ async def _sampling(app: web.Application) -> AsyncIterator[None]:
             await task
         # Joins a collection still running in the thread (bounded by one collect).
         await loop.run_in_executor(None, executor.shutdown)
+        ticker.close()
         try:
             sampler.close()
         except Exception:

@@ -50,6 +50,9 @@ class Config:
     history: float = 3600.0
     #: Cadence of the (expensive) per-process collector, in seconds.
     process_interval: float = 2.0
+    #: Seconds a collector call may take before it is abandoned and its metrics shown
+    #: stale (docs/metrics.md); 0 = twice the interval, at least 2 s.
+    collector_timeout: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
     proc_root: str = "/proc"
@@ -158,6 +161,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "interval": (0.01, 60.0, False),
     "history": (0.0, 86400.0, True),
     "process_interval": (0.0, 3600.0, True),
+    "collector_timeout": (0.0, 3600.0, False),
     "client_queue": (1, 100000, False),
     "shutdown_timeout": (0.0, 60.0, False),
     "max_clients": (1, 1_000_000, False),

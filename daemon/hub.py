@@ -85,6 +85,8 @@ class Client:
         self.closed = False
         #: The subscription key the hub counts this client under (None: not counted).
         self.counted_key: SubKey | None = None
+        #: The stale metrics last sent to this client (in ``meta`` or ``stale``).
+        self.stale_sent: dict[str, dict[str, object]] = {}
 
     @property
     def sub_key(self) -> SubKey:
@@ -139,6 +141,7 @@ class Hub:
         self._desc_json: dict[str, dict[str, object]] = {}
         self._meta_cache: dict[tuple[object, ...], bytes] = {}
         self._registry_size = len(sampler.registry)
+        self._stale_version = sampler.stale_version
 
     # -- clients and subscriptions --------------------------------------------------
 
@@ -208,6 +211,9 @@ class Hub:
         if len(self.sampler.registry) != self._registry_size:
             self._registry_size = len(self.sampler.registry)
             self._resolve_absent()
+        if self.sampler.stale_version != self._stale_version:
+            self._stale_version = self.sampler.stale_version
+            self._send_stale()
         frames: dict[int, bytes] = {}
         seq = tick.seq
         for client in list(self.clients):
@@ -225,6 +231,16 @@ class Hub:
                 self.stats.frames_encoded += 1
             if client.offer(frame):
                 self.stats.frames_queued += 1
+
+    def _send_stale(self) -> None:
+        """Tell each client whose subscribed metrics became stale or fresh (rare)."""
+        for client in list(self.clients):
+            if client.closed or not client.metrics:
+                continue
+            stale = self.sampler.stale_metrics(client.metrics)
+            if stale != client.stale_sent:
+                client.stale_sent = stale
+                client.offer(encode.dumps({"type": "stale", "stale": stale}).encode())
 
     def close(self) -> None:
         self.closed = True
@@ -376,8 +392,11 @@ class Hub:
     def meta_frame(self, client: Client) -> bytes:
         layout = client.layout
         layout_id = layout.id if layout is not None else 0
-        key = (layout_id, client.every, client.metrics, client.absent)
+        key = (layout_id, client.every, client.metrics, client.absent,
+               self.sampler.stale_version)
         frame = self._meta_cache.get(key)
+        stale = self.sampler.stale_metrics(client.metrics)
+        client.stale_sent = stale
         if frame is None:
             message = {
                 "type": "meta",
@@ -386,6 +405,7 @@ class Hub:
                 "series": layout.series() if layout is not None else [],
                 "metrics": {name: self.describe(name) for name in client.metrics},
                 "absent": list(client.absent),
+                "stale": stale,
             }
             frame = self._meta_cache[key] = encode.dumps(message).encode()
         return frame

@@ -9,6 +9,12 @@ Slots are scheduled at ``start + n * interval`` on the monotonic clock rather th
 into drift (a 1 s dashboard must not slowly become a 1.01 s one). A tick that overruns
 its slot does not cause a burst of catch-up ticks: the missed slots are skipped and
 counted in :attr:`Ticker.skipped`, which ``/api/v1/host`` and ``/metrics`` report.
+
+Collections run on a :class:`~hostscope.metrics.watchdog.CollectWorker` thread: a
+collector call that overruns ``timeout_s`` (default twice the interval, at least 2 s) is abandoned,
+that collector is shown stale and skipped until its call returns, and the tick is
+finished on a fresh thread, so one hung collector delays one tick by at most the
+timeout and never stops sampling.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from hostscope.metrics.sampler import Clock, Sampler, Tick
+from hostscope.metrics.watchdog import CollectWorker
 
 log = logging.getLogger("hostscope.daemon")
 
@@ -28,6 +35,16 @@ def next_slot(start: float, interval: float, after: float) -> tuple[float, int]:
     ``n >= 1`` that is later than ``after``. ``n - 1`` slots were missed."""
     n = max(1, int((after - start) // interval) + 1)
     return start + n * interval, n
+
+
+#: The shortest default collector timeout: a tick of a fast interval (tests, 0.1 s
+#: dashboards) must not abandon a process walk that a loaded host slows to 200 ms.
+MIN_DEFAULT_TIMEOUT_S = 2.0
+
+
+def default_timeout(sampler: Sampler) -> float:
+    """Twice the sampling interval, at least :data:`MIN_DEFAULT_TIMEOUT_S`."""
+    return max(2 * sampler.interval_s, MIN_DEFAULT_TIMEOUT_S)
 
 
 class Ticker:
@@ -40,24 +57,37 @@ class Ticker:
         *,
         clock: Clock,
         executor: Executor | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.sampler = sampler
         self.on_tick = on_tick
         self.clock = clock
+        #: Kept for callers that set it; collections run on :attr:`worker`'s thread.
         self.executor = executor
+        self.worker = CollectWorker(sampler, timeout_s=timeout_s or default_timeout(sampler))
         self.ticks = 0
         self.skipped = 0
         self.last_duration_s = 0.0
         self.last_tick_mono: float | None = None
 
+    async def _collect(self) -> Tick:
+        """One tick from the worker, never waiting on a hung collector past the timeout."""
+        future = asyncio.wrap_future(self.worker.submit())
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=self.worker.wait_s())
+            if done:
+                return future.result()
+            fresh = self.worker.take_over()
+            if fresh is not None:
+                future = asyncio.wrap_future(fresh)
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.sampler.interval_s
         due = self.clock.mono()
         while True:
             started = self.clock.mono()
             try:
-                tick = await loop.run_in_executor(self.executor, self.sampler.collect)
+                tick = await self._collect()
                 self.sampler.publish(tick)
                 self.on_tick(tick)
             except Exception:
@@ -77,3 +107,7 @@ class Ticker:
                 )
             due = slot
             await asyncio.sleep(max(0.0, due - self.clock.mono()))
+
+    def close(self) -> None:
+        """Let the worker thread exit (a stuck one exits when its call returns)."""
+        self.worker.close()

@@ -59,4 +59,5 @@ def build_sampler(
         interval_s=interval_s,
         clock=clock,
         history=history,
+        self_metrics=True,
     )

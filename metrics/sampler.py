@@ -9,12 +9,20 @@ never grows with the number of viewers.
 
 Fault isolation: a collector that raises is counted and marked stale in
 :class:`CollectorStatus` while the others keep going; its metrics simply have no new
-values that tick.
+values that tick. A collector that hangs cannot be interrupted (a thread cannot be
+killed), so it is abandoned instead: whoever waits for :meth:`Sampler.collect` (the
+daemon's ticker, :class:`~hostscope.metrics.watchdog.CollectWorker`) sees through
+:meth:`Sampler.overdue_in` that the running call has overrun its timeout, calls
+:meth:`Sampler.abandon`, and finishes the tick on a fresh thread with
+:meth:`Sampler.resume`. The collector is counted as timed out, shown stale and skipped
+until its stuck call returns; the stuck thread then drops that call's result and exits.
+The normal path pays for this with two attribute stores per collector.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,16 +54,34 @@ class SystemClock:
         return time.monotonic()
 
 
+#: Why a collector is stale: its last call raised, or overran its timeout.
+STALE_ERROR = "error"
+STALE_TIMEOUT = "timeout"
+
+
 @dataclass(slots=True)
 class CollectorStatus:
+    """Health of one collector, as ``/api/v1/host``, the stream and self-metrics show it.
+
+    ``stale`` is set when a collection fails (``stale_reason`` "error") or times out
+    ("timeout") and cleared by the next successful one; ``stale_since`` is the wall
+    time of the first failure of the current stale spell (the time its metrics last
+    had fresh values is ``last_ok_wall``). ``hung`` is true while an abandoned call
+    has not returned (the collector is skipped meanwhile).
+    """
+
     name: str
     interval_s: float
     collections: int = 0
     errors: int = 0
+    timeouts: int = 0
     last_error: str | None = None
     last_ok_wall: float | None = None
     last_duration_s: float = 0.0
     stale: bool = False
+    stale_since: float | None = None
+    stale_reason: str | None = None
+    hung: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -63,11 +89,20 @@ class CollectorStatus:
             "interval_s": self.interval_s,
             "collections": self.collections,
             "errors": self.errors,
+            "timeouts": self.timeouts,
             "last_error": self.last_error,
             "last_ok": self.last_ok_wall,
             "last_duration_ms": round(self.last_duration_s * 1000, 3),
             "stale": self.stale,
+            "stale_since": self.stale_since,
+            "stale_reason": self.stale_reason,
+            "hung": self.hung,
         }
+
+    def stale_json(self) -> dict[str, object]:
+        """What a client shows on a stale metric's chart (see docs/protocol.md)."""
+        return {"collector": self.name, "reason": self.stale_reason,
+                "since": self.stale_since, "message": self.last_error}
 
 
 @dataclass(slots=True)
@@ -94,6 +129,20 @@ class Tick:
         for sample in self.groups.values():
             merged.update(sample.cooked)
         return merged
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """A tick being collected: its due collectors and how far the collection got.
+
+    ``index`` is advanced before each collector runs, so after :meth:`Sampler.abandon`
+    a fresh thread resumes with the collector after the hung one.
+    """
+
+    tick: Tick
+    due: list[Collector]
+    generation: int
+    index: int = 0
 
 
 class Published(Mapping[str, Mapping[str, V]]):
@@ -173,7 +222,11 @@ class Sampler:
         interval_s: float = 1.0,
         clock: Clock | None = None,
         history: History | None = None,
+        self_metrics: bool = False,
     ) -> None:
+        """``self_metrics`` adds the ``hostscope.collector.*`` metrics (errors, timeouts,
+        staleness and duration of every collector) as one more collector, collected
+        last in each tick so that it reports that tick's durations."""
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.interval_s = interval_s
@@ -181,7 +234,23 @@ class Sampler:
         self.clock: Clock = clock or SystemClock()
         self.history = history
         self.collectors = list(collectors)
+        self.status: dict[str, CollectorStatus] = {}
+        if self_metrics:
+            from .collectors.selfmon import SelfCollector  # the collectors import this module
+
+            self.collectors.append(SelfCollector(self.status))
         self._rates = RateConverter()
+        # Isolation of hung collectors (see the module docstring): the call running
+        # now (collector name, perf_counter at its start), the tick being collected,
+        # and a generation bumped by every abandon, by which a stuck thread learns
+        # that its tick was taken over.
+        self._running: tuple[str, float] | None = None
+        self._attempt: _Attempt | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        #: Bumped whenever any collector becomes stale or fresh again (the hub
+        #: re-sends stale state to clients when it changes).
+        self.stale_version = 0
         self._descs: dict[str, dict[str, MetricDesc]] = {}
         self._derivations: dict[str, list[Derivation]] = {}
         self._derived_names: dict[str, frozenset[str]] = {}
@@ -189,7 +258,6 @@ class Sampler:
         self._declared: dict[str, frozenset[str]] = {}
         self._group_time: dict[str, float] = {}
         self._every: dict[str, int] = {}
-        self.status: dict[str, CollectorStatus] = {}
         self.seq = 0
         self.latest_timestamp: float | None = None
         self.metric_group: dict[str, str] = {}
@@ -235,44 +303,166 @@ class Sampler:
         seq = self.seq
         self.seq += 1
         tick = Tick(seq=seq, timestamp=self.clock.wall(), mono=self.clock.mono())
-        for collector in self.collectors:
-            if not force_all and seq % self._every[collector.name]:
-                continue
-            status = self.status[collector.name]
-            start = time.perf_counter()
+        every = self._every
+        due = [c for c in self.collectors if force_all or not seq % every[c.name]]
+        attempt = self._attempt = _Attempt(tick, due, self._generation)
+        return self._run(attempt)
+
+    def resume(self) -> Tick:
+        """Finish the tick whose collection was abandoned (call on a fresh thread).
+
+        Runs the collectors after the hung one; the groups collected before it are
+        already in the tick.
+        """
+        with self._lock:
+            old = self._attempt
+            if old is None:
+                raise RuntimeError("no collection to resume")
+            attempt = self._attempt = _Attempt(old.tick, old.due, self._generation, old.index)
+        return self._run(attempt)
+
+    def overdue_in(self, timeout_s: float) -> float:
+        """Seconds until the collector call running now overruns ``timeout_s``
+        (``timeout_s`` if none is running: check again then)."""
+        running = self._running
+        if running is None:
+            return timeout_s
+        return running[1] + timeout_s - time.perf_counter()
+
+    def abandon(self, timeout_s: float) -> str | None:
+        """Give up on the collector call running now if it has overrun ``timeout_s``.
+
+        Called by whoever waits for :meth:`collect` (another thread). The collector is
+        counted as timed out, marked stale and skipped until its call returns; the
+        thread stuck in it returns as soon as the call does, dropping its result. The
+        caller continues the tick with :meth:`resume` on a fresh thread. Returns the
+        collector's name, or None if nothing was overdue.
+        """
+        with self._lock:
+            running = self._running
+            if running is None:
+                return None
+            name, started = running
+            elapsed = time.perf_counter() - started
+            if elapsed < timeout_s:
+                return None
+            self._running = None
+            self._generation += 1
+            status = self.status[name]
+            status.hung = True
+            status.timeouts += 1
+            status.last_error = f"timed out: no answer after {elapsed:.1f} s"
+            self._mark_stale(status, STALE_TIMEOUT)
+        log.warning("collector timed out",
+                    extra={"collector": name, "timeout_s": timeout_s,
+                           "timeouts": status.timeouts})
+        return name
+
+    def _run(self, attempt: _Attempt) -> Tick:
+        tick = attempt.tick
+        due = attempt.due
+        generation = attempt.generation
+        perf_counter = time.perf_counter
+        while attempt.index < len(due):
+            collector = due[attempt.index]
+            attempt.index += 1
+            name = collector.name
+            status = self.status[name]
+            if status.hung:
+                continue  # its abandoned call has not returned: never run it twice
+            start = perf_counter()
+            self._running = (name, start)
             try:
                 raw = collector.collect()
+            except Exception as exc:  # noqa: BLE001 - isolate any collector failure
+                self._running = None
+                if self._generation != generation:
+                    self._returned(status, start)
+                    return tick
+                status.last_duration_s = perf_counter() - start
+                self._failed(status, exc)
+                continue
+            self._running = None
+            if self._generation != generation:
+                self._returned(status, start)
+                return tick
+            try:
                 mono = self.clock.mono()
-                declared = self._declared[collector.name]
+                declared = self._declared[name]
                 if not declared.issuperset(raw):
                     raise RuntimeError(f"undeclared metrics {sorted(set(raw) - declared)}")
-                cooked = self._rates.convert(self._counters[collector.name], raw, mono,
-                                             group=collector.name)
-                if self._derivations[collector.name]:
+                cooked = self._rates.convert(self._counters[name], raw, mono, group=name)
+                if self._derivations[name]:
                     self._derive(collector, cooked, status)
-            except Exception as exc:  # noqa: BLE001 - isolate any collector failure
-                status.errors += 1
-                status.stale = True
-                status.last_error = f"{type(exc).__name__}: {exc}"
-                if status.errors == 1 or status.errors % 60 == 0:
-                    log.warning(
-                        "collector failed",
-                        extra={"collector": collector.name, "error": status.last_error,
-                               "errors": status.errors},
-                    )
+            except Exception as exc:  # noqa: BLE001 - a bad collection loses only itself
+                status.last_duration_s = perf_counter() - start
+                self._failed(status, exc)
                 continue
-            finally:
-                status.last_duration_s = time.perf_counter() - start
+            status.last_duration_s = perf_counter() - start
             status.collections += 1
-            status.stale = False
+            if status.stale:
+                self._mark_fresh(status)
             status.last_ok_wall = tick.timestamp
-            tick.groups[collector.name] = GroupSample(raw, cooked)
+            tick.groups[name] = GroupSample(raw, cooked)
         # The tick is stamped when its collection is complete: that is when the sample
         # exists and can be delivered. A tick that also walks a thousand processes takes
         # ~15 ms; stamping its start would charge that walk to the delivery latency while
         # the values themselves span the whole collection anyway.
         tick.timestamp = self.clock.wall()
         return tick
+
+    def _failed(self, status: CollectorStatus, exc: Exception) -> None:
+        status.errors += 1
+        status.last_error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._mark_stale(status, STALE_ERROR)
+        if status.errors == 1 or status.errors % 60 == 0:
+            log.warning(
+                "collector failed",
+                extra={"collector": status.name, "error": status.last_error,
+                       "errors": status.errors},
+            )
+
+    def _returned(self, status: CollectorStatus, start: float) -> None:
+        """An abandoned call came back: the collector may run again from the next tick."""
+        with self._lock:
+            status.hung = False
+        log.info("timed-out collector returned",
+                 extra={"collector": status.name,
+                        "after_s": round(time.perf_counter() - start, 3)})
+
+    def _mark_stale(self, status: CollectorStatus, reason: str) -> None:
+        if status.stale and status.stale_reason == reason:
+            return
+        if not status.stale:
+            status.stale = True
+            status.stale_since = self.clock.wall()
+        status.stale_reason = reason
+        self.stale_version += 1
+
+    def _mark_fresh(self, status: CollectorStatus) -> None:
+        with self._lock:
+            status.stale = False
+            status.stale_since = None
+            status.stale_reason = None
+            self.stale_version += 1
+
+    def stale(self) -> dict[str, CollectorStatus]:
+        """The collectors whose metrics are stale now, by name."""
+        return {name: status for name, status in self.status.items() if status.stale}
+
+    def stale_metrics(self, names: Iterable[str]) -> dict[str, dict[str, object]]:
+        """Of ``names``, the metrics whose collector is stale: name -> why and since when."""
+        stale = self.stale()
+        if not stale:
+            return {}
+        group_of = self.metric_group
+        out: dict[str, dict[str, object]] = {}
+        for name in names:
+            status = stale.get(group_of.get(name, ""))
+            if status is not None:
+                out[name] = status.stale_json()
+        return out
 
     def _derive(self, collector: Collector, cooked: Cooked, status: CollectorStatus) -> None:
         """Compute derived metrics; a failing derivation loses only its own metric.
