@@ -14,9 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from hostscope.daemon.config import Config
 from hostscope.daemon.ticker import Ticker
 from hostscope.metrics.collector import Collector, Raw
 from hostscope.metrics.history import History
@@ -31,7 +30,8 @@ from hostscope.metrics.model import (
 )
 from hostscope.metrics.sampler import STALE_ERROR, STALE_TIMEOUT, Sampler, SystemClock
 from hostscope.metrics.watchdog import CollectWorker
-from tests.test_daemon_stream import Daemon, recv, run_daemon, subscribe
+from tests.support import auth_config, auth_headers
+from tests.test_daemon_stream import Daemon, connect, recv, run_daemon, subscribe
 
 
 class Steady(Collector):
@@ -223,7 +223,7 @@ async def isolated() -> AsyncIterator[tuple[Daemon, Blocking, Flaky]]:
     sampler = Sampler([Steady(), blocking, flaky], registry=MetricRegistry(),
                       interval_s=INTERVAL, history=History(), self_metrics=True)
     runner, daemon = await run_daemon(
-        Config(interval=INTERVAL, collector_timeout=0.3, bpf=False), sampler)
+        auth_config(interval=INTERVAL, collector_timeout=0.3, bpf=False), sampler)
     yield daemon, blocking, flaky
     blocking.release.set()
     await runner.cleanup()
@@ -238,7 +238,7 @@ async def _next(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[s
 
 
 async def _host(daemon: Daemon) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(
+    async with aiohttp.ClientSession(headers=auth_headers()) as session, session.get(
             f"http://127.0.0.1:{daemon.port}/api/v1/host") as resp:
         assert resp.status == 200
         return await resp.json()  # type: ignore[no-any-return]
