@@ -129,7 +129,10 @@ class Spawner:
                 [sys.executable, "-m", "hostscope.daemon.helper", "--spawner",
                  "--fd", str(theirs.fileno()), "--parent", str(os.getpid()),
                  *settings.argv()],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process
+                # group) reaches the daemon only, which then stops the helper in order.
+                start_new_session=True)
         finally:
             theirs.close()
 

@@ -32,9 +32,9 @@ from websockets.asyncio.client import connect
 from hostscope.daemon import caps
 from hostscope.daemon.helper_client import HelperOps, HelperSettings, HelperUnavailableError
 from hostscope.metrics.sources import Roots
-from tests.support import auth_headers
+from tests.support import auth_headers, serve_env
 from tests.test_bpf_manager import assert_unloaded, require_bpf, system_prog_ids
-from tests.test_daemon_shutdown import read_rest, start_serve
+from tests.test_daemon_shutdown import hostscope_command, read_rest, start_serve
 
 FIVE = sum(1 << caps.CAP_NUMBERS[n] for n in caps.HELPER_CAPS)
 
@@ -307,6 +307,58 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
         assert gone(new_helper) and gone(spawner[0]), "helper or spawner outlived the daemon"
         assert_unloaded(new_held)
         assert "Traceback" not in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.root
+async def test_kill_9_of_the_daemon_takes_spawner_helper_and_programs_with_it() -> None:
+    require_bpf()
+    proc, url, lines = await start_serve()
+    try:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            async with session.post(url + "api/v1/bpf/runqlat", json={"enabled": True}) as r:
+                assert r.status == 200, await r.text()
+            helper = (await _host(session, url))["helper"]["pid"]
+        spawner = children_of(proc.pid)
+        held = prog_ids_of(helper)
+        assert held and len(spawner) == 1
+        proc.kill()
+        await proc.wait()
+        # PR_SET_PDEATHSIG: the spawner dies with the daemon, the helper with the spawner
+        # (init reaps them), and the programs with the helper's descriptors.
+        wait_for(lambda: gone(spawner[0]) and gone(helper), 5, "spawner and helper gone")
+        assert_unloaded(held)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await read_rest(proc, lines)
+
+
+async def test_ctrl_c_in_a_terminal_reaches_only_the_daemon_which_stops_the_helper() -> None:
+    """SIGINT to the whole foreground process group, as a terminal sends it."""
+    proc = await asyncio.create_subprocess_exec(
+        *hostscope_command(), "serve", "--port", "0", stderr=asyncio.subprocess.PIPE,
+        env=serve_env(PYTHONUNBUFFERED="1"), start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        while not any("msg=listening" in line for line in lines):
+            line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+        spawner = children_of(proc.pid)
+        assert len(spawner) == 1
+        helper = children_of(spawner[0])
+        os.killpg(proc.pid, signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        await read_rest(proc, lines)
+        log = "".join(lines)
+        assert gone(spawner[0]) and all(gone(p) for p in helper)
+        assert "Traceback" not in log and "level=error" not in log, log
     finally:
         if proc.returncode is None:
             proc.kill()
