@@ -23,6 +23,7 @@ Targets (issue): first column within 3 s including compilation; runqlat overhead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -38,12 +39,16 @@ from pathlib import Path
 from hostscope.bpfmods.manager import BpfManager
 from hostscope.bpfmods.modules import RunqLatency, all_modules
 
-#: Ping-pong for ``seconds``; prints round trips per second. Both processes are pinned to
-#: one CPU: every round trip is then exactly two context switches on that CPU, and the
-#: figure does not swing with where the scheduler happens to place them (unpinned runs
-#: varied 15x between rounds on the 2-CPU VM).
+#: Ping-pong for ``seconds``; prints round trips per second and CPU nanoseconds per round
+#: trip (both processes, user + system: the BPF programs run in their context). Both
+#: processes are pinned to one CPU: every round trip is then exactly two context switches
+#: on that CPU, and the figure does not swing with where the scheduler happens to place
+#: them (unpinned runs varied 15x between rounds on the 2-CPU VM). CPU time per round trip
+#: is what the overhead is computed from: wall-clock throughput also drops whenever other
+#: work on the shared VM takes the CPU (it varied 5x between rounds under a load of 10),
+#: CPU time charged to the storm does not.
 STORM = r"""
-import os, sys, time
+import json, os, resource, sys, time
 seconds = float(sys.argv[1])
 os.sched_setaffinity(0, {0})
 r1, w1 = os.pipe(); r2, w2 = os.pipe()
@@ -53,6 +58,7 @@ if child == 0:
         os.write(w2, b"x")
     os._exit(0)
 n = 0
+self0 = resource.getrusage(resource.RUSAGE_SELF)
 end = time.perf_counter() + seconds
 start = time.perf_counter()
 while time.perf_counter() < end:
@@ -60,8 +66,12 @@ while time.perf_counter() < end:
         os.write(w1, b"x"); os.read(r2, 1)
     n += 200
 elapsed = time.perf_counter() - start
+self1 = resource.getrusage(resource.RUSAGE_SELF)
 os.write(w1, b"q"); os.waitpid(child, 0)
-print(n / elapsed)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = (self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime
+       + kids.ru_utime + kids.ru_stime)
+print(json.dumps({"rate": n / elapsed, "cpu_ns": cpu / n * 1e9}))
 """
 
 #: Everything the modules watch, in a loop until killed.
@@ -129,10 +139,35 @@ def measure_first_columns(names: list[str]) -> None:
         scratch.unlink(missing_ok=True)
 
 
-def storm(seconds: float) -> float:
+def storm_run(seconds: float) -> dict[str, float]:
+    """One storm: {"rate": round trips/s, "cpu_ns": CPU ns per round trip}."""
     out = subprocess.run([sys.executable, "-c", STORM, str(seconds)], capture_output=True,
                          text=True, check=True).stdout
-    return float(out)
+    return json.loads(out)
+
+
+def storm(seconds: float) -> float:
+    return storm_run(seconds)["rate"]
+
+
+def program_stats() -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over this process's BPF programs (kernel BPF stats)."""
+    total_ns = total_cnt = 0
+    seen: set[int] = set()
+    fdinfo = Path("/proc/self/fdinfo")
+    for fd in os.listdir(fdinfo):
+        try:
+            fields = dict(line.split(":", 1) for line in (fdinfo / fd).read_text().splitlines()
+                          if ":" in line)
+        except OSError:
+            continue
+        prog_id = fields.get("prog_id", "").strip()
+        if not prog_id or prog_id in seen or "run_time_ns" not in fields:
+            continue
+        seen.add(prog_id)
+        total_ns += int(fields["run_time_ns"])
+        total_cnt += int(fields["run_cnt"])
+    return total_ns, total_cnt
 
 
 def alternate(label: str, manager: BpfManager, name: str, workload: Callable[[], float], *,
@@ -159,8 +194,6 @@ EMPTY_RUNQ = r"""
 #include "hostscope_bpf.h"
 BPF_PERCPU_ARRAY(hist, u64, HS_HIST_SLOTS);
 #if HS_USE_TP_BTF
-int hs_tp_btf__sched_wakeup(struct bpf_raw_tracepoint_args *ctx) { return 0; }
-int hs_tp_btf__sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx) { return 0; }
 int hs_tp_btf__sched_switch(struct bpf_raw_tracepoint_args *ctx) { return 0; }
 #elif HS_USE_RAW_TP
 RAW_TRACEPOINT_PROBE(sched_wakeup) { return 0; }
@@ -202,26 +235,46 @@ def measure_runq_overhead(rounds: int, seconds: float) -> None:
                 else:
                     print(f"   {label}: unusable here ({manager.status()[0]['reason']})")
                     manager.close()
-        ratios: dict[str, list[float]] = {label: [] for label, _ in variants}
-        offs: list[float] = []
+        cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
+        wall: dict[str, list[float]] = {label: [] for label, _ in variants}
+        per_event: dict[str, float] = {}
+        offs: list[dict[str, float]] = []
+        stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
         try:
             for _ in range(rounds):
                 for label, manager in variants:
-                    off = storm(seconds)
+                    off = storm_run(seconds)
                     manager.enable("runqlat", {}, "bench")
-                    on = storm(seconds)
+                    on = storm_run(seconds)
                     manager.disable("runqlat", "bench")
                     offs.append(off)
-                    ratios[label].append(on / off)
+                    cpu[label].append(on["cpu_ns"] / off["cpu_ns"] - 1)
+                    wall[label].append(1 - on["rate"] / off["rate"])
+            # Kernel BPF statistics cost two clock reads per program run: a separate pass.
+            stats_path.write_text("1\n")
+            for label, manager in variants:
+                manager.enable("runqlat", {}, "bench")
+                ns0, n0 = program_stats()
+                storm_run(seconds)
+                ns1, n1 = program_stats()
+                manager.disable("runqlat", "bench")
+                per_event[label] = (ns1 - ns0) / max(1, n1 - n0)
         finally:
+            with contextlib.suppress(OSError):
+                stats_path.write_text("0\n")
             for _, manager in variants:
                 manager.close()
-    print(f"   unprobed: median {statistics.median(offs):,.0f} round trips/s "
-          f"(min {min(offs):,.0f}, max {max(offs):,.0f})")
-    for label, values in ratios.items():
-        overheads = sorted((1 - r) * 100 for r in values)
-        print(f"   {label:<30} overhead median {statistics.median(overheads):5.1f} %  "
-              f"rounds {[round(o, 1) for o in overheads]}")
+    rates = [o["rate"] for o in offs]
+    print(f"   unprobed: {statistics.median([o['cpu_ns'] for o in offs]):,.0f} CPU ns per "
+          f"round trip (median); {statistics.median(rates):,.0f} round trips/s (min "
+          f"{min(rates):,.0f}, max {max(rates):,.0f})")
+    print(f"   {'variant':<30} {'CPU per round trip':>19} {'throughput':>11} "
+          f"{'program ns/event':>17}")
+    for label, ratios in cpu.items():
+        c = statistics.median(ratios) * 100
+        w = statistics.median(wall[label]) * 100
+        print(f"   {label:<30} {c:+17.1f} % {w:+10.1f} % {per_event.get(label, 0):>17.0f}"
+              f"   (CPU rounds {[round(x * 100, 1) for x in sorted(ratios)]})")
 
 
 def direct_reads(path: Path, seconds: float, blocks: int) -> float:

@@ -64,7 +64,13 @@ AF_INET, AF_INET6 = 2, 10
 
 SCHED_SWITCH_ARGS = ("bool", "struct task_struct *", "struct task_struct *", "unsigned int")
 TASK_PID = {"HS_TASK_PID_OFF": ("task_struct", "pid")}
-TASK_PID_TGID = {**TASK_PID, "HS_TASK_TGID_OFF": ("task_struct", "tgid")}
+TASK_SCHED_INFO = {
+    **TASK_PID,
+    "HS_TASK_TGID_OFF": ("task_struct", "tgid"),
+    "HS_TASK_SCHED_INFO_OFF": ("task_struct", "sched_info"),
+    "HS_SCHED_INFO_RUN_DELAY_OFF": ("sched_info", "run_delay"),
+    "HS_SCHED_INFO_PCOUNT_OFF": ("sched_info", "pcount"),
+}
 
 
 # -- attach plans ---------------------------------------------------------------------------
@@ -456,17 +462,16 @@ class RunqLatency(_HistogramModule):
     what = "run queue latency"
     settings = (_cgroup_setting(), _tgid_setting())
     plans = (
+        # sched_switch alone, reading the scheduler's sched_info accounting (see the .bpf.c).
         # Task-local storage in tracing programs arrived in 5.11; 6.2 made its helpers safe
-        # against recursion from inside the scheduler, which is where these programs run.
+        # against recursion from inside the scheduler, which is where this program runs.
+        # No sched_info in the BTF (CONFIG_SCHED_INFO off) rejects the plan with that reason.
         AttachPlan(
             "tp_btf",
-            tuple(ProbeSpec("tp_btf", e) for e in
-                  ("sched_wakeup", "sched_wakeup_new", "sched_switch")),
+            (ProbeSpec("tp_btf", "sched_switch"),),
             {"HS_USE_TP_BTF": 1, "HS_USE_RAW_TP": 0},
-            raw_args={"sched_switch": SCHED_SWITCH_ARGS,
-                      "sched_wakeup": ("struct task_struct *",),
-                      "sched_wakeup_new": ("struct task_struct *",)},
-            offsets=TASK_PID_TGID,
+            raw_args={"sched_switch": SCHED_SWITCH_ARGS},
+            offsets=TASK_SCHED_INFO,
             min_kernel=(6, 2),
         ),
         AttachPlan(

@@ -2,19 +2,23 @@
  * still runnable) to the moment it is switched in, as a log2 histogram in microseconds.
  *
  * Attach, cheapest first:
- * - HS_USE_TP_BTF=1: BTF-enabled tracepoints (tp_btf). Arguments arrive as typed task
- *   pointers, so the wakeup timestamp lives in task-local storage (one helper call, no
- *   hashing, freed with the task: no exit hook) and pid/tgid are plain loads at BTF
- *   offsets instead of bpf_probe_read_kernel calls. bcc cannot load tp_btf programs itself;
- *   bpfmods/runtime.py loads these functions (named hs_tp_btf__<event>).
+ * - HS_USE_TP_BTF=1: one BTF-enabled tracepoint (tp_btf) on sched_switch, reading the
+ *   scheduler's own accounting instead of timing wakeups: task_struct.sched_info keeps
+ *   run_delay (total ns spent waiting on a run queue) and pcount (times switched in after
+ *   waiting), the figures of /proc/PID/schedstat. When a task leaves the CPU, the growth
+ *   of run_delay since it last left is the wait that preceded the run now ending. No
+ *   wakeup hooks (half the events of a context-switch storm), no clock reads; the task's
+ *   previous figures live in task-local storage (freed with the task); the task is
+ *   `current`, so filters are exact and immediate. Latencies are accounted when the run
+ *   ends rather than when it starts. Needs CONFIG_SCHED_INFO (schedstats or delay
+ *   accounting; the BTF offsets of sched_info are the check). bcc cannot load tp_btf
+ *   programs itself: bpfmods/runtime.py loads hs_tp_btf__<event> functions.
  * - HS_USE_RAW_TP=1: raw tracepoints (no argument copying); task pids read at BTF offsets.
  * - otherwise classic tracepoints (arguments from tracefs formats).
- * Filters (HS_FILTER_CGROUP_ID, HS_FILTER_TGID): when a task is switched in, `current` is
- * still the previous task, so the task's own cgroup and tgid are not available to helpers
- * then. With a filter the measured latency is parked and accounted when the task next
- * leaves the CPU, when it *is* `current`. With tp_btf the tgid is read from the task
- * itself (no parking), and each task's cgroup verdict is remembered at its switch-out, so
- * tasks known to be outside the cgroup cost one storage lookup per wakeup and nothing more.
+ * With these two, filters (HS_FILTER_CGROUP_ID, HS_FILTER_TGID) are applied late: when a
+ * task is switched in, `current` is still the previous task, so the task's own cgroup and
+ * tgid are not available to helpers then; the measured latency is parked and accounted
+ * when the task next leaves the CPU, when it *is* `current`.
  */
 #include "hostscope_bpf.h"
 
@@ -30,27 +34,24 @@
 #define HS_DEFERRED (HS_FILTER_CGROUP_ID || HS_FILTER_TGID)
 
 #if HS_USE_TP_BTF
-/* verdict: whether the task was in the filtered cgroup at its last switch-out */
-#define HS_UNKNOWN 0
-#define HS_MATCH 1
-#define HS_NO_MATCH 2
+#ifndef HS_TASK_SCHED_INFO_OFF
+#define HS_TASK_SCHED_INFO_OFF 0
+#endif
+#ifndef HS_SCHED_INFO_RUN_DELAY_OFF
+#define HS_SCHED_INFO_RUN_DELAY_OFF 0
+#endif
+#ifndef HS_SCHED_INFO_PCOUNT_OFF
+#define HS_SCHED_INFO_PCOUNT_OFF 0
+#endif
 
+/* A task's sched_info figures when it last left a CPU (pcount 0: not seen yet). */
 struct hs_task {
-    u64 queued;   /* bpf_ktime_get_ns() when it became runnable; 0 = not queued */
-    u32 parked;   /* latency in us + 1 waiting for a verdict; 0 = none */
-    u32 verdict;
+    u64 run_delay;
+    u64 pcount;
 };
 
 BPF_TASK_STORAGE(tasks, struct hs_task);
 BPF_PERCPU_ARRAY(hist, u64, HS_HIST_SLOTS);
-
-static __always_inline void hs_record(u64 usec)
-{
-    u32 slot = hs_slot(usec);
-    u64 *count = hist.lookup(&slot);
-    if (count)
-        *count += 1;  /* per-CPU slot: no other CPU writes it */
-}
 
 /* Plain loads from a trusted task pointer: the verifier checks each offset against the
  * kernel's BTF, and no helper is called. */
@@ -59,78 +60,48 @@ static __always_inline u32 hs_task_u32(u64 task, u32 off)
     return *(u32 *)(task + off);
 }
 
-static __always_inline void hs_enqueue(u64 task)
+static __always_inline u64 hs_task_u64(u64 task, u32 off)
 {
-#if HS_FILTER_TGID
-    if (hs_task_u32(task, HS_TASK_TGID_OFF) != HS_FILTER_TGID)
-        return;
-#endif
-    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0,
-                                               BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!t)
-        return;
-#if HS_FILTER_CGROUP_ID
-    if (t->verdict == HS_NO_MATCH)
-        return;
-#endif
-    t->queued = bpf_ktime_get_ns();
-}
-
-static __always_inline void hs_switch_in(u64 task)
-{
-    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0, 0);
-    if (!t || !t->queued)
-        return;
-    u64 usec = (bpf_ktime_get_ns() - t->queued) / 1000;
-    t->queued = 0;
-#if HS_FILTER_CGROUP_ID
-    if (t->verdict == HS_UNKNOWN) {  /* not seen leaving a CPU since enabled: ask then */
-        t->parked = usec < 0xfffffffe ? usec + 1 : 0xffffffff;
-        return;
-    }
-    if (t->verdict != HS_MATCH)
-        return;
-#endif
-    hs_record(usec);
-}
-
-/* `task` is `current` here: its cgroup is what bpf_get_current_cgroup_id() says. */
-static __always_inline void hs_switch_out(u64 task)
-{
-#if HS_FILTER_CGROUP_ID
-    struct hs_task *t = tasks.task_storage_get((struct task_struct *)task, 0, 0);
-    if (!t)
-        return;
-    t->verdict = bpf_get_current_cgroup_id() == HS_FILTER_CGROUP_ID ? HS_MATCH : HS_NO_MATCH;
-    if (t->parked) {
-        if (t->verdict == HS_MATCH)
-            hs_record(t->parked - 1);
-        t->parked = 0;
-    }
-#endif
+    return *(u64 *)(task + off);
 }
 
 /* args: bool preempt, struct task_struct *prev, *next, unsigned int prev_state (>= 5.18) */
 int hs_tp_btf__sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
     u64 prev = ctx->args[1];
-    hs_switch_out(prev);
-    /* Still runnable: preempted, or the idle task (pid 0), which never queues. */
-    if ((ctx->args[0] || (u32)ctx->args[3] == 0) && hs_task_u32(prev, HS_TASK_PID_OFF) != 0)
-        hs_enqueue(prev);
-    hs_switch_in(ctx->args[2]);
-    return 0;
-}
-
-int hs_tp_btf__sched_wakeup(struct bpf_raw_tracepoint_args *ctx)
-{
-    hs_enqueue(ctx->args[0]);
-    return 0;
-}
-
-int hs_tp_btf__sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
-{
-    hs_enqueue(ctx->args[0]);
+    if (hs_task_u32(prev, HS_TASK_PID_OFF) == 0)
+        return 0;  /* the idle task never waits */
+#if HS_FILTER_TGID
+    if (hs_task_u32(prev, HS_TASK_TGID_OFF) != HS_FILTER_TGID)
+        return 0;
+#endif
+#if HS_FILTER_CGROUP_ID
+    if (bpf_get_current_cgroup_id() != HS_FILTER_CGROUP_ID)  /* prev is current */
+        return 0;
+#endif
+    u64 delay = hs_task_u64(prev, HS_TASK_SCHED_INFO_OFF + HS_SCHED_INFO_RUN_DELAY_OFF);
+    u64 runs = hs_task_u64(prev, HS_TASK_SCHED_INFO_OFF + HS_SCHED_INFO_PCOUNT_OFF);
+    struct hs_task *t = tasks.task_storage_get((struct task_struct *)prev, 0,
+                                               BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!t)
+        return 0;
+    u64 seen = t->pcount, before = t->run_delay;
+    t->pcount = runs;
+    t->run_delay = delay;
+    if (runs <= seen)
+        return 0;  /* no wait ended since it last left (it ran without queueing) */
+    if (seen == 0) {
+        if (runs != 1)
+            return 0;  /* first sight: its earlier waits are not ours to count */
+        before = 0;    /* a new task: its one wait is all of run_delay */
+    }
+    /* Normally one run per switch-out; more only after filtered-out runs: their mean. */
+    u64 n = runs - seen;
+    u64 usec = (delay - before) / n / 1000;
+    u32 slot = hs_slot(usec);
+    u64 *count = hist.lookup(&slot);
+    if (count)
+        *count += n;  /* per-CPU slot: no other CPU writes it */
     return 0;
 }
 

@@ -147,8 +147,8 @@ def test_refcount_shares_one_attachment_and_detaches_with_the_last_user(
     first = manager.enable("runqlat", {}, "alice")
     assert first["state"] == "on" and first["users"] == ["alice"]
     ours = own_program_ids()
-    # wakeup, wakeup_new, switch (+ process_exit, which task storage makes unnecessary)
-    assert len(ours) == (3 if first["attach_point"] == "tp_btf" else 4)
+    # tp_btf: sched_switch alone; else wakeup, wakeup_new, switch, process_exit
+    assert len(ours) == (1 if first["attach_point"] == "tp_btf" else 4)
     assert set(ours) <= system_prog_ids() - before
 
     second = manager.enable("runqlat", {}, "bob")

@@ -275,7 +275,7 @@ async def test_runqlat_toggled_over_rest_flows_to_fetch_stream_and_metrics(
             assert entry["attach_point"] in ("tp_btf", "raw_tracepoint", "tracepoint")
             assert entry["settings"] == {"cgroup": "", "pid": 0}
             ours = own_program_ids()
-            assert len(ours) == (3 if entry["attach_point"] == "tp_btf" else 4)
+            assert len(ours) == (1 if entry["attach_point"] == "tp_btf" else 4)
             assert set(ours) <= system_prog_ids() - before
 
             # The stream: a new meta with bucket and percentile columns, then samples
