@@ -97,7 +97,9 @@ int hs_tp_btf__sched_switch(struct bpf_raw_tracepoint_args *ctx)
     }
     /* Normally one run per switch-out; more only after filtered-out runs: their mean. */
     u64 n = runs - seen;
-    u64 usec = (delay - before) / n / 1000;
+    u64 usec = (delay - before) / 1000;
+    if (n > 1)
+        usec /= n;
     u32 slot = hs_slot(usec);
     u64 *count = hist.lookup(&slot);
     if (count)

@@ -10,9 +10,9 @@ import itertools
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from hostscope.metrics.sampler import Clock, Sampler
 
@@ -24,6 +24,9 @@ from .privileged import PrivilegedOps
 from .profiles import ProfileService
 from .security import SecurityPolicy
 from .ticker import Ticker
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
@@ -40,7 +43,8 @@ PRIVILEGED = web.AppKey("privileged", PrivilegedOps)
 DETACHERS = web.AppKey("detachers", list[Callable[[], None]])
 #: Open websockets, closed with 1001 GOING_AWAY on shutdown (aiohttp's guidance).
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
-PROMETHEUS = web.AppKey("prometheus", CollectorRegistry)
+#: The /metrics registry, built by the first scrape (prometheus_client is imported then).
+PROMETHEUS = web.AppKey("prometheus", Callable[[], "CollectorRegistry"])
 #: Monotonic time the app started, for /healthz uptime.
 STARTED = web.AppKey("started", float)
 #: Threads for blocking BPF operations (compile + attach, detach, map reads): a pool of
