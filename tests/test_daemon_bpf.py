@@ -729,7 +729,7 @@ async def test_serve_with_a_module_on_exits_on_sigterm_and_leaves_nothing_loaded
         # network-facing daemon none (docs/privilege.md).
         assert fdinfo_prog_ids(proc.pid) == set()
         held = fdinfo_prog_ids(helper["pid"])
-        assert len(held) >= 5  # runqlat's 4, execsnoop's 1-3
+        assert len(held) >= 2  # runqlat's 1 (tp_btf) or 4, execsnoop's 1-3
         assert held <= system_prog_ids()  # bpftool sees what the daemon holds
 
         started = time.monotonic()
