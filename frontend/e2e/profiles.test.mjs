@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { after, before, describe, it } from 'node:test'
-import { BASE, launch, shot } from './support.mjs'
+import { AUTH, BASE, launch, shot } from './support.mjs'
 
 const CI = process.env.CI === 'true'
 const skip = !BASE
@@ -62,7 +62,7 @@ describe('flame graph pages', { skip }, () => {
   let browser
   let busy
   before(async () => {
-    const r = await fetch(`${BASE}/api/v1/profiles`)
+    const r = await fetch(`${BASE}/api/v1/profiles`, { headers: AUTH })
     const cpu = (await r.json()).kinds?.cpu
     if (!cpu?.available) {
       const why = `the daemon cannot profile the CPU: ${cpu?.reason ?? 'no readiness reported'}`
@@ -161,10 +161,10 @@ describe('flame graph pages', { skip }, () => {
     // Downloads of the range: folded stacks with the hostile name raw; SVG with it escaped.
     const folded = await page.locator('.downloads a', { hasText: 'folded stacks' }).getAttribute('href')
     assert.match(folded, /format=folded&start=1&end=3/)
-    const text = await (await fetch(new URL(folded, BASE))).text()
+    const text = await (await fetch(new URL(folded, BASE), { headers: AUTH })).text()
     assert.ok(text.includes(HOSTILE), 'the hostile process is missing from the folded stacks')
     const svgHref = await page.locator('.downloads a', { hasText: 'SVG' }).getAttribute('href')
-    const svg = await (await fetch(new URL(svgHref, BASE))).text()
+    const svg = await (await fetch(new URL(svgHref, BASE), { headers: AUTH })).text()
     assert.ok(svg.includes('&lt;b&gt;'), 'the SVG does not escape the hostile name')
 
     // The capture's link keeps working in a fresh page.
@@ -180,7 +180,7 @@ describe('flame graph pages', { skip }, () => {
     const page = await browser.page()
     await page.goto(`${BASE}/#/profiles?new=offcpu`)
     await page.waitForFunction(() => document.querySelector('nav[aria-label="Recent captures"]'))
-    const limits = (await (await fetch(`${BASE}/api/v1/profiles`)).json()).limits
+    const limits = (await (await fetch(`${BASE}/api/v1/profiles`, { headers: AUTH })).json()).limits
     assert.equal(await page.getByLabel('Duration (s)').inputValue(), String(limits.duration.default.offcpu))
     await page.getByLabel('Duration (s)').fill(String(limits.duration.max + 1))
     // Skip the browser's own validation to see ours.
