@@ -188,14 +188,23 @@ def restrict_to(keep: Iterable[str]) -> CapSets:
     return get()
 
 
-def drop_all() -> CapSets:
+def drop_all(switch_to: tuple[int, int] | None = None) -> CapSets:
     """Give up every capability for good, for the network-facing daemon.
 
     As uid 0 the securebits are locked first (no full set regained on ``execve``, no
     ambient raise), then the bounding and ambient sets are emptied, then the three
-    classic sets; ``no_new_privs`` last. Returns the sets afterwards (all zero).
+    classic sets; ``no_new_privs`` last. ``switch_to=(uid, gid)`` (started as root):
+    the bounding set is emptied while ``CAP_SETPCAP`` is still there, then groups, gid
+    and uid change for good (leaving uid 0 clears the permitted and effective sets), so
+    the process owns no root files either. Returns the sets afterwards (all zero).
     """
-    if os.geteuid() == 0 or os.getuid() == 0:
+    if switch_to is not None and os.geteuid() == 0:
+        uid, gid = switch_to
+        _drop_bounding(0)
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    elif os.geteuid() == 0 or os.getuid() == 0:
         bits = (SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP
                 | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE
                 | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED)

@@ -260,17 +260,18 @@ async def run_server(config: Config, *, auth: Auth | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    if auth is None:
+        # Before privileges go: the token file may be readable by root only.
+        auth = build_auth(config, os.environ)
     privileged = None
     if config.privsep:
         from .helper_client import start_privileged
 
         try:
             privileged = start_privileged(config)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
             log.error("cannot start the privileged helper", extra={"error": str(exc)})
             return 1
-    if auth is None:
-        auth = build_auth(config, os.environ)
     app = create_app(config, privileged=privileged, auth=auth)
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=config.shutdown_timeout

@@ -103,6 +103,10 @@ class Config:
     #: users' /proc/PID/io) runs in a helper process and this network-facing process
     #: drops every capability. false: all in this process, for development.
     privsep: bool = True
+    #: With privsep, started as root: the user the network-facing process switches to
+    #: once the helper runs (e.g. "hostscope"), so it owns no root files either. The
+    #: systemd unit starts as that user instead and needs no switch.
+    user: str | None = None
     #: File of ``ROLE TOKEN-OR-HASH`` lines (roles: viewer, operator); must not be
     #: readable by other users. See docs/security.md.
     token_file: str | None = None

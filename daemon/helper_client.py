@@ -646,24 +646,49 @@ class RemoteBpfCollector(Collector):
         return self.ops.read_bpf(self.module.name, refresh=self.first)
 
 
-def drop_daemon_privileges(status: Path = Path("/proc/thread-self/status")) -> None:
+def resolve_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of user ``name``; KeyError with a clear message if there is none."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise KeyError(f"no user {name!r} (config key user); create it with useradd "
+                       "--system, or remove the key") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def drop_daemon_privileges(switch_to: tuple[int, int] | None = None,
+                           status: Path = Path("/proc/thread-self/status")) -> None:
     """Drop every capability of this (the only) thread and check the kernel agrees.
 
-    Fails closed: if ``CapEff``, ``CapPrm`` or ``CapAmb`` is not empty afterwards the
-    daemon refuses to serve rather than run network-facing with privileges."""
-    caps.drop_all()
+    Fails closed: if ``CapEff``, ``CapPrm`` or ``CapAmb`` is not empty afterwards (or
+    the uid is not the one asked for) the daemon refuses to serve rather than run
+    network-facing with privileges."""
+    caps.drop_all(switch_to)
     masks = caps.status_masks(status.read_text())
     left = {key: hex(masks.get(key, -1)) for key in ("CapEff", "CapPrm", "CapAmb")
             if masks.get(key, -1) != 0}
     if left:
         raise RuntimeError(f"capabilities remain after dropping them: {left}")
+    if switch_to is not None and os.getresuid() != (switch_to[0],) * 3:
+        raise RuntimeError(f"still uid {os.getresuid()} after switching to {switch_to[0]}")
 
 
 def start_privileged(config: Config) -> HelperOps:
     """The daemon's privileged operations in a helper process, with this process's
-    capabilities dropped once the helper runs (``hostscope serve`` with privsep)."""
+    capabilities dropped once the helper runs (``hostscope serve`` with privsep), and
+    its user switched to ``config.user`` when that is set."""
+    switch_to = None
+    if config.user is not None:
+        switch_to = resolve_user(config.user)
+        if os.geteuid() != 0 and os.getresuid() != (switch_to[0],) * 3:
+            raise RuntimeError(f"user = {config.user!r} needs hostscope serve started as "
+                               "root (or as that user)")
+        if os.geteuid() != 0:
+            switch_to = None  # already that user
     ops = HelperOps(HelperSettings(roots=config.roots(), bpf=config.bpf,
                                    log_level=config.log_level, log_format=config.log_format))
-    ops.start(drop_privileges=drop_daemon_privileges)
-    log.info("privileges dropped", extra={"helper_pid": ops.pid})
+    ops.start(drop_privileges=lambda: drop_daemon_privileges(switch_to))
+    log.info("privileges dropped", extra={"helper_pid": ops.pid, "uid": os.getuid()})
     return ops

@@ -365,6 +365,44 @@ async def test_ctrl_c_in_a_terminal_reaches_only_the_daemon_which_stops_the_help
             await proc.wait()
 
 
+@pytest.mark.root
+async def test_started_as_root_with_user_the_daemon_becomes_that_user(tmp_path: Path) -> None:
+    require_bpf()
+    config = tmp_path / "user.toml"
+    config.write_text('user = "nobody"\n')
+    proc, url, lines = await start_serve("--config", str(config))
+    try:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            async with session.post(url + "api/v1/bpf/runqlat", json={"enabled": True}) as r:
+                assert r.status == 200, await r.text()
+            helper = (await _host(session, url))["helper"]["pid"]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert uids[1:] == ["65534"] * 4
+        masks = status_of(proc.pid)
+        assert masks["CapEff"] == masks["CapPrm"] == masks["CapBnd"] == masks["CapAmb"] == 0
+        assert status_of(helper)["CapEff"] == FIVE  # the helper stays root with its five
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        await read_rest(proc, lines)
+        assert "Traceback" not in "".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_an_unknown_user_is_refused_at_startup(tmp_path: Path) -> None:
+    config = tmp_path / "user.toml"
+    config.write_text('user = "no-such-user-hostscope"\n')
+    proc = await asyncio.create_subprocess_exec(
+        *hostscope_command(), "serve", "--port", "0", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE, env=serve_env())
+    _out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    assert "no user 'no-such-user-hostscope'" in err.decode()
+
+
 async def test_no_privsep_keeps_privileged_work_in_the_daemon() -> None:
     proc, url, lines = await start_serve("--no-privsep")
     try:
