@@ -39,6 +39,30 @@ export interface MetaMsg {
   series: [string, string][]
   metrics: Record<string, Descriptor>
   absent?: string[]
+  /** Subscribed metrics whose collector failed or timed out (docs/protocol.md). */
+  stale?: Record<string, StaleInfo>
+}
+
+/** Why a metric's values are stale: its collector's last call raised or timed out. */
+export interface StaleInfo {
+  collector: string
+  reason: 'error' | 'timeout' | null
+  /** Wall-clock seconds of the first failure of this stale spell. */
+  since: number | null
+  message: string | null
+}
+
+/** The stale state of the subscribed metrics changed (replaces the previous one). */
+export interface StaleMsg {
+  type: 'stale'
+  stale: Record<string, StaleInfo>
+}
+
+/** "stale: collector network timed out 12 s ago", as a stale chart says it. */
+export function staleText(info: StaleInfo, now: number): string {
+  const what = info.reason === 'timeout' ? 'timed out' : 'failed'
+  const ago = info.since === null ? '' : ` ${Math.max(0, Math.round(now - info.since))} s ago`
+  return `stale: collector ${info.collector} ${what}${ago}`
 }
 
 export interface SamplesMsg {
@@ -120,7 +144,7 @@ export interface NoticeMsg {
   message: string
 }
 
-export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg | BpfMsg | NoticeMsg
+export type ServerMsg = HelloMsg | MetaMsg | SamplesMsg | ErrorMsg | PongMsg | BpfMsg | NoticeMsg | StaleMsg
 
 export interface SubscribeMsg {
   type: 'subscribe'
@@ -151,7 +175,9 @@ export interface HostInfo {
   version: string
   protocol: number
   capabilities: Record<string, Capability | undefined>
-  collectors?: { name: string; interval_s: number; errors: number; last_error: string | null; stale: boolean }[]
+  collectors?: { name: string; interval_s: number; errors: number; timeouts?: number; last_error: string | null; stale: boolean; stale_since?: number | null; stale_reason?: 'error' | 'timeout' | null }[]
+  /** Stale collectors by name: why, since when, and their metrics. */
+  stale?: Record<string, StaleInfo & { metrics: string[] }>
 }
 
 export interface ProcessRow {
@@ -211,6 +237,10 @@ export function parseServerMsg(text: string): ServerMsg | null {
     case 'meta': {
       const mm = msg as MetaMsg
       return Array.isArray(mm.series) && mm.metrics && typeof mm.metrics === 'object' ? mm : null
+    }
+    case 'stale': {
+      const st = (msg as StaleMsg).stale
+      return st && typeof st === 'object' && !Array.isArray(st) ? (msg as StaleMsg) : null
     }
     case 'samples': {
       const sm = msg as SamplesMsg

@@ -25,6 +25,7 @@ import {
   type HostInfo,
   type MetaMsg,
   type SamplesMsg,
+  type StaleInfo,
   type SubscribeMsg,
 } from '../lib/protocol'
 import { widgetMetrics } from '../lib/bpf'
@@ -104,6 +105,8 @@ export class HostConnection {
   readonly descriptors: ShallowRef<Map<string, Descriptor>> = shallowRef(new Map())
   /** Prefixes the daemon reported absent on this host (e.g. no PSI). */
   readonly absent: ShallowRef<string[]> = shallowRef([])
+  /** Subscribed metrics whose collector failed or timed out, from meta and `stale`. */
+  readonly stale: ShallowRef<Record<string, StaleInfo>> = shallowRef({})
   /** Names the daemon rejected as unknown. */
   readonly unknown: ShallowRef<Set<string>> = shallowRef(new Set())
   /** Bumped at most once per animation frame when new data arrived. */
@@ -586,6 +589,9 @@ export class HostConnection {
         return this.onBpf(msg)
       case 'notice':
         return this.notice(msg.code, msg.message)
+      case 'stale':
+        this.stale.value = msg.stale
+        return
       default:
         return
     }
@@ -596,6 +602,7 @@ export class HostConnection {
     for (const [name, d] of Object.entries(msg.metrics)) descs.set(name, d)
     this.descriptors.value = descs
     if (msg.absent) this.absent.value = msg.absent
+    this.stale.value = msg.stale ?? {}
     const layout: Layout = { main: { keys: [], idx: [], scale: [] }, short: { keys: [], idx: [], scale: [] } }
     msg.series.forEach(([metric, instance], c) => {
       const part = isShort(metric) ? layout.short : layout.main
