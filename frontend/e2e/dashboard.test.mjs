@@ -285,3 +285,50 @@ describe('several hosts', { skip: skip || (SERVE ? false : 'HOSTSCOPE_SERVE_CMD 
     }
   })
 })
+
+describe('sign-in', { skip }, () => {
+  it('asks for a token instead of showing a blank page, and signs in with it', async () => {
+    const browser = await launch(undefined, [], { signIn: false })
+    try {
+      const page = await browser.page()
+      await page.goto(`${BASE}/?panels=cpu.util&window=60`)
+      const prompt = page.getByRole('dialog', { name: /^Sign in/ })
+      await prompt.waitFor({ timeout: 10000 })
+      assert.match(await prompt.innerText(), /needs a token/)
+      await shot(page, 'token-prompt.png')
+      await prompt.getByLabel('Token').fill(TOKEN)
+      await prompt.getByRole('button', { name: 'Sign in' }).click()
+      await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
+      await page.waitForFunction(() => document.querySelector('.hostchip')?.textContent?.includes('live'))
+      assert.equal(await page.getByRole('dialog', { name: /^Sign in/ }).count(), 0)
+      // Kept for this tab only, never in localStorage.
+      assert.equal(await page.evaluate(() => localStorage.length), 0)
+      assert.equal(await page.evaluate(() => sessionStorage.length), 1)
+    } finally {
+      await browser.close()
+    }
+  })
+
+  it('shows an embedded panel with the embed token in its link, and no more', async () => {
+    const r = await fetch(`${BASE}/api/v1/embed-tokens`, {
+      method: 'POST',
+      headers: { ...AUTH, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ scope: ['cpu.util'], ttl: 600 }),
+    })
+    assert.equal(r.status, 200)
+    const { embed_url: link, token } = await r.json()
+    const browser = await launch(undefined, [], { signIn: false })
+    try {
+      const page = await browser.page()
+      await page.goto(`${BASE}${link}&window=60`)
+      await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
+      assert.equal(await page.getByRole('dialog', { name: /^Sign in/ }).count(), 0)
+      await page.waitForFunction(() => !location.search.includes('token='))
+      // The same token cannot read anything else.
+      const other = await fetch(`${BASE}/api/v1/fetch?names=kernel.all.load`, { headers: { Authorization: `Bearer ${token}` } })
+      assert.equal(other.status, 403)
+    } finally {
+      await browser.close()
+    }
+  })
+})

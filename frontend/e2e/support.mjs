@@ -34,8 +34,9 @@ export const ARGS = [
   '--disable-sync',
 ]
 
-/** A fresh browser profile in a temporary directory; `close()` removes it. */
-export async function launch(viewport = { width: 1400, height: 900 }, extraArgs = []) {
+/** A fresh browser profile in a temporary directory; `close()` removes it. Its first
+ * page is signed in to BASE unless `signIn: false` (a visitor without a token). */
+export async function launch(viewport = { width: 1400, height: 900 }, extraArgs = [], { signIn: withToken = true } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'hostscope-e2e-'))
   const context = await chromium.launchPersistentContext(dir, {
     executablePath: CHROMIUM,
@@ -51,7 +52,7 @@ export async function launch(viewport = { width: 1400, height: 900 }, extraArgs 
     async page() {
       const p = context.pages()[0] ?? (await context.newPage())
       p.on('pageerror', (e) => errors.push(e.message))
-      if (BASE && TOKEN) await signIn(p)
+      if (BASE && TOKEN && withToken) await signIn(p)
       return p
     },
     async close() {

@@ -9,7 +9,7 @@
  * gap is backfilled from the daemon's history and merged by timestamp.
  */
 import { shallowRef, type ShallowRef } from 'vue'
-import { getJson, isCrossOrigin, streamUrl, tokenFor, unreachableMessage } from '../lib/api'
+import { getJson, isCrossOrigin, setToken, streamUrl, tokenFor, unreachableMessage } from '../lib/api'
 import {
   DaemonError,
   PROTOCOL_VERSION,
@@ -116,6 +116,9 @@ export class HostConnection {
   /** Epoch seconds of the next reconnect attempt while reconnecting. */
   readonly retryAt: ShallowRef<number | null> = shallowRef(null)
   readonly container: ShallowRef<string> = shallowRef('')
+  /** Why the daemon wants a token (none sent, or the one sent was refused); null when it
+   * has what it needs. The page shows a token prompt for it (TokenPrompt.vue). */
+  readonly needsToken: ShallowRef<string | null> = shallowRef(null)
 
   /** `GET /api/v1/bpf`, kept current by toggle answers; null until loaded. */
   readonly bpf: ShallowRef<BpfList | null> = shallowRef(null)
@@ -210,6 +213,32 @@ export class HostConnection {
     this.closeSocket(1000)
     this.loadMetadata(true)
     this.connect()
+  }
+
+  /** Use `token` for this daemon from now on (kept per tab, see lib/api.ts) and reconnect. */
+  signIn(token: string): void {
+    setToken(this.base, token.trim() || null)
+    this.needsToken.value = null
+    this.problem.value = null
+    this.retry()
+  }
+
+  /** The daemon refused our credentials: forget a stored token that no longer works,
+   * stop retrying (it would only count as failed attempts) and ask for one. */
+  private unauthorized(reason: string): void {
+    const had = tokenFor(this.base) !== null
+    const asked = this.needsToken.value !== null
+    setToken(this.base, null)
+    this.env.clearTimeout(this.retryTimer)
+    this.retryTimer = null
+    this.retryAt.value = null
+    this.closeSocket(1000)
+    this.state.value = 'closed'
+    if (asked && !had) return // REST and the socket both refused: one message is enough
+    this.needsToken.value = had
+      ? `The daemon at ${this.base || location.host} refused the token (${reason}).`
+      : `The daemon at ${this.base || location.host} needs a token.`
+    this.problem.value = this.needsToken.value
   }
 
   /** Widgets declare the metrics they draw; the returned function releases them. */
@@ -470,6 +499,10 @@ export class HostConnection {
         this.info.value = info
         this.catalogue.value = new Map(metrics.metrics.map((d) => [d.name, d]))
       } catch (e) {
+        if (e instanceof DaemonError && e.status === 401) {
+          this.metricsLoad = null // load again once signed in
+          return this.unauthorized(e.message)
+        }
         // The websocket may still work (REST refused cross-origin); the socket's own
         // failure, if any, reports the problem. Keep the REST one as a notice.
         this.notice(e instanceof DaemonError ? e.code : 'error', (e as Error).message)
@@ -513,6 +546,7 @@ export class HostConnection {
       if (this.ws !== ws) return
       this.ws = null
       if (!this.started || this.state.value === 'suspended') return
+      if (ev.code === 4401) return this.unauthorized(ev.reason || 'unauthorized')
       this.problem.value = this.closeReason(ev, opened)
       this.scheduleReconnect()
     }
@@ -525,6 +559,7 @@ export class HostConnection {
     const who = this.base || location.host
     if (ev.code === 1013) return `The daemon at ${who} dropped this page for being too slow; reconnecting.`
     if (ev.code === 1001) return `The daemon at ${who} is shutting down or restarting.`
+    if (ev.code === 4429) return `The daemon at ${who} refuses sign-ins for a while after too many wrong tokens: ${ev.reason}.`
     if (ev.reason) return `The daemon at ${who} closed the connection: ${ev.reason} (code ${ev.code}).`
     if (!opened) {
       return isCrossOrigin(this.base)
