@@ -350,14 +350,32 @@ class HelperOps:
                     self._changed.wait()
                 if self._closed:
                     return
+            spawner = self._spawner
+            if spawner is not None and spawner.process.poll() is not None:
+                # Nothing privileged is left to start a helper (the spawner was killed):
+                # only restarting hostscope can bring BPF and profiles back.
+                with self._lock:
+                    self.state = "failed"
+                    self.last_error = (f"the spawner exited (status "
+                                       f"{spawner.process.returncode}); restart hostscope")
+                log.error("privileged helper cannot be restarted",
+                          extra={"error": self.last_error})
+                self._notify("helper_failed", "The privileged helper cannot be restarted: "
+                             f"{self.last_error}. BPF modules and profiles are unavailable.")
+                return
             try:
                 self._connect()
             except (OSError, RuntimeError, ValueError, BpfError, rpc.RpcError) as exc:
                 with self._lock:
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    self.state = "failed" if backoff >= BACKOFF_MAX_S else "restarting"
+                    failed = backoff >= BACKOFF_MAX_S and self.state != "failed"
+                    if failed:
+                        self.state = "failed"
                 log.error("restarting the privileged helper failed",
                           extra={"error": self.last_error, "retry_s": backoff})
+                if failed:  # say it once; retries go on every BACKOFF_MAX_S
+                    self._notify("helper_failed", "The privileged helper keeps failing to "
+                                 f"start ({self.last_error}); still retrying.")
                 with self._lock:
                     self._changed.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)

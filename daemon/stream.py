@@ -34,7 +34,18 @@ from . import bpf_api, encode
 from .auth import OPERATOR, Principal, principal_json, request_principal, websocket_login
 from .errors import ApiError, BadParameter, TooManyNames, details, translate
 from .hub import Client, Hub, interval_multiple
-from .keys import AUTH, CLOCK, CONFIG, CONNECTION_IDS, HOST, HUB, SAMPLER, SECURITY, WEBSOCKETS
+from .keys import (
+    AUTH,
+    CLOCK,
+    CONFIG,
+    CONNECTION_IDS,
+    HOST,
+    HUB,
+    PRIVILEGED,
+    SAMPLER,
+    SECURITY,
+    WEBSOCKETS,
+)
 from .security import check_websocket_origin
 from .version import PROTOCOL, VERSION
 
@@ -438,6 +449,14 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         "interval_s": app[SAMPLER].interval_s,
         "version": VERSION,
     })
+    helper = app[PRIVILEGED].helper_info()
+    if helper is not None and helper["state"] != "running":
+        # Notices go out when the helper's state changes; one who connects meanwhile
+        # learns it here (docs/privilege.md).
+        conn.send({"type": "notice", "code": f"helper_{helper['state']}", "helper": helper,
+                   "message": f"The privileged helper is {helper['state']}: BPF modules "
+                   "and profiles are unavailable until it runs again"
+                   + (f" ({helper['error']})." if helper.get("error") else ".")})
     log.info("client connected", extra={"client": peer})
     try:
         async for msg in ws:

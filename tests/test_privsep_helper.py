@@ -313,6 +313,44 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
             await proc.wait()
 
 
+async def test_without_a_spawner_the_helper_is_reported_failed_and_the_daemon_serves_on(
+) -> None:
+    proc, url, lines = await start_serve()
+    try:
+        spawner = children_of(proc.pid)
+        assert len(spawner) == 1
+        ws_url = url.replace("http://", "ws://") + "api/v1/stream"
+        async with connect(ws_url, additional_headers=auth_headers()) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            os.kill(spawner[0], signal.SIGKILL)  # the helper dies with it (PDEATHSIG)
+            codes = []
+            while "helper_failed" not in codes:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if msg["type"] == "notice":
+                    codes.append(msg["code"])
+            assert codes == ["helper_lost", "helper_failed"]
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            helper = (await _host(session, url))["helper"]
+            assert helper["state"] == "failed" and "spawner exited" in helper["error"]
+            async with session.post(url + "api/v1/bpf/runqlat", json={"enabled": True}) as r:
+                assert r.status == 503
+                assert (await r.json())["error"]["code"] == "helper_unavailable"
+            async with session.get(url + "api/v1/metrics") as r:
+                assert r.status == 200  # the dashboard's own work goes on
+        # Whoever connects later is told right after hello.
+        async with connect(ws_url, additional_headers=auth_headers()) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert msg["type"] == "notice" and msg["code"] == "helper_failed", msg
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await read_rest(proc, lines)
+
+
 @pytest.mark.root
 async def test_kill_9_of_the_daemon_takes_spawner_helper_and_programs_with_it() -> None:
     require_bpf()
