@@ -126,6 +126,7 @@ def capture(base: str, duration: float, frequency: int) -> dict[str, Any]:
     prof = view["profile"]
     ends = prof["started_at"] + prof["duration_s"]
     out = {"id": pid, "latency_s": now - ends, "json_bytes": len(body),
+           "timings": prof.get("timings"),
            "total": prof["total"], "nodes": flame.count_nodes(view["tree"])}
     for fmt in ("folded", "svg", "speedscope"):
         t0 = time.perf_counter()
@@ -158,7 +159,7 @@ def live(rounds: int, duration: float, frequency: int) -> list[dict[str, Any]]:
                   f"nodes, {r['json_bytes'] / 1024:.0f} KiB); folded "
                   f"{r['folded_s'] * 1000:.0f} ms, svg {r['svg_s'] * 1000:.0f} ms, "
                   f"speedscope {r['speedscope_s'] * 1000:.0f} ms, range view "
-                  f"{r['range_s'] * 1000:.0f} ms")
+                  f"{r['range_s'] * 1000:.0f} ms; daemon's steps (s): {r['timings']}")
         return results
     finally:
         proc.terminate()

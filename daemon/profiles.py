@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,24 @@ class Capture:
     outputs: dict[tuple[Any, ...], str] = field(default_factory=dict)
     #: Privileged-side request (API names translated, container resolved to a cgroup).
     private: dict[str, Any] = field(default_factory=dict)
+    #: Monotonic times the service saw each step (started, symbolizing, done, fetched,
+    #: built): where the wait between capture end and view goes.
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def timings(self) -> dict[str, float | None]:
+        """Seconds per step as seen from here: ``capture`` (start to the first
+        symbolizing/done poll), ``symbolize`` (to done), ``fetch``, ``build`` (parse, tree,
+        timeline, JSON; wall) and ``build_cpu`` (its CPU time). Polling adds up to one
+        interval to the first two."""
+        m = self.marks
+
+        def span(a: str, b: str) -> float | None:
+            return round(m[b] - m[a], 3) if a in m and b in m else None
+
+        return {"capture": span("started", "symbolizing"),
+                "symbolize": span("symbolizing", "done"),
+                "fetch": span("done", "fetched"), "build": span("fetched", "built"),
+                "build_cpu": self.meta.get("build_cpu_s")}
 
     @property
     def final(self) -> bool:
@@ -191,6 +210,7 @@ class Capture:
             "lost": meta.get("lost"),
             "error": self.error,
             "notes": list(meta.get("notes", ())),
+            "timings": self.timings(),
         }
 
 
@@ -420,6 +440,7 @@ class ProfileService:
         except Exception as exc:
             raise _error_of(exc) from exc
         capture.started_at = round(self._clock.wall(), 3)
+        capture.marks["started"] = self._clock.mono()
 
     def _finish(self, capture: Capture, state: str, error: dict[str, str] | None) -> None:
         if capture.final:
@@ -505,9 +526,13 @@ class ProfileService:
             progress = status.get("progress")
             if _number(progress) and math.isfinite(progress):
                 capture.progress = min(1.0, max(0.0, float(progress)))
+            if state == "symbolizing":
+                capture.marks.setdefault("symbolizing", self._clock.mono())
             if state in ("running", "symbolizing"):
                 capture.state = state
             elif state == "done":
+                capture.marks.setdefault("symbolizing", self._clock.mono())
+                capture.marks["done"] = self._clock.mono()
                 await self._collect(capture, capture_id, deadline)
                 return
             elif state in ("failed", "cancelled"):
@@ -542,7 +567,9 @@ class ProfileService:
             return
         if capture.final:
             return
+        capture.marks["fetched"] = self._clock.mono()
         profile, meta, json_body = await self.run(digest, data)
+        capture.marks["built"] = self._clock.mono()
         capture.profile = profile
         capture.meta = meta
         capture.outputs[("json", None, None, None)] = json_body
@@ -579,6 +606,7 @@ class ProfileService:
 
 def digest(data: Mapping[str, Any]) -> tuple[flame.Profile, dict[str, Any], str]:
     """Parse fetched ProfileData and pre-build the full-capture JSON view (blocking)."""
+    cpu0 = time.thread_time()
     profile = flame.parse_profile(data)
     notes = [n for n in data.get("notes", ()) if isinstance(n, str)]
     meta = {
@@ -591,6 +619,8 @@ def digest(data: Mapping[str, Any]) -> tuple[flame.Profile, dict[str, Any], str]
         "notes": notes,
     }
     body = tree_body(profile, None, None, None, None)
+    # CPU time of this thread: the wall time of a build on a loaded host says little.
+    meta["build_cpu_s"] = round(time.thread_time() - cpu0, 4)
     return profile, meta, body
 
 
