@@ -35,7 +35,7 @@ from aiohttp import web
 from hostscope.metrics.model import MetricDesc, Semantics, ValueType
 from hostscope.metrics.sampler import Sampler
 
-from .keys import HUB, PROMETHEUS, TICKER
+from .keys import HUB, PRIVILEGED, PROMETHEUS, TICKER
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -227,6 +227,14 @@ class DaemonCollector:
             collections.add_metric([status.name], status.collections)
         yield errors
         yield collections
+        helper = app[PRIVILEGED].helper_info()
+        if helper is not None:  # privilege separation (docs/privilege.md): alert on these
+            yield GaugeMetricFamily(
+                "hostscope_helper_up", "1 while the privileged helper runs",
+                value=1 if helper["state"] == "running" else 0)
+            yield CounterMetricFamily(
+                "hostscope_helper_restarts", "times the privileged helper was restarted",
+                value=helper["restarts"])
 
 
 def build_registry(app: web.Application, sampler: Sampler

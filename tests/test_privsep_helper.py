@@ -276,6 +276,10 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
                 assert "runqlat" in notices[-1]["message"]
                 host = await _host(session, url)
                 assert host["helper"]["restarts"] == 1
+                async with session.get(url + "metrics") as resp:
+                    exposition = await resp.text()
+                assert "hostscope_helper_up 1.0" in exposition
+                assert "hostscope_helper_restarts_total 1.0" in exposition
                 assert host["helper"]["pid"] not in (None, helper["pid"])
                 assert host["helper"]["last_restart"] is not None
                 async with session.get(url + "api/v1/bpf/runqlat") as resp:
