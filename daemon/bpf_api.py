@@ -96,9 +96,9 @@ async def toggle(
 ) -> dict[str, Any]:
     """Switch module ``name`` on or off for ``user_id``; the module's entry afterwards.
 
-    The single entry point for toggles from every transport. There is no authentication
-    yet (the daemon listens on loopback by default); when it arrives, the "operator role"
-    check belongs here, at the top, so that no path can load a BPF program without it.
+    The single entry point for toggles from every transport. Callers have checked the
+    operator role already (REST: the auth middleware, which guards every non-GET under
+    /api/; websocket: the connection's role), see daemon/auth.py.
     """
     ops = app[PRIVILEGED]
 

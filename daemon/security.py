@@ -1,7 +1,7 @@
 """Browser-facing security: Host and Origin checks, security headers, strict CORS.
 
-hostscope has no authentication yet (it binds loopback by default), so the realistic
-attack is a web page in the user's browser talking to the daemon:
+Tokens (daemon/auth.py) guard the data; these checks guard against a web page in the
+user's browser talking to the daemon, with or without the user's cookie:
 
 * **DNS rebinding**: ``evil.example`` resolves to 127.0.0.1 after the page loads, making
   the daemon same-origin with the attacker. The only defence is checking the ``Host``
