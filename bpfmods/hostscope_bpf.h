@@ -80,4 +80,20 @@ struct hs_dev_slot {
 #define HS_OP_DISCARD 2
 #define HS_OP_OTHER 3
 
+/* Key of the stack-counting maps (profile.bpf.c, offcpu.bpf.c with HS_STACKS): a process,
+ * its user and kernel stack ids, the thread's comm and a time slot (bpf_ktime_get_ns() /
+ * HS_SLOT_NS since boot; user space subtracts the capture's first slot), so one capture
+ * gives both a flame graph and a sub-second heat map. Keep in sync with
+ * bpfmods/profiler.py StackKey. */
+#ifndef HS_SLOT_NS
+#define HS_SLOT_NS 20000000ULL
+#endif
+struct hs_stack_key {
+    u32 tgid;
+    u32 slot;
+    s32 user_stack;
+    s32 kernel_stack;
+    char comm[16];
+};
+
 #endif /* HOSTSCOPE_BPF_H */

@@ -53,22 +53,34 @@ def bcc_bpf_class() -> Any:
         return _bpf_class["cls"]
 
 
+#: perf_event_open types and software configs (uapi/linux/perf_event.h); bcc's PerfType and
+#: PerfSWConfig hold the same numbers, but naming them here keeps bcc out of imports.
+PERF_TYPE_SOFTWARE = 1
+PERF_SW_EVENTS = {"cpu-clock": 0}
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """One attachment: ``kind`` is "tp_btf", "raw_tracepoint" or "tracepoint"."""
+    """One attachment: ``kind`` is "tp_btf", "raw_tracepoint", "tracepoint" or "perf_event"."""
 
     kind: str
-    #: "sched_switch" for (BTF-enabled) raw tracepoints, "sched:sched_switch" for tracepoints
+    #: "sched_switch" for (BTF-enabled) raw tracepoints, "sched:sched_switch" for tracepoints,
+    #: a key of PERF_SW_EVENTS ("cpu-clock") for perf events (one per online CPU)
     event: str
     #: tp_btf only: BTF type id of the kernel's ``btf_trace_<event>`` typedef (0 = unknown)
     btf_id: int = 0
+    #: samples per second per CPU (perf events only)
+    sample_freq: int = 0
 
     @property
     def fn_name(self) -> str:
         """The C function bcc's TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE macros define, or
-        ``hs_tp_btf__<event>`` for a tp_btf program (a prefix bcc does not act on)."""
+        ``hs_tp_btf__<event>`` for a tp_btf program (a prefix bcc does not act on), or the
+        sampling function of a perf event program."""
         if self.kind == "tp_btf":
             return f"hs_tp_btf__{self.event}"
+        if self.kind == "perf_event":
+            return "hs_perf_sample"
         if self.kind == "raw_tracepoint":
             return f"raw_tracepoint__{self.event}"
         category, _, name = self.event.partition(":")
@@ -138,6 +150,24 @@ class Loaded:
         if self._rings and not self.closed:
             self._bpf.ring_buffer_consume()
 
+    def detach(self) -> None:
+        """Stop every probe but keep the maps readable: a capture reads its final counts
+        after detaching, so nothing is added while (or after) they are read."""
+        if self.closed:
+            return
+        for fd in reversed(self._own_fds):  # tp_btf links first, then their programs
+            os.close(fd)
+        self._own_fds.clear()
+        for probe in self.probes:
+            if probe.kind == "perf_event":
+                self._bpf.detach_perf_event(ev_type=PERF_TYPE_SOFTWARE,
+                                            ev_config=PERF_SW_EVENTS[probe.event])
+            elif probe.kind == "raw_tracepoint":
+                self._bpf.detach_raw_tracepoint(tp=probe.event.encode())
+            elif probe.kind == "tracepoint":
+                self._bpf.detach_tracepoint(tp=probe.event.encode())
+        self.probes = []
+
     def close(self) -> None:
         """Detach every probe, close every program and map fd. Idempotent."""
         if self.closed:
@@ -175,6 +205,10 @@ def load(source: str, cflags: Sequence[str], probes: Sequence[ProbeSpec]) -> Loa
                 bpf.attach_raw_tracepoint(tp=probe.event.encode(), fn_name=fn)
             elif probe.kind == "tracepoint":
                 bpf.attach_tracepoint(tp=probe.event.encode(), fn_name=fn)
+            elif probe.kind == "perf_event" and probe.event in PERF_SW_EVENTS:
+                bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE,
+                                      ev_config=PERF_SW_EVENTS[probe.event], fn_name=fn,
+                                      sample_freq=probe.sample_freq, cpu=-1)
             else:
                 raise BpfLoadError(f"unknown probe kind {probe.kind}")
     except Exception as exc:
