@@ -555,7 +555,7 @@ class Profiler:
         if request.kind == "cpu":
             source = "profile.bpf.c"
             probes: tuple[ProbeSpec, ...] = (
-                ProbeSpec("perf_event", "cpu-clock", request.frequency_hz),)
+                ProbeSpec("perf_event", "cpu-clock", sample_freq=request.frequency_hz),)
             event = f"perf_event cpu-clock {request.frequency_hz} Hz"
         else:
             module = OffCpuTime()
