@@ -514,6 +514,13 @@ def auth_middleware(auth: Auth, clock: Clock,
         from_cookie = False
         if token is None and request.path.startswith(_RENDER_PREFIX):
             token = request.query.get("token") or None
+            if token is not None and not token.startswith(EMBED_PREFIX):
+                # URLs end up in logs, histories and Referer headers: only a scoped,
+                # expiring token may travel in one.
+                raise ApiError(401, "unauthorized",
+                               "only embed tokens may be sent in the URL; send other tokens "
+                               "as 'Authorization: Bearer TOKEN'",
+                               headers={"WWW-Authenticate": 'Bearer realm="hostscope"'})
         if token is None:
             token = request.cookies.get(cookie_name(request)) or None
             from_cookie = token is not None

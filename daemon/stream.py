@@ -31,7 +31,14 @@ from hostscope.bpfmods.manager import BpfError
 from hostscope.metrics.model import UnknownMetricError
 
 from . import bpf_api, encode
-from .auth import OPERATOR, Principal, principal_json, request_principal, websocket_login
+from .auth import (
+    OPERATOR,
+    WS_UNAUTHORIZED,
+    Principal,
+    principal_json,
+    request_principal,
+    websocket_login,
+)
 from .errors import ApiError, BadParameter, TooManyNames, details, translate
 from .hub import Client, Hub, interval_multiple
 from .keys import (
@@ -75,6 +82,8 @@ class _Connection:
         #: Who the connection acts for: its role gates state-changing messages, an embed
         #: token's scope limits what it may subscribe to.
         self.principal = principal
+        self.expiry: asyncio.TimerHandle | None = None
+        self.expired: asyncio.Future[None] | None = None
         self.ws = ws
         self.client = Client(
             peer, queue_size=request.app[CONFIG].client_queue, on_overflow=self.overflow
@@ -306,6 +315,21 @@ class _Connection:
             raise ApiError(403, "forbidden",
                            f"the embed token does not open {', '.join(outside[:5])}")
 
+    def watch_expiry(self) -> None:
+        """Close the connection when its (embed) token expires: an expiring token must
+        not keep streaming through a socket opened before the expiry."""
+        expires = self.principal.expires
+        if expires is None:
+            return
+        left = expires - self.request.app[CLOCK].wall()
+        if left > 0:
+            self.expiry = asyncio.get_running_loop().call_later(left, self.watch_expiry)
+            return
+        log.info("client token expired", extra={"client": self.client.peer})
+        self.hub.unregister(self.client)
+        self.expired = asyncio.ensure_future(
+            self.close(WS_UNAUTHORIZED, b"unauthorized: the embed token expired"))
+
     def reauth(self, message: dict[str, Any]) -> None:
         """A later ``auth`` message changes the connection's role (a viewer pasting an
         operator token); a bad one is an error and leaves the role as it was."""
@@ -315,6 +339,10 @@ class _Connection:
         app = self.request.app
         self.principal = app[AUTH].check(token, self.request.remote or "unknown", app[CLOCK])
         self.send({"type": "auth", **principal_json(self.principal)})
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        self.watch_expiry()
 
     async def bpf(self, message: dict[str, Any]) -> None:
         """Toggle a BPF module held by this connection; answer with its status entry."""
@@ -458,6 +486,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
                    "and profiles are unavailable until it runs again"
                    + (f" ({helper['error']})." if helper.get("error") else ".")})
     log.info("client connected", extra={"client": peer})
+    conn.watch_expiry()
     try:
         async for msg in ws:
             if client.closed:
@@ -469,16 +498,19 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     finally:
         hub.unregister(client)
         conn.stop_writer()
+        if conn.expiry is not None:
+            conn.expiry.cancel()
         log.info(
             "client disconnected",
             extra={"client": peer, "code": ws.close_code, "dropped": conn.closer is not None},
         )
         if conn.bpf_used:
             await conn.release_bpf()
-    if conn.closer is not None:
-        # Keep the request alive until the slow client has been closed or aborted.
-        with contextlib.suppress(asyncio.CancelledError):
-            await conn.closer
+    for closing in (conn.closer, conn.expired):
+        if closing is not None:
+            # Keep the request alive until the client has been closed or aborted.
+            with contextlib.suppress(asyncio.CancelledError):
+                await closing
     return ws
 
 

@@ -528,6 +528,9 @@ async def test_embed_tokens_open_only_their_panels(daemon: Daemon) -> None:
     # As <img src> in a runbook: the query parameter (on renders only).
     assert (await daemon.call("GET", f"/api/v1/render/cpu.util.svg?token={token}"))[0] == 200
     assert (await daemon.call("GET", f"/api/v1/host?token={token}"))[0] == 401
+    status, answer, _ = await daemon.call(
+        "GET", f"/api/v1/render/cpu.util.svg?token={OPERATOR_TOKEN}")  # a real token: no
+    assert status == 401 and "only embed tokens" in answer["error"]["message"]
     status, answer, _ = await daemon.call("GET", "/api/v1/render/mem.util.svg", token)
     assert (status, answer["error"]["code"]) == (403, "forbidden")
     for path in ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth"):
@@ -571,6 +574,21 @@ async def test_expired_and_tampered_embed_tokens(daemon: Daemon) -> None:
     wider = auth_mod._b64(json.dumps({"s": ["cpu.util", "proc"], "exp": 2**40}).encode())
     assert (await daemon.call("GET", "/api/v1/render/cpu.util.svg",
                               f"{prefix}.{wider}.{signature}"))[0] == 401
+
+
+async def test_open_websocket_closes_when_its_embed_token_expires(daemon: Daemon) -> None:
+    from hostscope.daemon.keys import AUTH
+
+    token = daemon.app[AUTH].signer.mint(["cpu.util"], 2, now=time.time())
+    async with connect(daemon.ws, additional_headers=auth_headers(token)) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.send(json.dumps({"type": "subscribe", "names": ["kernel.all.cpu.util.user"],
+                                  "backfill": 0}))
+        with pytest.raises(ConnectionClosed) as info:
+            for _ in range(100):
+                await recv_json(ws)  # meta, live frames, then the close
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+    assert "expired" in info.value.rcvd.reason
 
 
 def test_embed_tokens_survive_a_restart_with_a_secret_file(tmp_path: Path) -> None:
