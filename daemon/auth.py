@@ -52,7 +52,7 @@ from aiohttp import web
 from hostscope.metrics.sampler import Clock
 
 from .config import TOKEN_ENV, Config, ConfigError
-from .errors import ApiError
+from .errors import ApiError, parse_json_body
 
 log = logging.getLogger("hostscope.daemon")
 
@@ -611,7 +611,7 @@ async def websocket_login(request: web.Request, ws: web.WebSocketResponse,
                 reason = "unauthorized: 'token' must be a non-empty string"
     except TimeoutError:
         reason = "unauthorized: no auth message in time"
-    except ValueError:
+    except (ValueError, RecursionError):
         pass  # not JSON: the reason above says what was expected
     except ApiError as exc:
         code = WS_RATE_LIMITED if exc.status == 429 else WS_UNAUTHORIZED
@@ -634,10 +634,7 @@ async def embed_token_handler(request: web.Request) -> web.Response:
     "ttl": seconds}`` -> the token, its expiry and a ready ``/embed`` link."""
     from .keys import AUTH, CLOCK
 
-    try:
-        body = json.loads(await request.read())
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
+    body = parse_json_body(await request.read())
     if not isinstance(body, dict) or set(body) - {"scope", "ttl"}:
         raise ApiError(400, "bad_parameter",
                        'the body must be {"scope": ["cpu.util", ...], "ttl": seconds}')

@@ -25,7 +25,7 @@ from aiohttp import web
 from hostscope.bpfmods.manager import UnknownModuleError
 
 from .api import int_param
-from .errors import ApiError, BadParameter
+from .errors import ApiError, BadParameter, parse_json_body
 from .keys import BPF_EXECUTOR, PRIVILEGED, SECURITY
 
 log = logging.getLogger("hostscope.daemon")
@@ -218,12 +218,7 @@ async def module_handler(request: web.Request) -> web.Response:
 async def toggle_handler(request: web.Request) -> web.Response:
     check_toggle_request(request)
     user = rest_user(request)
-    try:
-        body = json.loads(await request.read())
-    except ValueError as exc:  # malformed JSON or not UTF-8
-        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
-    except RecursionError:  # "[[[[..." within the body limit
-        raise ApiError(400, "bad_request", "the body is not JSON: nested too deeply") from None
+    body = parse_json_body(await request.read())
     if not isinstance(body, dict):
         raise BadParameter('the body must be a JSON object: {"enabled": true|false, '
                            '"settings": {...}}')

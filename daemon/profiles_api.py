@@ -10,7 +10,6 @@ full-capture JSON view is built once when the capture finishes.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from . import flame
-from .errors import ApiError, BadParameter, ProfileApiError
+from .errors import ApiError, BadParameter, ProfileApiError, parse_json_body
 from .keys import CLOCK, CONFIG, PRIVILEGED, PROFILES, SAMPLER, SECURITY
 from .profiles import Capture, ProfileService, tree_body
 
@@ -106,12 +105,7 @@ async def create_handler(request: web.Request) -> web.Response:
         raise ApiError(415, "unsupported_media_type",
                        "the body must be JSON sent with Content-Type: application/json, e.g. "
                        '{"kind": "cpu", "duration": 30}')
-    try:
-        body = json.loads(await request.read())
-    except ValueError as exc:  # malformed JSON or not UTF-8
-        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
-    except RecursionError:  # "[[[[..." within the body limit
-        raise ApiError(400, "bad_request", "the body is not JSON: nested too deeply") from None
+    body = parse_json_body(await request.read())
     service = request.app[PROFILES]
     capture = await service.submit(body)
     return web.json_response(_summary(service, capture), status=202)

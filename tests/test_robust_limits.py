@@ -238,7 +238,7 @@ async def test_disconnecting_mid_backfill_logs_no_errors(caplog: pytest.LogCaptu
     from .test_daemon_stream import prefilled_sampler
 
     sampler = prefilled_sampler(600, INTERVAL)
-    runner, daemon = await run_daemon(Config(interval=INTERVAL), sampler)
+    runner, daemon = await run_daemon(auth_config(interval=INTERVAL), sampler)
     caplog.set_level(logging.WARNING)
     try:
         for i in range(40):
