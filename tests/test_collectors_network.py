@@ -35,7 +35,6 @@ from hostscope.metrics.collectors.network import (
     SockDiagError,
     TcpConnCollector,
     TcpStateDump,
-    _count_uniform_replies,
     parse_net_dev,
     parse_proc_tcp,
     parse_snmp,
@@ -377,54 +376,6 @@ def test_parse_sock_diag_one_walk_replies_stale_dumps_and_buffer_end() -> None:
     assert parse_sock_diag(reused, counts, kind=TCPDIAG_GETSOCK, seq=7, end=0) is False
     assert parse_sock_diag(reused, counts, kind=TCPDIAG_GETSOCK, seq=7, end=20) is True
     assert counts[1] == 0
-
-
-def _counts_one_by_one(buf: bytes, kind: int, seq: int | None) -> tuple[list[int], bool]:
-    """Reference: the message-by-message walk, one reply at a time (no stride run)."""
-    counts = [0] * 13
-    done = False
-    offset = 0
-    while offset + 16 <= len(buf):
-        length = struct.unpack_from("=I", buf, offset)[0]
-        step = (length + 3) & ~3
-        done = parse_sock_diag(buf[offset:offset + step], counts, kind=kind, seq=seq) or done
-        offset += step
-    return counts, done
-
-
-@pytest.mark.parametrize("case", ["uniform", "done", "foreign seq", "other type", "attrs",
-                                  "odd length", "cut short"])
-def test_parse_sock_diag_runs_of_uniform_replies_count_like_one_by_one(case: str) -> None:
-    # Thousands of same-sized replies per buffer are counted by stride slices; every
-    # way a buffer can break the uniformity must still give the message-by-message count.
-    states = [(i * 7) % 13 for i in range(1500)]  # includes 0 and 12 (NEW_SYN_RECV)
-    replies = [_diag_msg(s, kind=TCPDIAG_GETSOCK, seq=7) for s in states]
-    if case == "foreign seq":
-        replies[700] = _diag_msg(1, kind=TCPDIAG_GETSOCK, seq=6)
-    elif case == "other type":
-        replies[3] = _diag_msg(1, kind=SOCK_DIAG_BY_FAMILY, seq=7)
-    elif case == "attrs":
-        replies[1200] = _diag_msg(1, struct.pack("=HHB", 5, 8, 0), kind=TCPDIAG_GETSOCK, seq=7)
-    buf = b"".join(replies)
-    if case == "done":
-        buf += struct.pack("=IHHIIi", 20, 3, 2, 7, 0, 0)
-    elif case == "odd length":
-        buf = b"".join(_diag_msg(s, b"\1", kind=TCPDIAG_GETSOCK, seq=7) for s in states)
-    elif case == "cut short":
-        buf = buf[:-30]
-    expected, expected_done = _counts_one_by_one(buf, TCPDIAG_GETSOCK, 7)
-    counts = [0] * 13
-    assert parse_sock_diag(bytearray(buf), counts, kind=TCPDIAG_GETSOCK, seq=7) is expected_done
-    assert counts == expected
-    assert sum(counts) >= 1400
-    if case in ("uniform", "done", "cut short"):  # the stride run covered the replies
-        assert _count_uniform_replies(buf, len(buf), [0] * 13, TCPDIAG_GETSOCK, 7) >= 88 * 1499
-    # a reused buffer: bytes past ``end`` belong to an earlier read
-    counts = [0] * 13
-    stale = bytearray(buf) + bytearray(_diag_msg(1, kind=TCPDIAG_GETSOCK, seq=7) * 50)
-    assert parse_sock_diag(stale, counts, kind=TCPDIAG_GETSOCK, seq=7, end=len(buf)) \
-        is expected_done
-    assert counts == expected
 
 
 def test_netlink_failure_falls_back_to_the_files(tmp_path: Path) -> None:

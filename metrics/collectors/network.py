@@ -673,9 +673,9 @@ def parse_sock_diag(
     skipped. ``end`` limits the parse to ``data[:end]`` (a reused receive buffer).
     Raises :class:`SockDiagError` (an OSError) for an NLMSG_ERROR reply.
     """
+    offset = 0
     if end is None:
         end = len(data)
-    offset = _count_uniform_replies(data, end, counts, kind, seq)
     unpack = _NLMSG_HDR.unpack_from
     while offset + 16 <= end:
         length, msg_kind, _, msg_seq, _ = unpack(data, offset)
@@ -697,40 +697,6 @@ def parse_sock_diag(
                 raise SockDiagError(-err, f"sock_diag dump failed: {os.strerror(-err)}")
         offset += (length + 3) & ~3
     return False
-
-
-def _count_uniform_replies(data: bytes | bytearray, end: int, counts: list[int], kind: int,
-                           seq: int | None) -> int:
-    """Count the leading run of same-sized replies by stride slices; return where it ends.
-
-    Without extensions every socket's reply has the same size (16 + 72 bytes), so a
-    buffer of ``k`` of them has each field at a fixed stride: ``data[17::step]`` is
-    every socket's state and ``bytes.count`` tallies them, with no Python code per
-    socket (a host with 10,000 connections sends 10,000 replies per walk, whose
-    message-by-message parse cost more than the kernel's walk). The run is taken only
-    if every reply's length, type and (with ``seq``) sequence number are those of the
-    first, checked byte by byte with the same slices; otherwise, and for what follows
-    the run (NLMSG_DONE, an error), :func:`parse_sock_diag` goes message by message.
-    """
-    if end < 18:
-        return 0
-    length, msg_kind, _, msg_seq, _ = _NLMSG_HDR.unpack_from(data, 0)
-    if length < 18 or msg_kind != kind or (seq is not None and msg_seq != seq):
-        return 0
-    step = (length + 3) & ~3
-    k = (end - length) // step + 1  # the last reply needs no padding after it
-    if k < 2:
-        return 0
-    run = bytes(data[: (k - 1) * step + length])
-    header = _NLMSG_HDR.pack(length, kind, 0, msg_seq, 0)
-    checked = (0, 1, 2, 3, 4, 5) if seq is None else (0, 1, 2, 3, 4, 5, 8, 9, 10, 11)
-    for position in checked:
-        if run[position::step].count(header[position]) != k:
-            return 0
-    states = run[17::step]
-    for state in range(_NSTATES):
-        counts[state] += states.count(state)
-    return k * step
 
 
 def _dump(sock: socket.socket, kind: int, request: bytes, seq: int,
