@@ -18,6 +18,7 @@ import ctypes as ct
 import json
 import os
 import platform
+import shutil
 import struct
 import sys
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from hostscope.metrics.sources import Roots
 
 from .host import HostProbe
 from .manager import BpfManager
+from .profiler import Profiler
 
 #: perf_event_open(2) syscall numbers; other architectures skip the live check.
 _PERF_EVENT_OPEN_NR = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331}
@@ -80,8 +82,10 @@ def run_checks(
     host: HostProbe | None = None,
     venv: str | None = None,
     live_perf: bool = True,
+    perf_binary: str | None = None,
 ) -> list[Check]:
-    """Every readiness check, required ones first. ``venv`` only shapes fix commands."""
+    """Every readiness check, required ones first. ``venv`` only shapes fix commands;
+    ``perf_binary`` is the perf tool to report ("" = none; None = look it up on PATH)."""
     host = host or HostProbe(roots or Roots(), lib_modules=lib_modules, release=release)
     venv = venv or sys.prefix
     installer = f"bpfmods/install-deps.sh {venv}"
@@ -159,6 +163,23 @@ def run_checks(
         "" if perf_ok else "run as root or grant CAP_PERFMON; or sysctl "
         "kernel.perf_event_paranoid=-1 (less safe: lets every user profile the system)",
         required=False))
+
+    perf_tool = shutil.which("perf") if perf_binary is None else perf_binary or None
+    checks.append(Check(
+        "perf_tool", perf_tool is not None, "perf tool (CPU profile fallback)",
+        f"{perf_tool}: CPU profiles fall back to perf record when bcc cannot run"
+        if perf_tool else "perf is not installed: CPU profiles need bcc",
+        "" if perf_tool else f"apt-get install linux-perf  (or {installer})",
+        required=False))
+    readiness = Profiler(host.roots, host, perf_binary=perf_tool or "").readiness()
+    for kind, title in (("cpu", "CPU profiles (flame graphs)"),
+                        ("offcpu", "Off-CPU profiles (blocked time)")):
+        ready = readiness[kind]
+        checks.append(Check(
+            f"profiling.{kind}", bool(ready["available"]), title,
+            f"captured with {ready['method']}" if ready["available"] else str(ready["reason"]),
+            "" if ready["available"] else f"fix the checks above ({installer})",
+            required=False))
 
     manager = BpfManager(host)
     for module in manager.modules():

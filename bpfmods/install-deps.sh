@@ -4,7 +4,8 @@
 #
 # - Debian packages: python3-bpfcc (bcc's Python bindings + libbcc with its built-in clang),
 #   bpftool (the tests list loaded programs with it), linux-headers-amd64 (Debian's generic
-#   kernel headers; see the fallback below).
+#   kernel headers; see the fallback below), linux-perf (the `perf` tool: the CPU profile's
+#   fallback when bcc cannot run, and its tests).
 # - Kernel headers fallback: bcc refuses to compile anything without
 #   /lib/modules/$(uname -r)/build. Custom kernels (such as the CI VMs' 6.18) ship no headers
 #   package and no CONFIG_IKHEADERS, so we point build/ and source/ at Debian's generic
@@ -23,7 +24,7 @@
 set -euo pipefail
 
 VENV_DIR=${1:-}
-PACKAGES=(python3-bpfcc bpftool linux-headers-amd64)
+PACKAGES=(python3-bpfcc bpftool linux-headers-amd64 linux-perf)
 TRACEFS=/sys/kernel/tracing
 SYSTEM_BCC=/usr/lib/python3/dist-packages/bcc
 

@@ -65,6 +65,8 @@ def test_broken_host_gets_a_concrete_fix_for_each_failure(tmp_path: Path) -> Non
     assert "bpfmods/install-deps.sh /opt/venv" in got["kernel_headers"].fix
     assert str(lib_modules / release / "build") in got["kernel_headers"].fix
     assert not got["perf_events"].ok and "CAP_PERFMON" in got["perf_events"].fix
+    assert not got["profiling.cpu"].ok and not got["profiling.offcpu"].ok
+    assert "perf events" in got["profiling.cpu"].detail
     for cid, check in got.items():
         if cid.startswith("module."):
             assert not check.ok and check.fix
@@ -72,6 +74,24 @@ def test_broken_host_gets_a_concrete_fix_for_each_failure(tmp_path: Path) -> Non
     assert "[FAIL] tracefs mounted" in report
     assert "fix: mount -t tracefs" in report
     assert report.rstrip().endswith("must be fixed first")
+
+
+def test_profiling_readiness_without_perf_tool(tmp_path: Path) -> None:
+    roots, lib_modules, release = tree(tmp_path)
+    host = HostProbe(roots, lib_modules=lib_modules, release=release)
+    host._bcc = (False, "ModuleNotFoundError: No module named 'bcc'")
+    got = checks_by_id(run_checks(host=host, live_perf=False, venv="/opt/venv",
+                                  perf_binary=""))
+    assert not got["perf_tool"].ok and not got["perf_tool"].required
+    assert got["perf_tool"].fix.startswith("apt-get install linux-perf")
+    cpu = got["profiling.cpu"]
+    assert not cpu.ok and "bcc is not importable" in cpu.detail
+    assert "linux-perf" in cpu.detail
+    got = checks_by_id(run_checks(host=host, live_perf=False, venv="/opt/venv",
+                                  perf_binary="/usr/bin/perf"))
+    assert got["perf_tool"].ok
+    assert got["profiling.cpu"].ok and got["profiling.cpu"].detail == "captured with perf"
+    assert not got["profiling.offcpu"].ok and "need BPF" in got["profiling.offcpu"].detail
 
 
 def test_bcc_fix_explains_the_venv_when_debian_has_it(tmp_path: Path) -> None:
@@ -111,3 +131,5 @@ def test_doctor_text_report_and_perf_probe(capsys: pytest.CaptureFixture[str]) -
     if os.geteuid() == 0:
         got = checks_by_id(run_checks())
         assert got["perf_events"].ok, got["perf_events"].detail
+        if os.environ.get("CI") == "true":
+            assert got["perf_tool"].ok and got["profiling.cpu"].ok
