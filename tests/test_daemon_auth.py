@@ -700,3 +700,33 @@ def test_fake_clock_drives_embed_expiry_and_limits() -> None:
     assert info.value.status == 429
     clock.advance(10)
     assert auth.check(OPERATOR_TOKEN, "c", clock).role == OPERATOR
+
+
+def test_token_command(tmp_path: Path) -> None:
+    from .test_cli import hostscope
+
+    new = hostscope("token", "new", "--role", "viewer")
+    role, token = new.stdout.split()
+    assert new.returncode == 0 and role == "viewer" and len(token) >= 43
+    hashed = hostscope("token", "hash", token)
+    assert hashed.stdout.strip() == hash_token(token)
+    store = TokenStore()
+    store.add_lines(f"viewer {hashed.stdout.strip()}\n", "t")
+    assert store.role_of(token) == VIEWER
+
+    secret = tmp_path / "embed.key"
+    config = tmp_path / "hostscope.toml"
+    config.write_text(f'embed_secret_file = "{secret}"\n')
+    minted = hostscope("token", "embed", "cpu.util", "--ttl", "60", "--config", str(config))
+    assert minted.returncode == 0, minted.stderr
+    principal = EmbedSigner(load_or_create_secret(secret)).verify(minted.stdout.strip(),
+                                                                   time.time())
+    assert principal is not None and principal.scope == frozenset({"cpu.util"})
+    # The daemon reads the same secret: its link works there.
+    assert build_auth(Config(embed_secret_file=str(secret))).signer.verify(
+        minted.stdout.strip(), time.time()) == principal
+    missing = hostscope("token", "embed", "cpu.util")
+    assert missing.returncode == 2 and "embed_secret_file" in missing.stderr
+    bad_ttl = hostscope("token", "embed", "cpu.util", "--ttl", "0", "--embed-secret-file",
+                        str(secret))
+    assert bad_ttl.returncode == 2 and "ttl" in bad_ttl.stderr
