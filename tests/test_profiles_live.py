@@ -265,3 +265,58 @@ async def test_shutdown_stops_a_capture(tmp_path: Path, busy_binary: Path) -> No
         await runner.cleanup()
     assert time.monotonic() - t0 < 5
     assert capture.state == "cancelled"
+
+
+def cgroup2_root() -> Path:
+    """The unified (v2) hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
+    hosts like this one."""
+    for path in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if (path / "cgroup.controllers").exists():
+            return path
+    unavailable("no cgroup v2 hierarchy mounted")
+    raise AssertionError("unreachable")
+
+
+async def test_container_filter_by_cgroup_name(tmp_path: Path, busy_binary: Path) -> None:
+    """A "container" named as the cgroup collector names it is resolved to its cgroup
+    path, and the capture holds only that cgroup's processes."""
+    if importlib.util.find_spec("hostscope.bpfmods.profiler") is None:
+        pytest.skip("this build has no capture side (bpfmods/profiler.py)")
+    name = f"hostscope-profsvc-{os.getpid()}"
+    cgroup = cgroup2_root() / name
+    cgroup.mkdir()
+    inside = subprocess.Popen([str(busy_binary), "inside-cg"])
+    outside = subprocess.Popen([str(busy_binary), "outside-cg"])
+    runner = session = None
+    try:
+        (cgroup / "cgroup.procs").write_text(str(inside.pid))
+        runner, srv, session = await serve(tmp_path)
+        from hostscope.daemon.keys import SAMPLER
+
+        deadline = time.monotonic() + 20
+        while f"/{name}" not in srv.app[SAMPLER].latest.get("cgroup.container.name", {}):
+            assert time.monotonic() < deadline, "the cgroup collector never saw the cgroup"
+            await asyncio.sleep(0.2)
+        summary = await srv.start({"kind": "cpu", "duration": 5, "frequency": 99,
+                                   "container": f"/{name}"})
+        assert summary["request"]["container"] == f"/{name}"
+        done = await srv.wait(summary["id"])
+        assert done["state"] == "done", done
+        _, view, _ = await srv.call("GET", f"/api/v1/profiles/{summary['id']}?format=json")
+        processes = {c["name"]: c["value"] for c in view["tree"]["children"]}
+        assert processes.get("inside-cg", 0) > 0.9 * view["tree"]["value"], processes
+        assert "outside-cg" not in processes
+    finally:
+        for proc in (inside, outside):
+            proc.kill()
+            proc.wait()
+        if session is not None:
+            await session.close()
+        if runner is not None:
+            await runner.cleanup()
+        for _ in range(50):  # the killed task leaves the cgroup asynchronously
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
