@@ -23,6 +23,8 @@ from types import ModuleType
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostscope.metrics.collectors.network import (
     LINK_REFRESH_FACTOR,
@@ -698,3 +700,39 @@ def test_live_per_second_counts_against_the_per_state_walk() -> None:
         _, tw = per_second()
         assert tw == pytest.approx(states[6] + states[5], rel=0.05, abs=20)
     dump.close()
+
+
+def _reference_counts(buf: bytes, kind: int, seq: int | None) -> tuple[list[int], bool]:
+    """The reply-by-reply rule parse_sock_diag implements, written plainly."""
+    counts = [0] * 13
+    offset = 0
+    while offset + 16 <= len(buf):
+        length, msg_kind, _, msg_seq, _ = struct.unpack_from("=IHHII", buf, offset)
+        if length < 16:
+            break
+        if seq is None or msg_seq == seq:
+            if msg_kind == kind and length >= 18 and buf[offset + 17] < 13:
+                counts[buf[offset + 17]] += 1
+            elif msg_kind == 3:
+                return counts, True
+        offset += (length + 3) & ~3
+    return counts, False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY, 3]),
+                          st.sampled_from([6, 7]), st.integers(0, 15),
+                          st.sampled_from([b"", struct.pack("=HHBxxx", 5, 8, 0), b"\1"])),
+                max_size=60))
+def test_parse_sock_diag_counts_like_the_plain_rule(
+    replies: list[tuple[int, int, int, bytes]],
+) -> None:
+    buf = b"".join(
+        _diag_msg(state, attrs, kind=kind, seq=seq) if kind != 3
+        else struct.pack("=IHHIIi", 20, 3, 2, seq, 0, 0)
+        for kind, seq, state, attrs in replies
+    )
+    expected, done = _reference_counts(buf, TCPDIAG_GETSOCK, 7)
+    counts = [0] * 13
+    assert parse_sock_diag(buf, counts, kind=TCPDIAG_GETSOCK, seq=7) is done
+    assert counts == expected
