@@ -331,14 +331,14 @@ def run_spawner(args: argparse.Namespace) -> int:
                 break
             if not data:
                 break
-            # Reap helpers that ended (their deaths are how we got asked again).
-            children = [c for c in children if c.poll() is None]
             if data != SPAWN_REQUEST:
                 control.send(json.dumps({"error": "unknown request"}).encode())
                 continue
-            if children:
-                control.send(json.dumps({"error": "a helper is still running"}).encode())
-                continue
+            # The daemon asks again only when it lost its helper (the socket closed): a
+            # previous one is exiting, or hung and given up on. Never two at once.
+            for child in children:
+                _end(child, 1.0)
+            children = []
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 child = subprocess.Popen(helper_argv(args, theirs.fileno()),
@@ -357,12 +357,17 @@ def run_spawner(args: argparse.Namespace) -> int:
             if child.poll() is None:
                 child.terminate()
         for child in children:
-            try:
-                child.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            _end(child, 3.0)
     return 0
+
+
+def _end(child: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Wait up to ``grace_s`` for ``child`` to exit, then kill it; reaped either way."""
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -324,6 +324,9 @@ class HelperOps:
             conn.close()
             raise
         with self._lock:
+            if self._closed:  # close() ran meanwhile: this helper must not outlive it
+                conn.close()
+                raise RuntimeError("closed while starting a helper")
             self._conn = conn
             self.state = "running"
             self.last_error = None
@@ -529,19 +532,21 @@ class HelperOps:
 
     def bpf_disable(self, name: str, user_id: str) -> dict[str, Any]:
         self._module(name)
+        # Forgotten first: even if the helper is restarting now, a restart must not
+        # bring back what its holder switched off.
+        self._drop_hold(name, str(user_id))
         try:
             status = self.call("bpf_disable", name=name, user=str(user_id))
         except rpc.RpcError as exc:
             raise BpfError(str(name)[:60], exc.message) from None
-        self._drop_hold(name, str(user_id))
         return dict(status)
 
     def bpf_release(self, user_id: str) -> list[str]:
-        left = list(self.call("bpf_release", user=str(user_id)))
+        # Forgotten first (a viewer that left during a restart holds nothing after it).
         with self._lock:
             for name in list(self._holds):
                 self._drop_hold_locked(name, str(user_id))
-        return left
+        return list(self.call("bpf_release", user=str(user_id)))
 
     def _drop_hold(self, name: str, user: str) -> None:
         with self._lock:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -203,6 +204,22 @@ def test_calls_during_a_restart_fail_with_helper_unavailable(ops: HelperOps) -> 
         assert exc.code == "helper_unavailable"
     wait_for(lambda: ops.info()["state"] == "running", 10, "helper back")
     assert len(ops.bpf_status()) == 7
+
+
+@pytest.mark.root
+def test_a_viewer_leaving_during_a_restart_is_not_brought_back(ops: HelperOps) -> None:
+    ops.bpf_enable("runqlat", None, "ws:9")
+    pid = ops.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    # Its websocket closed meanwhile; if the helper was down, the hold is forgotten anyway.
+    with contextlib.suppress(HelperUnavailableError):
+        ops.bpf_release("ws:9")
+    wait_for(lambda: ops.info()["restarts"] == 1 and ops.info()["state"] == "running",
+             10, "helper restarted")
+    runqlat = {s["name"]: s for s in ops.bpf_status()}["runqlat"]
+    assert runqlat["state"] == "off" and runqlat["users"] == []
+    assert ops.held_modules() == []
 
 
 @pytest.mark.root
