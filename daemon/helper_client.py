@@ -93,6 +93,8 @@ class RemoteError(Exception):
 
 
 def _raise_remote(data: Mapping[str, Any]) -> None:
+    if data.get("code") == HelperUnavailableError.code:  # lost while the call waited
+        raise HelperUnavailableError("helper", str(data.get("message", "")))
     if data.get("kind") == "bpf":
         raise RemoteBpfError(data)
     raise RemoteError(data)
