@@ -147,8 +147,11 @@ describe('layout', () => {
       for (let k = 0; k < l.count; k++) {
         const i = l.idx[k]
         if (l.w[k] < 2) continue
-        const y = rowTop(l.depth[k], rowH, H, icicle) + rowH / 2
-        expect(hitTest(l, l.x[k] + l.w[k] / 2, y, rowH, H, icicle)).toBe(i)
+        const top = rowTop(l.depth[k], rowH, H, icicle)
+        // The middle, the top pixel and the bottom pixel of the row are all this frame.
+        for (const y of [top + rowH / 2, top, top + rowH - 0.5]) {
+          expect(hitTest(l, l.x[k] + l.w[k] / 2, y, rowH, H, icicle)).toBe(i)
+        }
       }
       expect(hitTest(l, 10, icicle ? H - 1 : 0, rowH, H, icicle)).toBe(-1)
     }

@@ -155,7 +155,9 @@ export function rowTop(depth: number, rowH: number, height: number, icicle: bool
 
 /** The node under (px, py), or -1. */
 export function hitTest(l: Layout, px: number, py: number, rowH: number, height: number, icicle: boolean): number {
-  const d = icicle ? Math.floor(py / rowH) : Math.floor((height - py) / rowH)
+  // Row d spans [top, top + rowH): flame rows count up from the bottom edge, so a point on
+  // a row's top pixel is in that row, not the one above.
+  const d = icicle ? Math.floor(py / rowH) : Math.ceil((height - py) / rowH) - 1
   if (d < 0) return -1
   for (let k = 0; k < l.count; k++) {
     if (l.depth[k] === d && px >= l.x[k] && px < l.x[k] + l.w[k]) return l.idx[k]
