@@ -1,6 +1,6 @@
 """Record a real daemon's profiles API answers for the dashboard's unit tests.
 
-    .venv/bin/python frontend/scripts/record_profile_fixture.py http://127.0.0.1:7470
+    HOSTSCOPE_TOKEN=T .venv/bin/python frontend/scripts/record_profile_fixture.py http://127.0.0.1:7470
 
 Needs a daemon that can profile (root; bcc or perf). While a CPU-bound process named
 ``<b>"x'&`` runs, it starts two 5 s CPU captures of the whole host through REST (the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ while time.time() < end:
     pass
 """
 HEADERS = {"X-Hostscope-Client": "fixture"}
+#: An operator token of the daemon (docs/security.md), if it asks for one.
+TOKEN = os.environ.get("HOSTSCOPE_TOKEN")
 
 
 async def answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -43,7 +46,8 @@ async def record(base: str) -> dict[str, Any]:
     api = f"{origin}/api/v1/profiles"
     busy = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
-        async with aiohttp.ClientSession(headers={"Origin": origin}) as http:
+        auth = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else {}
+        async with aiohttp.ClientSession(headers={"Origin": origin, **auth}) as http:
 
             async def capture(seen: list[dict[str, Any]]) -> str:
                 async with http.post(api, json={"kind": "cpu", "duration": 5, "frequency": 99},

@@ -78,6 +78,7 @@ describe('descriptions', () => {
     const s = fx.queued as unknown as ProfileSummary
     expect(describeState(s)).toBe('queued (position 2)')
     expect(describeState(fx.running as unknown as ProfileSummary)).toBe('capturing 40 %')
+    expect(describeState({ ...(fx.running as unknown as ProfileSummary), progress: 0 })).toBe('starting (compiling and attaching)…')
     expect(describeRequest(s)).toBe('CPU, 5 s, whole host')
     const failed = { ...s, state: 'failed', error: { code: 'capture_failed', message: 'perf exited 1' } } as ProfileSummary
     expect(describeState(failed)).toBe('failed: perf exited 1')

@@ -161,7 +161,8 @@ export function describeState(s: ProfileSummary): string {
     case 'queued':
       return s.position != null ? `queued (position ${s.position})` : 'queued'
     case 'running':
-      return `capturing ${Math.round(s.progress * 100)} %`
+      // The privileged side reports 0 until its programs are compiled and attached (seconds).
+      return s.progress > 0 ? `capturing ${Math.round(s.progress * 100)} %` : 'starting (compiling and attaching)…'
     case 'symbolizing':
       return 'resolving symbols…'
     case 'done':
