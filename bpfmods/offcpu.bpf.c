@@ -79,7 +79,11 @@ static __always_inline void hs_off(void *ctx, u32 pid, int runnable)
     if ((id >> 32) != HS_FILTER_TGID)
         return;
 #endif
-#if HS_FILTER_CGROUP_ID
+#if HS_FILTER_CGROUP_ID && defined(HS_FILTER_CGROUP_LEVEL)
+    /* profiles: the cgroup or any below it (HS_FILTER_CGROUP_LEVEL is its depth) */
+    if (bpf_get_current_ancestor_cgroup_id(HS_FILTER_CGROUP_LEVEL) != HS_FILTER_CGROUP_ID)
+        return;
+#elif HS_FILTER_CGROUP_ID
     if (bpf_get_current_cgroup_id() != HS_FILTER_CGROUP_ID)
         return;
 #endif

@@ -15,6 +15,9 @@
 #ifndef HS_FILTER_CGROUP_ID
 #define HS_FILTER_CGROUP_ID 0
 #endif
+#ifndef HS_FILTER_CGROUP_LEVEL
+#define HS_FILTER_CGROUP_LEVEL 0
+#endif
 
 /* See hostscope_stacks.h for why these two are defined in each program. */
 static __always_inline void hs_fill_stacks(void *ctx, struct hs_stack_key *key)
@@ -54,7 +57,8 @@ int hs_perf_sample(struct bpf_perf_event_data *ctx)
         return 0;
 #endif
 #if HS_FILTER_CGROUP_ID
-    if (bpf_get_current_cgroup_id() != HS_FILTER_CGROUP_ID)
+    /* the cgroup or any cgroup below it (a container's processes may sit in sub-cgroups) */
+    if (bpf_get_current_ancestor_cgroup_id(HS_FILTER_CGROUP_LEVEL) != HS_FILTER_CGROUP_ID)
         return 0;
 #endif
     struct hs_stack_key key = {};

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -541,7 +542,10 @@ class Profiler:
             raise ProfileError("cancelled", "the capture was cancelled")
 
     def _filter_defines(self, cap: _Capture) -> dict[str, int]:
+        # ancestor level of the filter cgroup: its depth below the root ("/a/b" -> 2)
+        level = len([p for p in (cap.request.cgroup or "").split("/") if p])
         return {"HS_FILTER_TGID": cap.request.pid or 0, "HS_FILTER_CGROUP_ID": cap.cgroup_id,
+                "HS_FILTER_CGROUP_LEVEL": level,
                 "HS_COUNT_ENTRIES": self.count_entries, "HS_STACK_ENTRIES": self.stack_entries,
                 "HS_SLOT_NS": SLOT_NS}
 
@@ -644,9 +648,6 @@ class Profiler:
             notes.append("blocked time of tasks that left the CPU voluntarily (sleep, I/O, "
                          "locks), by the stack they blocked in; each period is counted in the "
                          "time slot where it ended")
-        if cap.request.cgroup:
-            notes.append(f"only tasks directly in {cap.request.cgroup} (not in its "
-                         "sub-cgroups)")
         if lost:
             notes.append(f"{lost} {unit} did not fit the {self.count_entries}-entry stack "
                          "count map and are counted in lost")
@@ -690,24 +691,60 @@ class Profiler:
 
     # -- perf fallback ---------------------------------------------------------------------
 
-    def perf_record_argv(self, request: ProfileRequest, output: str) -> list[str]:
+    def perf_record_argv(self, request: ProfileRequest, output: str, control: str,
+                         ack: str) -> list[str]:
         """``perf record`` arguments (no shell; every value is a validated integer or our
-        own path). CLOCK_MONOTONIC timestamps line up with the capture's start."""
+        own path). CLOCK_MONOTONIC timestamps line up with the capture's start. It starts
+        disabled (``-D -1``) and is enabled through its control FIFO: perf takes seconds
+        to start on a busy host (it first walks every process's mappings), and the
+        capture's clock must start when sampling does, not when perf was spawned."""
         assert self.perf_binary is not None
         argv = [self.perf_binary, "record", "--quiet", "-e", "cpu-clock", "-F",
-                str(request.frequency_hz), "-g", "-k", "CLOCK_MONOTONIC", "-o", output]
+                str(request.frequency_hz), "-g", "-k", "CLOCK_MONOTONIC", "-o", output,
+                "-D", "-1", "--control", f"fifo:{control},{ack}"]
         argv += ["-p", str(request.pid)] if request.pid is not None else ["-a"]
         return argv
+
+    @staticmethod
+    def _perf_enable(proc: subprocess.Popen[bytes], control: str, ack: str,
+                     cancel: threading.Event) -> None:
+        """Enable sampling and wait for perf's acknowledgement (or its exit, or cancel)."""
+        # O_RDWR: opening a FIFO this way never blocks, whether or not perf opened it yet.
+        ctl_fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
+        ack_fd = os.open(ack, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            os.write(ctl_fd, b"enable\n")
+            deadline = time.monotonic() + PERF_STOP_TIMEOUT_S
+            got = b""
+            while b"ack" not in got:
+                if proc.poll() is not None:
+                    return  # exited: reported by the caller from its stderr
+                if cancel.is_set():
+                    raise ProfileError("cancelled", "the capture was cancelled")
+                if time.monotonic() > deadline:
+                    raise ProfileError("capture_failed", "perf record did not start within "
+                                       f"{PERF_STOP_TIMEOUT_S:g} s")
+                ready, _, _ = select.select([ack_fd], [], [], 0.1)
+                if ready:
+                    got += os.read(ack_fd, 64)
+        finally:
+            os.close(ctl_fd)
+            os.close(ack_fd)
 
     def _capture_perf(self, cap: _Capture) -> list[PerfSample]:
         with tempfile.TemporaryDirectory(prefix="hostscope-perf-", dir=self.tmp_dir) as tmp:
             output = os.path.join(tmp, "perf.data")
-            argv = self.perf_record_argv(cap.request, output)
-            t0_ns = time.monotonic_ns()
+            control, ack = os.path.join(tmp, "control"), os.path.join(tmp, "ack")
+            os.mkfifo(control, 0o600)
+            os.mkfifo(ack, 0o600)
+            argv = self.perf_record_argv(cap.request, output, control, ack)
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, cwd=tmp)
             try:
-                self._wait(cap)
+                self._perf_enable(proc, control, ack, cap.cancel)
+                t0_ns = time.monotonic_ns()
+                if proc.poll() is None:
+                    self._wait(cap)
             finally:
                 # SIGINT makes perf record write its header and exit cleanly.
                 if proc.poll() is None:
@@ -767,10 +804,13 @@ class Profiler:
                           unit="samples", builder=builder, lost=0, notes=notes)
 
     def _pid_in_cgroup(self, pid: int, path: str) -> bool:
+        """Whether ``pid`` is in cgroup v2 ``path`` or below it (as the BPF filter)."""
         text = read_optional(self.roots.proc / str(pid) / "cgroup") or ""
+        want = path.rstrip("/")
         for line in text.splitlines():
             if line.startswith("0::"):
-                return line[3:].rstrip("/") == path.rstrip("/")
+                have = line[3:].rstrip("/")
+                return have == want or have.startswith(want + "/")
         return False
 
 

@@ -276,30 +276,55 @@ def test_pid_filter_and_hostile_name(profiler: Profiler, programs: dict[str, Pat
     assert data["total"] > 0
 
 
-def test_cgroup_filter(profiler: Profiler, programs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("methods", [("bpf",), ("perf",)])
+def test_cgroup_filter_includes_sub_cgroups(host: HostProbe, programs: dict[str, Path],
+                                            methods: tuple[str, ...]) -> None:
     root = SettingsContext(Roots()).cgroup2_root()
     if root is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
+    if methods == ("perf",):
+        require_perf_tool()
     name = f"hostscope-prof-{os.getpid()}"
     cgroup = root / name
-    cgroup.mkdir()
+    sub = cgroup / "sub"
+    sub.mkdir(parents=True)
+    prof = Profiler(Roots(), host, methods=methods)
     try:
         with Workload([str(programs["busyloop"])]) as inside, \
+                Workload([str(programs["busyloop"])]) as nested, \
                 Workload([str(programs["busyloop"])]) as outside:
             (cgroup / "cgroup.procs").write_text(f"{inside.pid}\n")
-            data = capture(profiler, ProfileRequest("cpu", 2, 49, cgroup=f"/{name}"))
-            # moved out again so the directory can be removed
-            (root / "cgroup.procs").write_text(f"{inside.pid}\n")
+            (sub / "cgroup.procs").write_text(f"{nested.pid}\n")
+            data = capture(prof, ProfileRequest("cpu", 2, 49, cgroup=f"/{name}"))
+            # moved out again so the directories can be removed
+            for pid in (inside.pid, nested.pid):
+                (root / "cgroup.procs").write_text(f"{pid}\n")
+        with pytest.raises(ProfileError) as exc:
+            prof.start(ProfileRequest("cpu", 2, cgroup="/no-such-cgroup-hostscope"))
+        assert exc.value.code == "no_such_cgroup"
     finally:
+        prof.close()
+        sub.rmdir()
         cgroup.rmdir()
-    assert {s["pid"] for s in data["stacks"]} == {inside.pid}
+    assert data["method"] == methods[0]
+    assert {s["pid"] for s in data["stacks"]} == {inside.pid, nested.pid}
     assert outside.pid not in {s["pid"] for s in data["stacks"]}
-    with pytest.raises(ProfileError) as exc:
-        profiler.start(ProfileRequest("cpu", 2, cgroup="/no-such-cgroup-hostscope"))
-    assert exc.value.code == "no_such_cgroup"
 
 
-def test_cancel_and_busy(profiler: Profiler) -> None:
+@pytest.mark.parametrize("methods", [("bpf",), ("perf",)])
+def test_cancel_and_busy(host: HostProbe, methods: tuple[str, ...], tmp_path: Path) -> None:
+    if methods == ("perf",):
+        require_perf_tool()
+    profiler = Profiler(Roots(), host, methods=methods, tmp_dir=str(tmp_path))
+    try:
+        _cancel_and_busy(profiler)
+    finally:
+        profiler.close()
+    assert own_program_ids() == []
+    assert list(tmp_path.iterdir()) == [], "perf's temporary files were left"
+
+
+def _cancel_and_busy(profiler: Profiler) -> None:
     cid = profiler.start(ProfileRequest("cpu", 60, 49))
     with pytest.raises(ProfileError) as exc:
         profiler.start(ProfileRequest("cpu", 5))
@@ -308,7 +333,7 @@ def test_cancel_and_busy(profiler: Profiler) -> None:
         profiler.fetch(cid)
     assert exc.value.code == "busy"
     deadline = time.monotonic() + 60
-    while profiler.poll(cid)["state"] != "running" or not own_program_ids():
+    while profiler.poll(cid)["progress"] == 0:  # sampling has begun
         assert time.monotonic() < deadline
         time.sleep(0.1)
     t = time.monotonic()
