@@ -10,10 +10,11 @@ Two parts, printed side by side:
    workload on every CPU (one busy child per CPU, each in a few distinct functions), and a
    capture of ``--duration`` s at ``--frequency`` Hz on all CPUs through
    ``POST /api/v1/profiles``. The client polls ``GET /api/v1/profiles/ID?format=json``
-   every 10 ms; the figure is the wall time from the capture's end (``started_at +
-   duration_s`` of its ProfileData, the privileged side's own clock) to the complete JSON
-   tree received: polling the privileged side, symbolisation, fetch, parsing, building the
-   tree and timeline, and the HTTP answer. Then each download format is fetched once
+   every 25 ms (a dashboard polls at ~4 Hz; faster polling would itself load the loop);
+   the figure is the wall time from the capture's end (``started_at + duration_s`` of its
+   ProfileData, the privileged side's own clock) to the complete JSON tree received:
+   polling the privileged side, symbolisation, fetch, parsing, building the tree and
+   timeline, and the HTTP answer. Then each download format is fetched once
    uncached (build + send) and its time and size reported. Warm caches: one short capture
    runs first and is not counted.
 2. builders alone, over ProfileData: the recorded fixture of a real capture (if present)
@@ -121,7 +122,7 @@ def capture(base: str, duration: float, frequency: int) -> dict[str, Any]:
         summary = json.loads(request(base, "GET", f"/api/v1/profiles/{pid}")[1])
         if summary["state"] in ("failed", "cancelled"):
             raise SystemExit(f"capture {summary['state']}: {summary['error']}")
-        time.sleep(0.01)
+        time.sleep(0.025)
     view = json.loads(body)
     prof = view["profile"]
     ends = prof["started_at"] + prof["duration_s"]
@@ -159,7 +160,7 @@ def live(rounds: int, duration: float, frequency: int) -> list[dict[str, Any]]:
                   f"nodes, {r['json_bytes'] / 1024:.0f} KiB); folded "
                   f"{r['folded_s'] * 1000:.0f} ms, svg {r['svg_s'] * 1000:.0f} ms, "
                   f"speedscope {r['speedscope_s'] * 1000:.0f} ms, range view "
-                  f"{r['range_s'] * 1000:.0f} ms; daemon's steps (s): {r['timings']}")
+                  f"{r['range_s'] * 1000:.0f} ms\n    steps (s): {r['timings']}")
         return results
     finally:
         proc.terminate()

@@ -171,11 +171,12 @@ class Capture:
     #: built): where the wait between capture end and view goes.
     marks: dict[str, float] = field(default_factory=dict)
 
-    def timings(self) -> dict[str, float | None]:
+    def timings(self) -> dict[str, Any]:
         """Seconds per step as seen from here: ``capture`` (start to the first
         symbolizing/done poll), ``symbolize`` (to done), ``fetch``, ``build`` (parse, tree,
-        timeline, JSON; wall) and ``build_cpu`` (its CPU time). Polling adds up to one
-        interval to the first two."""
+        timeline, JSON; wall) and ``build_cpu`` (its CPU time); ``end_seen``: from the end
+        of sampling to the first poll that saw it over; ``privileged``: the capture
+        side's own step times. Polling adds up to one interval to the first two."""
         m = self.marks
 
         def span(a: str, b: str) -> float | None:
@@ -184,7 +185,17 @@ class Capture:
         return {"capture": span("started", "symbolizing"),
                 "symbolize": span("symbolizing", "done"),
                 "fetch": span("done", "fetched"), "build": span("fetched", "built"),
-                "build_cpu": self.meta.get("build_cpu_s")}
+                "build_cpu": self.meta.get("build_cpu_s"), "end_seen": self._end_seen(),
+                "privileged": dict(self.meta.get("privileged_timings", {}))}
+
+    def _end_seen(self) -> float | None:
+        """Seconds from the end of sampling (ProfileData's ``started_at + duration_s``,
+        the privileged side's clock) to the first poll here that saw it over."""
+        seen = self.marks.get("symbolizing_wall")
+        start, duration = self.meta.get("started_at"), self.meta.get("duration_s")
+        if seen is None or start is None or duration is None:
+            return None
+        return round(seen - (start + duration), 3)
 
     @property
     def final(self) -> bool:
@@ -527,11 +538,11 @@ class ProfileService:
             if _number(progress) and math.isfinite(progress):
                 capture.progress = min(1.0, max(0.0, float(progress)))
             if state == "symbolizing":
-                capture.marks.setdefault("symbolizing", self._clock.mono())
+                self._mark_ended(capture)
             if state in ("running", "symbolizing"):
                 capture.state = state
             elif state == "done":
-                capture.marks.setdefault("symbolizing", self._clock.mono())
+                self._mark_ended(capture)
                 capture.marks["done"] = self._clock.mono()
                 await self._collect(capture, capture_id, deadline)
                 return
@@ -544,6 +555,12 @@ class ProfileService:
             else:
                 raise ProfileApiError("capture_failed",
                                       f"the privileged side reported state {str(state)[:40]!r}")
+
+    def _mark_ended(self, capture: Capture) -> None:
+        """The first poll that sees the capture past its sampling (symbolizing or done)."""
+        if "symbolizing" not in capture.marks:
+            capture.marks["symbolizing"] = self._clock.mono()
+            capture.marks["symbolizing_wall"] = self._clock.wall()
 
     async def _timed_out(self, capture: Capture) -> None:
         limit = capture.request["duration"] + self.grace_s
@@ -616,7 +633,12 @@ def digest(data: Mapping[str, Any]) -> tuple[flame.Profile, dict[str, Any], str]
         "total": profile.total,
         "lost": profile.lost,
         "duration_s": profile.duration_s,
+        "started_at": profile.started_at,
         "notes": notes,
+        # The privileged side's own step times (compile, read maps, symbolise), if given.
+        "privileged_timings": {k: v for k, v in (data.get("timings") or {}).items()
+                               if isinstance(k, str) and _number(v)}
+        if isinstance(data.get("timings"), Mapping) else {},
     }
     body = tree_body(profile, None, None, None, None)
     # CPU time of this thread: the wall time of a build on a loaded host says little.
