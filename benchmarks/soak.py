@@ -428,6 +428,8 @@ async def main_async(args: argparse.Namespace) -> int:
                             baseline=args.baseline)
     finally:
         code = await stop_daemon(daemon)
+    if args.log:
+        Path(args.log).write_text("".join(daemon.lines))
     result["exit_code"] = code
     result["log_lines"] = len(daemon.lines)
     result["log_errors"] = sum("level=error" in line for line in daemon.lines)
@@ -449,6 +451,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--hostile", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--log", metavar="FILE", help="write the daemon's log here")
     parser.add_argument("--good-client", metavar="URL", help=argparse.SUPPRESS)
     return asyncio.run(main_async(parser.parse_args()))
 

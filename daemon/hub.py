@@ -37,6 +37,9 @@ CONTAINER_SOURCE = {"proc": "proc.id.container", "cgroup": "cgroup.container.nam
 #: (encoding 10,000 values takes ~4 ms, the longest the loop is held per frame).
 BACKFILL_TIMESTAMPS = 600
 BACKFILL_CELLS = 10_000
+#: Meta frames kept for clients that share a layout (entries, and bytes in all).
+META_CACHE_ENTRIES = 256
+META_CACHE_BYTES = 8 * 1024 * 1024
 #: History is read for backfill in batches of about this many values (~10 ms each).
 BACKFILL_QUERY_CELLS = 50_000
 
@@ -140,6 +143,7 @@ class Hub:
         self._next_layout_id = 1
         self._desc_json: dict[str, dict[str, object]] = {}
         self._meta_cache: dict[tuple[object, ...], bytes] = {}
+        self._meta_bytes = 0
         self._registry_size = len(sampler.registry)
         self._stale_version = sampler.stale_version
 
@@ -378,8 +382,6 @@ class Hub:
         if key is not None:
             self._sub_users[key] = self._sub_users.get(key, 0) + 1
         client.counted_key = key
-        if len(self._meta_cache) > 256:
-            self._meta_cache.clear()
 
     # -- encoding -------------------------------------------------------------------
 
@@ -407,7 +409,17 @@ class Hub:
                 "absent": list(client.absent),
                 "stale": stale,
             }
-            frame = self._meta_cache[key] = encode.dumps(message).encode()
+            frame = encode.dumps(message).encode()
+            # Bounded here, where entries are made: a subscription to per-process
+            # metrics gets a new layout (and meta) whenever a process starts or exits,
+            # and a meta frame of every metric is ~300 KB, so an unbounded cache grew by
+            # hundreds of MB an hour with nobody changing a subscription.
+            if (len(self._meta_cache) >= META_CACHE_ENTRIES
+                    or self._meta_bytes + len(frame) > META_CACHE_BYTES):
+                self._meta_cache.clear()
+                self._meta_bytes = 0
+            self._meta_cache[key] = frame
+            self._meta_bytes += len(frame)
         return frame
 
     def _encode_live(self, layout: Layout, tick: Tick) -> bytes:

@@ -274,3 +274,28 @@ def test_repeat_filter_keys_multiline_messages_by_their_first_line() -> None:
         assert stream.getvalue().count("never retrieved") == 2
     finally:
         log.removeHandler(handler)
+
+
+# -- hub caches ------------------------------------------------------------------------
+
+
+def test_meta_cache_is_bounded_while_processes_come_and_go() -> None:
+    """A client subscribed to per-process metrics gets a new layout, and a new meta
+    frame, every time a process starts or exits. The cache of meta frames was trimmed
+    only when some client changed its subscription, so a steady subscriber grew it by one
+    frame per process change, forever (found by benchmarks/soak.py's RSS series)."""
+    from hostscope.daemon import hub as hub_module
+
+    from .test_daemon_hub import client, drain, make, tick
+
+    sampler, table, hub = make()
+    tick(sampler, hub)
+    watcher = client(hub, "proc.memory.rss", "kernel")
+    for n in range(hub_module.META_CACHE_ENTRIES + 200):
+        table.table[f"{1000 + n}:9"] = ("web-1", float(n))  # one more process each tick
+        tick(sampler, hub)
+        metas = [m for m in drain(watcher) if m["type"] == "meta"]
+        assert len(metas) == 1 and len(metas[0]["series"]) > n  # it still gets them
+    assert len(hub._meta_cache) <= hub_module.META_CACHE_ENTRIES
+    assert hub._meta_bytes == sum(map(len, hub._meta_cache.values()))
+    assert hub._meta_bytes <= hub_module.META_CACHE_BYTES
