@@ -223,10 +223,12 @@ class Sampler:
         clock: Clock | None = None,
         history: History | None = None,
         self_metrics: bool = False,
+        self_metrics_interval_s: float | None = 5.0,
     ) -> None:
         """``self_metrics`` adds the ``hostscope.collector.*`` metrics (errors, timeouts,
-        staleness and duration of every collector) as one more collector, collected
-        last in each tick so that it reports that tick's durations."""
+        staleness and duration of every collector) as one more collector, every
+        ``self_metrics_interval_s`` (None: every tick), collected last in its ticks so
+        that it reports that tick's durations."""
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.interval_s = interval_s
@@ -238,7 +240,8 @@ class Sampler:
         if self_metrics:
             from .collectors.selfmon import SelfCollector  # the collectors import this module
 
-            self.collectors.append(SelfCollector(self.status))
+            self.collectors.append(SelfCollector(self.status,
+                                                 interval_s=self_metrics_interval_s))
         self._rates = RateConverter()
         # Isolation of hung collectors (see the module docstring): the call running
         # now (collector name, perf_counter at its start), the tick being collected,

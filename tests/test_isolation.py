@@ -97,8 +97,9 @@ class Blocking(Collector):
 
 
 def _sampler(*collectors: Collector, interval: float = 0.05) -> Sampler:
+    # self-metrics every tick here, to see them change tick by tick
     return Sampler(collectors, registry=MetricRegistry(), interval_s=interval,
-                   history=History(), self_metrics=True)
+                   history=History(), self_metrics=True, self_metrics_interval_s=None)
 
 
 def test_a_raising_collector_is_counted_and_stale_while_others_keep_going() -> None:
@@ -202,6 +203,13 @@ def test_a_timeout_during_the_pipeline_is_not_a_collector_timeout() -> None:
     assert sampler.overdue_in(1.0) == 1.0
     sampler.sample()
     assert sampler.abandon(0.0) is None and sampler.status["steady"].timeouts == 0
+
+
+def test_self_metrics_have_their_own_cadence_by_default() -> None:
+    sampler = Sampler([Steady()], registry=MetricRegistry(), interval_s=1.0, self_metrics=True)
+    assert sampler.group_interval_s("hostscope") == 5.0
+    assert ["hostscope" in sampler.sample().groups for _ in range(6)] == [
+        True, False, False, False, False, True]
 
 
 def test_ticker_default_timeout_is_twice_the_interval_at_least_two_seconds() -> None:

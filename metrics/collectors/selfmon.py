@@ -22,12 +22,19 @@ _KW = {"indom": "hostscope.collector", "labels": ("collector",)}
 
 
 class SelfCollector(Collector):
-    """The sampler's collectors' health; the sampler runs it last in every tick."""
+    """The sampler's collectors' health; the sampler runs it last in its ticks.
+
+    Every 5 s by default: forty-odd series every second cost ~40 us per tick (4 % of
+    the whole system set's sampling, measured), while errors and timeouts are counts
+    and staleness also reaches clients at once through the stream's ``stale`` message.
+    """
 
     name = "hostscope"
 
-    def __init__(self, status: Mapping[str, CollectorStatus]) -> None:
+    def __init__(self, status: Mapping[str, CollectorStatus], *,
+                 interval_s: float | None = 5.0) -> None:
         self._status = status
+        self.interval_s = interval_s
 
     def descriptors(self) -> list[MetricDesc]:
         return [
