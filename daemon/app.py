@@ -227,8 +227,8 @@ def _add_optional_routes(app: web.Application, module_name: str) -> None:
 
 async def _sampling(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
-    # One dedicated thread: collections never overlap and never queue behind other
-    # blocking work in the default executor.
+    # Host identity is read off the loop on its own thread; collections run on the
+    # ticker's worker thread (daemon/ticker.py), which a hung collector cannot stall.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hostscope-sampler")
     ticker = app[TICKER]
     ticker.executor = executor
@@ -246,9 +246,9 @@ async def _sampling(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        # Joins a collection still running in the thread (bounded by one collect).
         await loop.run_in_executor(None, executor.shutdown)
-        ticker.close()
+        # Joins a collection still running on the sampling thread (at most 1 s).
+        await loop.run_in_executor(None, ticker.close)
         try:
             sampler.close()
         except Exception:

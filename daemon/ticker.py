@@ -109,5 +109,6 @@ class Ticker:
             await asyncio.sleep(max(0.0, due - self.clock.mono()))
 
     def close(self) -> None:
-        """Let the worker thread exit (a stuck one exits when its call returns)."""
-        self.worker.close()
+        """Let the worker thread exit once a collection in progress is done (at most
+        1 s; a stuck one exits when its call returns). Blocking: run it off the loop."""
+        self.worker.close(wait_s=min(1.0, self.worker.timeout_s))

@@ -105,10 +105,15 @@ class CollectWorker:
             except FutureTimeout:
                 future = self.take_over() or future
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.retire()
-            self._thread = None
+    def close(self, wait_s: float = 0.0) -> None:
+        """Let the worker thread exit, waiting up to ``wait_s`` for a collection in
+        progress (so that collectors are not closed under it). A hung call is never
+        waited for: its thread was retired already and is a daemon."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.retire()
+            if wait_s > 0:
+                thread.thread.join(wait_s)
 
     def _worker(self) -> _Thread:
         if self._thread is None:

@@ -316,3 +316,27 @@ async def test_meta_of_a_new_subscription_says_what_is_stale(
         assert set(meta["stale"]) == {"test.flaky.value"}
         assert meta["stale"]["test.flaky.value"]["reason"] == "error"
     await asyncio.sleep(0)
+
+
+def test_close_waits_for_a_collection_in_progress_but_not_for_a_hung_one() -> None:
+    blocking = Blocking()
+    blocking.hang = True
+    sampler = _sampler(blocking)
+    worker = CollectWorker(sampler, timeout_s=5.0)
+    future = worker.submit()
+    while blocking.calls == 0:
+        time.sleep(0.005)
+    threading.Timer(0.2, blocking.release.set).start()
+    start = time.monotonic()
+    worker.close(wait_s=2.0)  # returns once the call in progress has returned
+    assert 0.1 < time.monotonic() - start < 1.5
+    assert future.result(timeout=1).groups["blocking"].raw
+    # a call abandoned as hung is not waited for
+    blocking.release.clear()
+    worker = CollectWorker(sampler, timeout_s=0.1)
+    tick = worker.collect()
+    assert "blocking" not in tick.groups and sampler.status["blocking"].hung
+    start = time.monotonic()
+    worker.close(wait_s=2.0)
+    assert time.monotonic() - start < 0.5
+    blocking.release.set()
