@@ -1,15 +1,16 @@
 // The screenshots of docs/dashboard.md, taken from real daemons with real activity.
 //
 //   node frontend/scripts/screenshots.mjs --base http://127.0.0.1:7470 \
-//        [--second http://127.0.0.1:7471] [--out docs/screenshots] [--warm 300]
+//        [--second http://127.0.0.1:7471] [--out docs/screenshots] [--warm 300] \
+//        [--token TOKEN] [--only flamegraph]
 //
 // Start the daemons a minute or more before (so charts open on history); for the two-host
 // shot each daemon's allowed_origins must list the other's origin (docs/dashboard.md,
 // "Several hosts"). While warming up, this script keeps the disk, the loopback network,
 // the scheduler and exec busy, and keeps a page open that switches the BPF modules on
 // (root and bcc needed for the BPF shot), so every panel has something to show.
-import { spawn } from 'node:child_process'
-import { rmSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -23,6 +24,10 @@ const { values: opt } = parseArgs({
     out: { type: 'string', default: resolve(import.meta.dirname, '../../docs/screenshots') },
     warm: { type: 'string', default: '300' },
     chromium: { type: 'string', default: process.env.HOSTSCOPE_CHROMIUM ?? '/usr/bin/chromium' },
+    // An operator token of the daemon(s) (docs/security.md); the pages sign in with it.
+    token: { type: 'string', default: process.env.HOSTSCOPE_TOKEN ?? '' },
+    // Only the flame graph shot (no warm-up needed: it captures its own 10 s).
+    only: { type: 'string', default: '' },
   },
 })
 const BASE = opt.base.replace(/\/+$/, '')
@@ -94,6 +99,74 @@ os.close(w1); os.wait()`
 const BPF_PAGE =
   '/?panels=bpf.runqlat,bpf.biolatency,bpf.syscalls~2x2,bpf.execsnoop~2x2&window=300&bpf=runqlat,biolatency,syscalls,execsnoop'
 
+/**
+ * The flame graph shot: a real 10 s CPU capture of the whole host while a C program with
+ * named functions calling each other (frame pointers kept), a kernel-heavy dd and a busy
+ * process named `<b>"x'&` run; then a FlameScope range and a tooltip.
+ */
+async function flameShot(context) {
+  const dir = mkdtempSync(join(tmpdir(), 'hostscope-flame-'))
+  const names = ['parse_request', 'route', 'handle_query', 'plan_query', 'scan_table', 'hash_join', 'sort_rows', 'compress_block', 'checksum', 'encode_json']
+  const src = [
+    '#include <stdlib.h>',
+    '#include <time.h>',
+    ...names.map((n) => `long ${n}(int d, unsigned *s);`),
+    'typedef long (*fn_t)(int, unsigned *);',
+    `static fn_t table[] = { ${names.join(', ')} };`,
+    ...names.map(
+      (n, i) =>
+        `__attribute__((noinline)) long ${n}(int d, unsigned *s) { if (d <= 0) { volatile long x = 0; for (int k = 0; k < ${2000 + i * 700}; k++) x += k; return x; } return table[${i + 1} + rand_r(s) % ${names.length - i - 1 || 1}](d - 1, s); }`.replace(
+          `table[${names.length} + rand_r(s) % 1]`,
+          'table[0]',
+        ),
+    ),
+    'int main(int c, char **v) { unsigned s = 7; time_t end = time(0) + atoi(v[1]); while (time(0) < end) table[rand_r(&s) % 3](2 + rand_r(&s) % 5, &s); return 0; }',
+  ].join('\n')
+  writeFileSync(join(dir, 'server.c'), src)
+  execFileSync('gcc', ['-O1', '-fno-omit-frame-pointer', '-o', join(dir, 'appserver'), join(dir, 'server.c')])
+  const workers = [
+    spawn(join(dir, 'appserver'), ['25'], { stdio: 'ignore' }),
+    spawn('dd', ['if=/dev/zero', 'of=/dev/null', 'bs=64k', 'count=2000000'], { stdio: 'ignore' }),
+    spawn('python3', ['-c', `import ctypes, time\nctypes.CDLL(None).prctl(15, b'<b>"x\\'&', 0, 0, 0)\nend = time.time() + 25\nwhile time.time() < end: pass`], { stdio: 'ignore' }),
+  ]
+  try {
+    const page = await context.newPage()
+    await page.setViewportSize({ width: 1400, height: 1200 })
+    await page.goto(`${BASE}/#/profiles?new=cpu`)
+    await page.getByLabel('Duration (s)').fill('10')
+    await page.getByLabel('Frequency (Hz)').fill('99')
+    await page.getByRole('button', { name: 'Start capture' }).click()
+    await page.locator('canvas.flamecanvas').waitFor({ timeout: 60000 })
+    const scope = page.locator('canvas.scopecanvas')
+    const box = await scope.boundingBox()
+    const cellW = box.width / Number(/of (\d+) seconds/.exec(await scope.getAttribute('aria-label'))[1])
+    await page.mouse.move(box.x + cellW * 2.5, box.y + 100)
+    await page.mouse.down()
+    await page.mouse.move(box.x + cellW * 6.5, box.y + 60, { steps: 4 })
+    await page.mouse.up()
+    await page.locator('.rangebar').waitFor()
+    await page.waitForFunction(() => !document.querySelector('.stale'))
+    await page.getByLabel('Search frames').fill('hash_join')
+    await sleep(500)
+    // The tooltip of the first process frame (names sort `<` first: the hostile one).
+    // The whole page in the viewport first (a tall graph), room below for the tooltip.
+    const height = await page.evaluate(() => document.documentElement.scrollHeight)
+    await page.setViewportSize({ width: 1400, height: height + 70 })
+    await sleep(300)
+    const canvas = page.locator('canvas.flamecanvas')
+    const cb = await canvas.boundingBox()
+    await canvas.hover({ position: { x: 6, y: cb.height - 26 } })
+    await sleep(300)
+    // Not fullPage: that resizes the viewport, which re-lays out the graph and drops the tooltip.
+    await page.screenshot({ path: join(opt.out, 'flamegraph.png') })
+    log('wrote flamegraph.png')
+    await page.close()
+  } finally {
+    for (const w of workers) w.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 async function main() {
   const dir = await import('node:fs').then((fs) => fs.mkdtempSync(join(tmpdir(), 'hostscope-shots-')))
   const context = await chromium.launchPersistentContext(dir, {
@@ -104,6 +177,13 @@ async function main() {
   })
   const errors = []
   context.on('page', (p) => p.on('pageerror', (e) => errors.push(e.message)))
+  if (opt.token) await (await context.newPage()).goto(`${BASE}/?token=${encodeURIComponent(opt.token)}`)
+  if (opt.only === 'flamegraph') {
+    await flameShot(context)
+    await context.close()
+    rmSync(dir, { recursive: true, force: true })
+    return
+  }
   const loops = [diskLoop(), networkLoop(), schedulerLoop()]
   try {
     // The BPF page stays open while everything warms up: its modules collect meanwhile.
@@ -160,6 +240,8 @@ async function main() {
       await sleep(3000)
       await shot(page, 'two-hosts.png')
     }
+
+    await flameShot(context)
 
     await bpf.bringToFront()
     await bpf.waitForFunction(() => document.querySelectorAll('canvas.heatcells').length >= 2)
