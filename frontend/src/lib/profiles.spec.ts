@@ -6,6 +6,7 @@ import {
   describeRequest,
   describeState,
   downloadUrl,
+  formatAmount,
   outputQuery,
   parseRoute,
   routeHash,
@@ -83,5 +84,14 @@ describe('descriptions', () => {
     const failed = { ...s, state: 'failed', error: { code: 'capture_failed', message: 'perf exited 1' } } as ProfileSummary
     expect(describeState(failed)).toBe('failed: perf exited 1')
     expect(describeRequest({ ...s, kind: 'offcpu', request: { ...s.request, pid: 9 } })).toBe('Off-CPU, 5 s, pid 9')
+  })
+})
+
+describe('amounts', () => {
+  it('prints samples as counts and off-CPU microseconds as blocked time', () => {
+    expect(formatAmount(1, 'samples')).toBe('1 sample')
+    expect(formatAmount(12345, 'samples')).toBe('12,345 samples')
+    expect(formatAmount(300, 'microseconds')).toBe('300 µs blocked')
+    expect(formatAmount(264_835_197, 'microseconds')).toBe('4.41 min blocked')
   })
 })

@@ -4,6 +4,7 @@
  * `#/profiles/ID` route. Contract: the team's profiles.md; docs/dashboard.md.
  */
 import { apiUrl, getJson, sendJson } from './api'
+import { formatValue } from './format'
 import type { FlameNode } from './flame'
 import type { Timeline } from './flamescope'
 import type { Range } from './profileroute'
@@ -146,6 +147,15 @@ export function downloadUrl(base: string, id: string, format: string, range?: Ra
 }
 
 export { parseRoute, routeHash, type ProfilesRoute, type Range } from './profileroute'
+
+/** Off-CPU values are blocked microseconds: shown as time by the shared formatter. */
+const MICROSECONDS = { kind: 'time', per_sec: false, base_factor: 1e-6 }
+
+/** A value of a capture in its unit: `1,234 samples`, or blocked time (`4.41 min blocked`). */
+export function formatAmount(v: number, unit: string | null | undefined): string {
+  if (unit === 'microseconds') return `${formatValue(v, MICROSECONDS)} blocked`
+  return `${v.toLocaleString('en-US')} ${v === 1 ? 'sample' : 'samples'}`
+}
 
 /** "CPU, 30 s, pid 123" */
 export function describeRequest(s: ProfileSummary): string {
