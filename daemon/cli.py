@@ -247,8 +247,10 @@ def _open_url(address: Any, scheme: str, token: str) -> str:
 async def run_server(config: Config, *, auth: Auth | None = None,
                      ssl_context: ssl.SSLContext | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit status."""
+    from . import memory
     from .app import create_app  # the app pulls in aiohttp's web stack: only for serve
 
+    memory.limit_arenas()  # before the sampler, helper and executor threads start
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -288,6 +290,7 @@ async def run_server(config: Config, *, auth: Auth | None = None,
         return 1
     scheme = "https" if ssl_context is not None else "http"
     log.info("listening", extra={"url": " ".join(_url(a, scheme) for a in runner.addresses)})
+    loop.call_later(memory.TRIM_AFTER_S, memory.release_free_memory)
     generated = auth.generated
     if generated is not None:
         # Like a notebook server: the token of this run, ready to open (it sets a cookie

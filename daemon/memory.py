@@ -1,0 +1,61 @@
+"""Resident memory the daemon does not need to keep: glibc allocator settings.
+
+Python objects live in CPython's own arenas, but everything bigger than 512 bytes (large
+dicts and lists, file contents read by collectors, buffers of C extensions) comes from
+glibc's malloc. glibc gives each thread that allocates its own arena (up to 8 per CPU),
+and a freed chunk in the middle of an arena stays resident until the arena is trimmed.
+The daemon has a handful of threads (sampler, BPF and helper pools, executors) that
+allocate a little now and then, so a busy arena each costs resident memory for nothing:
+at 1 Hz no two threads contend for the allocator.
+
+* :func:`limit_arenas` caps the arenas at :data:`ARENAS` before any thread starts;
+* :func:`release_free_memory` hands free pages back (``malloc_trim``) once startup and
+  the first walk of every collector have left their garbage behind.
+
+Measured on the development VM (`hostscope serve`, one client): about 0.7 MB for the
+arena cap and 0.5 MB for the trim. Both are no-ops where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("hostscope.daemon")
+
+#: glibc's mallopt parameter number for the arena cap (malloc.h: M_ARENA_MAX).
+M_ARENA_MAX = -8
+#: Arenas kept: the main one and one for all other threads.
+ARENAS = 2
+#: Seconds after startup to trim: every collector (the slowest run every 10 s) has run.
+TRIM_AFTER_S = 15.0
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc (musl has neither function)
+        return None
+    return libc
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (call before threads start); False if not possible."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> bool:
+    """Return free heap pages to the system; True if glibc released any."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    released = bool(libc.malloc_trim(0))
+    log.debug("malloc_trim", extra={"released": released})
+    return released
