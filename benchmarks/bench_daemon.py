@@ -15,6 +15,9 @@ c. frame size after the first, for the default set: raw JSON bytes, bytes on the
    (counted under the websocket library, so permessage-deflate and framing included) and
    a zlib re-compression with aiohttp's settings as a cross-check.
 
+With ``--compare /other/checkout/.venv/bin/hostscope --rounds 5`` phases a and b run for
+that build and this one in turns, and the medians are printed side by side.
+
 Targets (issue): 1 client <= 0.4 % of one core and RSS <= 40 MB; 100 clients <= 2 % and
 p99 <= 20 ms; frames <= 1 KB on the wire. Figures are printed whether or not they are met.
 """
@@ -27,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import statistics
 import subprocess
 import sys
@@ -71,9 +75,10 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 
 class Daemon:
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, command: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [*hostscope_command(), "serve", "--port", "0", "--interval", str(interval)],
+            [*(command or hostscope_command()), "serve", "--port", "0", "--interval",
+             str(interval)],
             stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "HOSTSCOPE_TOKEN": TOKEN},
         )
@@ -234,13 +239,79 @@ def collector_costs(daemon: Daemon) -> str:
     return ", ".join(parts)
 
 
+async def compare(args: argparse.Namespace) -> None:
+    """Phases a and b for a baseline build and this one, alternating, for several rounds;
+    medians per build (the VM is shared: figures drift over minutes, so the two builds
+    are measured in turns rather than one after the other)."""
+    builds = {"before": shlex.split(args.compare), "after": hostscope_command()}
+    print(f"side by side: before = {args.compare}; after = {' '.join(builds['after'])}; "
+          f"{args.rounds} rounds of {args.duration:g} s per phase, {args.clients} clients")
+    daemon = Daemon(args.interval)
+    try:
+        names = resolve(daemon)
+    finally:
+        daemon.stop()
+    rows: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
+    for _ in range(args.rounds):
+        for build, command in builds.items():
+            row = rows[build]
+            daemon = Daemon(args.interval, command)
+            try:
+                one, stats = await measure(daemon, names, 1, args.duration, args.warmup)
+            finally:
+                daemon.stop()
+            row.setdefault("cpu1", []).append(one["cpu_pct"])
+            row.setdefault("rss1", []).append(one["VmRSS"] / 1024)
+            if stats[0].frames:
+                row.setdefault("wire", []).append(stats[0].wire_bytes / len(stats[0].frames))
+                row.setdefault("json", []).append(statistics.mean(stats[0].raw_sizes))
+            if args.clients <= 0:
+                continue
+            daemon = Daemon(args.interval, command)
+            try:
+                many, stats = await measure(daemon, names, args.clients, args.duration,
+                                            args.warmup)
+            finally:
+                daemon.stop()
+            latencies = [x for s in stats for x in s.latencies]
+            row.setdefault("cpuN", []).append(many["cpu_pct"])
+            row.setdefault("rssN", []).append(many["VmRSS"] / 1024)
+            row.setdefault("p50", []).append(percentile(latencies, 0.5) * 1000)
+            row.setdefault("p99", []).append(percentile(latencies, 0.99) * 1000)
+            row.setdefault("share", []).append(
+                len(latencies) / (args.clients * args.duration / args.interval) * 100)
+    labels = {"cpu1": "1 client CPU %", "rss1": "1 client RSS MB", "json": "frame JSON B",
+              "wire": "frame on wire B", "cpuN": f"{args.clients} clients CPU %",
+              "rssN": f"{args.clients} clients RSS MB", "p50": "latency p50 ms",
+              "p99": "latency p99 ms", "share": "frames received %"}
+    print(f"   {'median (all rounds)':<24} {'before':>22} {'after':>22}")
+    for key, label in labels.items():
+        cells = []
+        for build in builds:
+            values = rows[build].get(key)
+            cells.append(f"{statistics.median(values):8.2f} {_spread(values):>13}"
+                         if values else f"{'-':>22}")
+        print(f"   {label:<24} {cells[0]:>22} {cells[1]:>22}")
+
+
+def _spread(values: list[float]) -> str:
+    return f"({min(values):.4g}-{max(values):.4g})" if len(values) > 1 else ""
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--compare", metavar="COMMAND",
+                        help="a baseline build's hostscope command (e.g. another checkout's "
+                        ".venv/bin/hostscope): phases a and b for it and this build in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with --compare")
     args = parser.parse_args()
+    if args.compare:
+        await compare(args)
+        return
     print(f"hostscope daemon benchmark: {args.duration:g} s per phase at "
           f"{1 / args.interval:g} Hz, {os.cpu_count()} CPUs")
 
