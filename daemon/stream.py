@@ -433,7 +433,7 @@ def _peer(request: web.Request) -> str:
     return str(request.remote)
 
 
-async def stream_handler(request: web.Request) -> web.WebSocketResponse:
+async def stream_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     check_websocket_origin(app[SECURITY], request)
     config = app[CONFIG]
@@ -452,7 +452,14 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
         # stalled client is noticed sooner and pins less memory before it is dropped.
         writer_limit=WRITER_LIMIT,
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        # The client gave up before the upgrade answer was written (a timeout during
+        # a connect storm): nothing to serve and not a server error. aiohttp treats the
+        # answer it cannot send as a disconnect.
+        log.info("client left before the upgrade", extra={"client": _peer(request)})
+        return web.Response(status=499, reason="Client Closed Request")
     hub = app[HUB]
     if hub.closed:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

@@ -299,3 +299,37 @@ def test_meta_cache_is_bounded_while_processes_come_and_go() -> None:
     assert len(hub._meta_cache) <= hub_module.META_CACHE_ENTRIES
     assert hub._meta_bytes == sum(map(len, hub._meta_cache.values()))
     assert hub._meta_bytes <= hub_module.META_CACHE_BYTES
+
+
+async def test_clients_leaving_before_the_upgrade_answer_are_not_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that sends the upgrade request and resets the connection at once (a
+    connect timeout in a storm): writing the 101 fails, which was logged as an
+    "unhandled error" with a traceback (found by benchmarks/soak.py's churners)."""
+    import base64
+    import os
+    import socket
+    import struct
+
+    caplog.set_level(logging.WARNING)
+    async for daemon in started():
+        loop = asyncio.get_running_loop()
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", daemon.port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            headers = "".join(f"{k}: {v}\r\n" for k, v in auth_headers().items())
+            await loop.sock_sendall(sock, (
+                f"GET /api/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{headers}\r\n").encode())
+            # RST instead of FIN: the transport is gone before the answer is written.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        await asyncio.sleep(0.5)
+        async with connect(daemon.url) as ws:  # and it still serves
+            await hello(ws)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage()[:200] for r in errors]
