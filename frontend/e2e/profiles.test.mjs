@@ -82,8 +82,13 @@ describe('flame graph pages', { skip }, () => {
     const page = await browser.page()
     const requests = []
     page.on('request', (r) => requests.push(r.url()))
-    // The header's entry point opens the form.
-    await page.goto(`${BASE}/?panels=cpu.util`)
+    // The process table offers each process's own flame graph ...
+    await page.goto(`${BASE}/?panels=proc.top`)
+    const rowLink = page.locator('section[aria-label="Top processes"] a.prof').first()
+    await rowLink.waitFor({ timeout: 15000 })
+    assert.match(await rowLink.getAttribute('href'), /^#\/profiles\?new=cpu&pid=\d+$/)
+    assert.match(await rowLink.getAttribute('aria-label'), /^Profile process \d+ \(/)
+    // ... and the header's entry point opens the form for the whole host.
     await page.getByRole('link', { name: 'CPU flame graph' }).click()
     await page.waitForFunction(() => location.hash.startsWith('#/profiles'))
     const duration = page.getByLabel('Duration (s)')
