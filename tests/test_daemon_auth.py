@@ -43,6 +43,7 @@ from hostscope.daemon.auth import (
 from hostscope.daemon.cli import tls_context
 from hostscope.daemon.config import Config, ConfigError
 from hostscope.daemon.errors import ApiError
+from hostscope.daemon.keys import TICKER
 
 from .support import (
     OPERATOR_TOKEN,
@@ -251,6 +252,12 @@ async def running(config: Config, auth: Auth | None = None,
     async with aiohttp.ClientSession(connector=connector,
                                      cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         try:
+            # Let the first tick finish: a daemon stopped during its first collection
+            # leaks the process collector's descriptors (reported to the metrics owner).
+            for _ in range(200):
+                if app[TICKER].last_tick_mono is not None:
+                    break
+                await asyncio.sleep(0.05)
             yield Daemon(app, f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", session)
         finally:
             await runner.cleanup()
