@@ -31,7 +31,12 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hostscope.daemon import caps
-from hostscope.daemon.helper_client import HelperOps, HelperSettings, HelperUnavailableError
+from hostscope.daemon.helper_client import (
+    HelperOps,
+    HelperSettings,
+    HelperUnavailableError,
+    RemoteError,
+)
 from hostscope.metrics.sources import Roots
 from tests.support import auth_headers, serve_env
 from tests.test_bpf_manager import assert_unloaded, require_bpf, system_prog_ids
@@ -220,6 +225,42 @@ def test_a_viewer_leaving_during_a_restart_is_not_brought_back(ops: HelperOps) -
     runqlat = {s["name"]: s for s in ops.bpf_status()}["runqlat"]
     assert runqlat["state"] == "off" and runqlat["users"] == []
     assert ops.held_modules() == []
+
+
+def _require_profiling(ops: HelperOps) -> None:
+    cpu = ops.profile_readiness()["cpu"]
+    if not cpu["available"]:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CPU profiling must run in CI: {cpu['reason']}")
+        pytest.skip(f"CPU profiling unavailable here: {cpu['reason']}")
+
+
+@pytest.mark.root
+def test_a_profile_is_captured_by_the_helper_and_bad_requests_never_reach_it(
+    ops: HelperOps,
+) -> None:
+    _require_profiling(ops)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        capture = ops.profile_start({"kind": "cpu", "duration_s": 2, "frequency_hz": 99,
+                                     "pid": busy.pid})
+        state = wait_for(lambda: (st := ops.profile_poll(capture))["state"] not in (
+            "running", "symbolizing") and st, 30, "capture finished")
+        assert state["state"] == "done", state
+        data = ops.profile_fetch(capture)
+        assert data["total"] > 0 and data["request"]["pid"] == busy.pid
+        # Every stack is the busy process's, rooted at its process frame.
+        assert {s["pid"] for s in data["stacks"]} == {busy.pid}
+        assert data["frames"][data["stacks"][0]["frames"][0]]["kind"] == "process"
+    finally:
+        busy.kill()
+        busy.wait()
+    for request in ({"kind": "cpu", "duration_s": 2, "cgroup": "/a/../../b"},
+                    {"kind": "cpu", "duration_s": 2, "perf_args": "-a"},
+                    {"kind": "cpu", "duration_s": 500}):
+        with pytest.raises(RemoteError) as refused:
+            ops.profile_start(request)
+        assert refused.value.code == "invalid_request"
 
 
 @pytest.mark.root
