@@ -266,6 +266,9 @@ class _Connection:
         layout = hub.subscription_changed(client)
         client.offer(hub.meta_frame(client))
         if backfill and backfill > 0:
+            backfill = _fit_backfill(backfill, layout.columns, hub.sampler.interval_s,
+                                     self.request.app[CONFIG].max_history_values)
+        if backfill and backfill > 0:
             chunks, last = await hub.backfill(layout, backfill)
             for times, columns in chunks:
                 if not await self.push(hub.encode_backfill(layout, times, columns)):
@@ -382,6 +385,22 @@ class _Connection:
 
 
 _UNCHANGED = object()
+
+
+def _fit_backfill(seconds: float, columns: int, interval_s: float, limit: int) -> float:
+    """``seconds`` of backfill, shortened so columns x points stays within ``limit``.
+
+    The backfill of a layout is materialised whole before it is cut into frames (one
+    list slot per column per timestamp, columns without history included), so one
+    subscribe to every metric (~3,400 columns) with an hour of backfill cost ~100 MB
+    for a moment; with three such clients the RSS high-water mark stayed there. The
+    same bound as one REST history answer (``max_history_values``) applies; the client
+    gets the most recent part.
+    """
+    points = seconds / interval_s + 1
+    if columns * points <= limit:
+        return seconds
+    return max(0.0, (limit / columns - 1) * interval_s)
 
 
 def _names(message: dict[str, Any], key: str, *, required: bool) -> list[str]:

@@ -333,3 +333,31 @@ async def test_clients_leaving_before_the_upgrade_answer_are_not_errors(
             await hello(ws)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage()[:200] for r in errors]
+
+
+async def test_backfill_is_cut_to_max_history_values() -> None:
+    """One subscribe cannot make the daemon materialise more than max_history_values
+    of backfill: the most recent part that fits is sent, then live frames."""
+    from .test_daemon_stream import prefilled_sampler
+
+    sampler = prefilled_sampler(900, INTERVAL)
+    runner, daemon = await run_daemon(
+        auth_config(interval=INTERVAL, max_history_values=2000), sampler)
+    try:
+        async with connect(daemon.url, max_size=None) as ws:
+            await hello(ws)
+            await subscribe(ws, names=["kernel.all.load"], backfill=3600)  # 3 columns
+            meta = await recv_type(ws, "meta")
+            columns = len(meta["series"])
+            stamps: list[float] = []
+            while True:
+                msg = await recv_type(ws, "samples")
+                if not msg["backfill"]:
+                    break
+                stamps += msg["t"]
+            assert columns == 3
+            # 900 are in the history; the last ~66 s fit (fewer where the daemon's
+            # start left a gap after the prefilled samples).
+            assert 450 <= len(stamps) <= 2000 // columns + 5, len(stamps)
+    finally:
+        await runner.cleanup()
