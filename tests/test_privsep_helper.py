@@ -375,6 +375,47 @@ async def test_serve_daemon_has_no_capabilities_helper_restart_reaches_the_dashb
             await proc.wait()
 
 
+@pytest.mark.root
+async def test_serve_profiles_through_the_helper_over_rest() -> None:
+    require_bpf()
+    proc, url, lines = await start_serve()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            async with session.get(url + "api/v1/profiles") as r:
+                kinds = (await r.json())["kinds"]
+            if not kinds["cpu"]["available"]:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"CPU profiling must run in CI: {kinds['cpu']['reason']}")
+                pytest.skip(f"CPU profiling unavailable: {kinds['cpu']['reason']}")
+            body = {"kind": "cpu", "duration": 5, "frequency": 99, "pid": busy.pid}
+            async with session.post(url + "api/v1/profiles", json=body) as r:
+                assert r.status == 202, await r.text()
+                capture = (await r.json())["id"]
+            deadline = time.monotonic() + 40
+            while True:
+                async with session.get(url + f"api/v1/profiles/{capture}") as r:
+                    summary = await r.json()
+                if summary["state"] in ("done", "failed", "cancelled"):
+                    break
+                assert time.monotonic() < deadline, summary
+                await asyncio.sleep(0.5)
+            assert summary["state"] == "done", summary
+            async with session.get(url + f"api/v1/profiles/{capture}?format=json") as r:
+                view = await r.json()
+            assert view["tree"]["value"] > 0
+            helper = (await _host(session, url))["helper"]
+        # The capture ran in the helper; the daemon held no capability throughout.
+        assert set(thread_caps(proc.pid).values()) == {0}
+        assert helper["state"] == "running" and helper["restarts"] == 0
+    finally:
+        busy.kill()
+        busy.wait()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 5)
+        await read_rest(proc, lines)
+
+
 async def test_without_a_spawner_the_helper_is_reported_failed_and_the_daemon_serves_on(
 ) -> None:
     proc, url, lines = await start_serve()
