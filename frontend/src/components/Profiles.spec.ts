@@ -153,6 +153,30 @@ describe('one capture', () => {
     expect(w.findAll('.downloads a')[0].attributes('href')).toBe(`/api/v1/profiles/${id}?format=folded&start=1.2&end=3.1`)
   })
 
+  it('downloads from another daemon with its token (a link could not send it)', async () => {
+    const other = 'http://db1:7470'
+    sessionStorage.setItem('hostscope.token:http://db1:7470', 'tok-db1')
+    const seen: { url: string; auth: string | null }[] = []
+    vi.stubGlobal('fetch', async (url: string, init?: RequestInit) => {
+      const headers = new Headers(init?.headers)
+      seen.push({ url: String(url), auth: headers.get('Authorization') })
+      const body = String(url).includes('format=json') ? fx.json : String(url).includes('format=folded') ? 'all;x 1\n' : fx.done
+      return new Response(typeof body === 'string' ? body : JSON.stringify(body), { status: 200 })
+    })
+    const saved = { create: URL.createObjectURL, revoke: URL.revokeObjectURL }
+    URL.createObjectURL = () => 'blob:x'
+    URL.revokeObjectURL = () => {}
+    const w = mount(ProfileCapture, { props: { ...props, base: other } })
+    await flushPromises()
+    await w.find('.downloads a').trigger('click')
+    await flushPromises()
+    URL.createObjectURL = saved.create
+    URL.revokeObjectURL = saved.revoke
+    expect(seen.at(-1)).toEqual({ url: `${other}/api/v1/profiles/${id}?format=folded`, auth: 'Bearer tok-db1' })
+    expect(seen.every((c) => c.auth === 'Bearer tok-db1')).toBe(true)
+    sessionStorage.clear()
+  })
+
   it('shows the diff legend for a differential graph', async () => {
     answers.push([`GET /api/v1/profiles/${id}`, { body: fx.done }])
     answers.push([`GET /api/v1/profiles/${id}?format=json`, { body: fx.diff }])
