@@ -60,6 +60,8 @@ ID_LENGTH = 22
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 #: Seconds a readiness answer is reused (it only changes when the host changes).
 READINESS_TTL_S = 30.0
+#: Interval of start retries while the privileged side winds a cancelled capture down.
+BUSY_RETRY_S = 0.2
 #: Poll interval once a capture's duration has passed (symbolising, fetching).
 FAST_POLL_S = 0.05
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
@@ -441,15 +443,28 @@ class ProfileService:
     # -- running -----------------------------------------------------------------------
 
     async def _start(self, capture: Capture) -> None:
+        """Start ``capture`` on the privileged side.
+
+        Only this service starts captures there, so "busy" from it means the remains of
+        a capture this service already cancelled or gave up on (a BPF compile cannot be
+        interrupted; a timed-out capture may still be winding down): retried for up to
+        ``grace_s`` rather than failing the next request in line.
+        """
         capture.state = "running"
-        try:
-            capture.capture_id = await self._call(self.call_timeout_s, self._ops.profile_start,
-                                                  dict(capture.private))
-        except TimeoutError:
-            raise ProfileApiError("timeout", "the privileged side did not answer the start "
-                                  f"within {self.call_timeout_s:g} s") from None
-        except Exception as exc:
-            raise _error_of(exc) from exc
+        give_up = self._clock.mono() + self.grace_s
+        while True:
+            try:
+                capture.capture_id = await self._call(
+                    self.call_timeout_s, self._ops.profile_start, dict(capture.private))
+                break
+            except TimeoutError:
+                raise ProfileApiError("timeout", "the privileged side did not answer the "
+                                      f"start within {self.call_timeout_s:g} s") from None
+            except Exception as exc:
+                err = _error_of(exc)
+                if err.code != "busy" or capture.final or self._clock.mono() >= give_up:
+                    raise err from exc
+            await asyncio.sleep(BUSY_RETRY_S)
         capture.started_at = round(self._clock.wall(), 3)
         capture.marks["started"] = self._clock.mono()
 

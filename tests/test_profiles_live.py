@@ -135,7 +135,9 @@ async def serve(tmp_path: Path, **config: Any) -> tuple[web.AppRunner, Server,
 @pytest.fixture
 async def server(tmp_path: Path, busy_binary: Path) -> AsyncIterator[Server]:
     del busy_binary  # root and gcc checked
-    runner, srv, session = await serve(tmp_path, profile_queue=1)
+    # A generous grace: under load, symbolising can take long (the timeout path has its
+    # own tests in test_profiles_service.py).
+    runner, srv, session = await serve(tmp_path, profile_queue=1, profile_grace=120.0)
     try:
         srv.app[PRIVILEGED].profile_readiness  # noqa: B018 - the seam exists
         if importlib.util.find_spec("hostscope.bpfmods.profiler") is None:
@@ -156,7 +158,8 @@ async def test_busy_loop_capture_and_every_output(server: Server,
                                   "pid": busy.pid})
     done = await server.wait(summary["id"])
     assert done["state"] == "done", done
-    assert done["total"] > 100 and done["method"] in ("bpf", "perf")
+    # A loaded 2-CPU machine (load 15+) leaves the loop ~10 % of a CPU: ~50 samples.
+    assert done["total"] > 20 and done["method"] in ("bpf", "perf")
     pid = summary["id"]
 
     status, view, _ = await server.call("GET", f"/api/v1/profiles/{pid}?format=json")
@@ -251,14 +254,18 @@ async def test_shutdown_stops_a_capture(tmp_path: Path, busy_binary: Path) -> No
     del busy_binary
     if importlib.util.find_spec("hostscope.bpfmods.profiler") is None:
         pytest.skip("this build has no capture side (bpfmods/profiler.py)")
-    runner, srv, session = await serve(tmp_path)
+    runner, srv, session = await serve(tmp_path, profile_grace=120.0)
     try:
         _, listing, _ = await srv.call("GET", "/api/v1/profiles")
         if not listing["kinds"]["cpu"]["available"]:
             unavailable(f"cpu profiling unavailable: {listing['kinds']['cpu']['reason']}")
         summary = await srv.start({"kind": "cpu", "duration": 60})
-        await asyncio.sleep(1.0)
         capture = srv.app[PROFILES].get(summary["id"])
+        # Wait until it samples: a BPF compile in progress cannot be interrupted.
+        deadline = time.monotonic() + 60
+        while capture.progress <= 0:
+            assert time.monotonic() < deadline, capture.summary()
+            await asyncio.sleep(0.1)
     finally:
         await session.close()
         t0 = time.monotonic()
@@ -290,7 +297,7 @@ async def test_container_filter_by_cgroup_name(tmp_path: Path, busy_binary: Path
     runner = session = None
     try:
         (cgroup / "cgroup.procs").write_text(str(inside.pid))
-        runner, srv, session = await serve(tmp_path)
+        runner, srv, session = await serve(tmp_path, profile_grace=120.0)
         from hostscope.daemon.keys import SAMPLER
 
         deadline = time.monotonic() + 20

@@ -460,3 +460,43 @@ async def test_store_is_bounded_by_bytes() -> None:
         assert svc.stored_bytes() > 1
     finally:
         await svc.close()
+
+
+async def test_start_retries_while_the_privileged_side_winds_down() -> None:
+    """A cancelled capture's remains (an uninterruptible compile) make the privileged
+    side answer busy for a moment: the next capture waits for it instead of failing."""
+    ops = ScriptedOps()
+    real_start = ops.profile_start
+    refusals = []
+
+    def start(request: Any) -> str:
+        if len(refusals) < 3:
+            refusals.append(request)
+            raise CaptureFailed("busy", "a capture is running")
+        return real_start(request)
+
+    ops.profile_start = start  # type: ignore[method-assign]
+    svc = service(ops)
+    try:
+        capture = await svc.submit({"kind": "cpu", "duration": 5})
+        assert capture.state == "running" and len(refusals) == 3
+        await wait_final(svc, capture.id)
+        assert capture.state == "done"
+    finally:
+        await svc.close()
+
+
+async def test_start_gives_up_on_a_busy_privileged_side_after_the_grace() -> None:
+    ops = ScriptedOps()
+
+    def start(_request: Any) -> str:
+        raise CaptureFailed("busy", "a capture is running")
+
+    ops.profile_start = start  # type: ignore[method-assign]
+    svc = service(ops, grace_s=1.0, clock=FastClock(5.0))
+    try:
+        with pytest.raises(ProfileApiError) as info:
+            await svc.submit({"kind": "cpu", "duration": 5})
+        assert info.value.code == "busy" and info.value.status == 409
+    finally:
+        await svc.close()
