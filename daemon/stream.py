@@ -521,6 +521,10 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
                 await conn.handle(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 conn.error("bad_message", "binary messages are not part of the protocol")
+    except ConnectionError:
+        # aiohttp answers a ping inside receive(); when the transport is already
+        # closing (a dropped client still pinging) that raises here. The peer is gone.
+        pass
     finally:
         hub.unregister(client)
         conn.stop_writer()
