@@ -42,7 +42,7 @@ from .host import HostProbe
 from .modules import OffCpuTime, clean_text, resolve_plan
 from .runtime import BpfLoadError, ProbeSpec, load
 from .settings import CgroupSetting, SettingsContext, cflags
-from .symbols import UNKNOWN, Frame, Symbolizer
+from .symbols import UNKNOWN, Frame, ProcessSymbols, Symbolizer
 
 log = logging.getLogger("hostscope.profiler")
 
@@ -61,6 +61,8 @@ _EFAULT = 14
 #: Longest a perf subprocess may take to write its file after SIGINT / to print it.
 PERF_STOP_TIMEOUT_S = 30.0
 PERF_SCRIPT_TIMEOUT_S = 120.0
+#: How often a running BPF capture symbolizes what it has counted so far.
+PREPASS_INTERVAL_S = 2.0
 
 _REQUEST_KEYS = frozenset({"kind", "duration_s", "frequency_hz", "pid", "cgroup"})
 _UNKNOWN_HELP = (
@@ -162,6 +164,8 @@ class ProfileBuilder:
     stacks: dict[tuple[int, tuple[int, ...]], dict[int, int]] = field(default_factory=dict)
     total: int = 0
     unknown_value: int = 0
+    _ids: dict[tuple[Frame, ...], tuple[int, ...]] = field(default_factory=dict)
+    _unknown: dict[tuple[int, tuple[int, ...]], bool] = field(default_factory=dict)
 
     def frame_id(self, frame: Frame) -> int:
         idx = self._index.get(frame)
@@ -170,12 +174,24 @@ class ProfileBuilder:
             self.frames.append(frame)
         return idx
 
+    def frame_ids(self, frames: tuple[Frame, ...]) -> tuple[int, ...]:
+        """Ids of a (cached, shared) tuple of frames; memoised per tuple."""
+        ids = self._ids.get(frames)
+        if ids is None:
+            ids = self._ids[frames] = tuple(self.frame_id(f) for f in frames)
+        return ids
+
     def add(self, pid: int, frames: Sequence[Frame], slot: int, value: int) -> None:
-        key = (pid, tuple(self.frame_id(f) for f in frames))
-        slots = self.stacks.setdefault(key, {})
+        self.add_ids(pid, tuple(self.frame_id(f) for f in frames), slot, value)
+
+    def add_ids(self, pid: int, ids: tuple[int, ...], slot: int, value: int) -> None:
+        slots = self.stacks.get((pid, ids))
+        if slots is None:
+            slots = self.stacks[(pid, ids)] = {}
+            self._unknown[(pid, ids)] = any(self.frames[i][1] == "unknown" for i in ids)
         slots[slot] = slots.get(slot, 0) + value
         self.total += value
-        if any(f[1] == "unknown" for f in frames):
+        if self._unknown[(pid, ids)]:
             self.unknown_value += value
 
     def to_json(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -295,8 +311,10 @@ class _Capture:
     thread: threading.Thread | None = None
     #: resolved filter: cgroup v2 id (BPF) and path
     cgroup_id: int = 0
-    #: CLOCK_MONOTONIC when sampling began (perf timestamps are relative to it)
+    #: CLOCK_MONOTONIC (the kernel's clock, not the injected one) at the start and end of
+    #: the capture window; samples outside it are left out
     mono_start_ns: int = 0
+    mono_end_ns: int = 0
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -315,6 +333,83 @@ class StackCount:
     kernel_stack: int
     comm: str
     value: int
+
+
+class _StackWork:
+    """Reads a BPF capture's maps and symbolizes its stacks, partly while it runs.
+
+    Every PREPASS_INTERVAL_S during the capture, :meth:`absorb` reads the keys counted so
+    far (one batched syscall per few hundred keys) and symbolizes stacks it has not seen.
+    That moves most of the work into the capture window, so the profile is ready soon
+    after it ends, and it names the user frames of processes that exit before the end
+    (their /proc/PID/maps is gone by then). Stack ids are stable during a capture (no
+    BPF_F_REUSE_STACKID), so what was resolved stays right.
+    """
+
+    def __init__(self, symbolizer: Symbolizer, loaded: Any) -> None:
+        self.sym = symbolizer
+        self.loaded = loaded
+        self.stacks: dict[int, list[int]] = {}
+        self.procs: dict[int, ProcessSymbols] = {}
+        self._user: dict[tuple[int, int], tuple[Frame, ...]] = {}
+        self._kernel: dict[int, tuple[Frame, ...]] = {}
+        self.prepass_cpu_s = 0.0
+        self._batch = True
+
+    def _keys(self) -> list[tuple[Any, Any]]:
+        table = self.loaded.table("counts")
+        if self._batch:
+            try:
+                return list(table.items_lookup_batch())
+            except Exception:  # noqa: BLE001 - bcc raises bare Exception; kernel < 5.6
+                self._batch = False
+        return table.items()
+
+    def read_counts(self) -> list[StackCount]:
+        return [StackCount(int(k.tgid), int(k.slot), int(k.user_stack),
+                           int(k.kernel_stack), clean_text(k.comm, 16),
+                           int(getattr(v, "value", v)))  # batch lookups yield plain ints
+                for k, v in self._keys()]
+
+    def read_stacks(self, counts: Iterable[StackCount]) -> None:
+        table = self.loaded.table("stack_traces")
+        for c in counts:
+            for sid in (c.user_stack, c.kernel_stack):
+                if sid >= 0 and sid not in self.stacks:
+                    try:
+                        self.stacks[sid] = list(table.walk(sid))
+                    except KeyError:
+                        self.stacks[sid] = []
+
+    def absorb(self) -> None:
+        """Symbolize what was counted so far (called from the capture's wait)."""
+        cpu = time.thread_time()
+        counts = self.read_counts()
+        self.read_stacks(counts)
+        for c in counts:
+            if c.user_stack >= 0:
+                self.user_frames(c.pid, c.user_stack)
+            if c.kernel_stack >= 0:
+                self.kernel_frames(c.kernel_stack)
+        self.prepass_cpu_s += time.thread_time() - cpu
+
+    def user_frames(self, pid: int, stack_id: int) -> tuple[tuple[Frame, ...], bool]:
+        """(frames root -> leaf, whether the process was alive when first symbolized)."""
+        proc = self.procs.get(pid)
+        if proc is None:
+            proc = self.procs[pid] = self.sym.process(pid)
+        frames = self._user.get((pid, stack_id))
+        if frames is None:
+            frames = self._user[(pid, stack_id)] = tuple(group_unknown(
+                self.sym.user_frame(proc, a) for a in reversed(self.stacks.get(stack_id, ()))))
+        return frames, proc.alive
+
+    def kernel_frames(self, stack_id: int) -> tuple[Frame, ...]:
+        frames = self._kernel.get(stack_id)
+        if frames is None:
+            frames = self._kernel[stack_id] = tuple(
+                self.sym.kernel_frame(a) for a in reversed(self.stacks.get(stack_id, ())))
+        return frames
 
 
 class Profiler:
@@ -507,7 +602,7 @@ class Profiler:
         try:
             if cap.method == "bpf":
                 try:
-                    counts, stacks, lost, event = self._capture_bpf(cap)
+                    counts, work, lost, event = self._capture_bpf(cap)
                 except BpfLoadError as exc:
                     if cap.request.kind != "cpu" or "perf" not in self.methods \
                             or self._perf_problem() is not None:
@@ -518,7 +613,7 @@ class Profiler:
                     cap.method = "perf"
                 else:
                     self._set(cap, state="symbolizing")
-                    result = self._bpf_result(cap, counts, stacks, lost, event)
+                    result = self._bpf_result(cap, counts, work, lost, event)
             if cap.method == "perf":
                 samples = self._capture_perf(cap)
                 self._set(cap, state="symbolizing")
@@ -532,11 +627,25 @@ class Profiler:
             self._set(cap, state="failed", error=ProfileError(
                 "capture_failed", f"{type(exc).__name__}: {exc}"))
 
-    def _wait(self, cap: _Capture) -> None:
-        """Sleep for the requested duration unless cancelled (then raise)."""
-        self._set(cap, state="running", started_mono=self.clock(), started_at=self.wall())
-        cancelled = cap.cancel.wait(cap.request.duration_s)
+    def _wait(self, cap: _Capture, tick: Callable[[], None] | None = None) -> None:
+        """Sleep for the requested duration unless cancelled (then raise), calling ``tick``
+        every PREPASS_INTERVAL_S meanwhile."""
+        self._set(cap, state="running", started_mono=self.clock(), started_at=self.wall(),
+                  mono_start_ns=time.monotonic_ns())
         assert cap.started_mono is not None
+        end = cap.started_mono + cap.request.duration_s
+        while True:
+            remaining = end - self.clock()
+            step = remaining if tick is None else min(remaining, PREPASS_INTERVAL_S)
+            cancelled = cap.cancel.wait(max(0.0, step))
+            if cancelled or self.clock() >= end:
+                break
+            if tick is not None:
+                tick()
+        # A starved thread (or a long tick) may notice the end late: the window still ends
+        # at start + duration.
+        cap.mono_end_ns = min(time.monotonic_ns(),
+                              cap.mono_start_ns + int(cap.request.duration_s * 1e9))
         cap.duration_s = round(min(cap.request.duration_s, self.clock() - cap.started_mono), 3)
         if cancelled:
             raise ProfileError("cancelled", "the capture was cancelled")
@@ -550,7 +659,7 @@ class Profiler:
                 "HS_SLOT_NS": SLOT_NS}
 
     def _capture_bpf(self, cap: _Capture
-                     ) -> tuple[list[StackCount], dict[int, list[int]], int, str]:
+                     ) -> tuple[list[StackCount], _StackWork, int, str]:
         request = cap.request
         ok, why = self.host.import_bcc()
         if not ok:
@@ -576,70 +685,51 @@ class Profiler:
         try:
             # Slots are CLOCK_MONOTONIC / SLOT_NS in the kernel (bpf_ktime_get_ns), so the
             # first slot comes from the real monotonic clock, not the injected one.
-            slot0 = time.monotonic_ns() // SLOT_NS
-            self._wait(cap)
+            work = _StackWork(self.symbolizer, loaded)
+            self._wait(cap, work.absorb)
             loaded.detach()
-            t = time.perf_counter()
-            counts = [
-                StackCount(int(k.tgid), int(k.slot) - slot0, int(k.user_stack),
-                           int(k.kernel_stack), clean_text(k.comm, 16), int(v.value))
-                for k, v in loaded.table("counts").items()
-            ]
+            t, cpu = time.perf_counter(), time.thread_time()
+            counts = work.read_counts()
             lost = loaded.percpu_array_sums("lost", 1)[0]
-            table = loaded.table("stack_traces")
-            stacks: dict[int, list[int]] = {}
-            for sid in {c.user_stack for c in counts} | {c.kernel_stack for c in counts}:
-                if sid >= 0:
-                    try:
-                        stacks[sid] = list(table.walk(sid))
-                    except KeyError:
-                        continue
+            work.read_stacks(counts)
             cap.timings["read_maps_s"] = round(time.perf_counter() - t, 3)
+            cap.timings["read_maps_cpu_s"] = round(time.thread_time() - cpu, 3)
+            cap.timings["prepass_cpu_s"] = round(work.prepass_cpu_s, 3)
         finally:
             loaded.close()
-        return counts, stacks, lost, event
+        return counts, work, lost, event
 
-    def _bpf_result(self, cap: _Capture, counts: list[StackCount],
-                    stacks: Mapping[int, list[int]], lost: int, event: str) -> dict[str, Any]:
-        t = time.perf_counter()
-        sym = self.symbolizer
+    def _bpf_result(self, cap: _Capture, counts: list[StackCount], work: _StackWork,
+                    lost: int, event: str) -> dict[str, Any]:
+        t, cpu = time.perf_counter(), time.thread_time()
         builder = ProfileBuilder()
-        procs: dict[int, Any] = {}
-        user_cache: dict[tuple[int, int], list[Frame]] = {}
-        kernel_cache: dict[int, list[Frame]] = {}
-        lost_stack = (("[lost stack]", "unknown", None),)
+        lost_stack = (builder.frame_id(("[lost stack]", "unknown", None)),)
         missing_stacks = 0
         exited_value = 0
-        max_slot = int(cap.duration_s * 1000 // SLOT_MS) + 1
+        # Keys carry CLOCK_MONOTONIC / SLOT_NS: keep exactly the capture's window (the
+        # program runs from attach to detach, which a starved thread may delay).
+        first = cap.mono_start_ns // SLOT_NS
+        end = -(-cap.mono_end_ns // SLOT_NS)
+        outside = 0
         for c in counts:
-            frames: list[Frame] = [process_frame(c.comm)]
+            if not first <= c.slot < end:
+                outside += c.value
+                continue
+            ids: tuple[int, ...] = (builder.frame_id(process_frame(c.comm)),)
             if c.user_stack >= 0:
-                key = (c.pid, c.user_stack)
-                user = user_cache.get(key)
-                if user is None:
-                    proc = procs.get(c.pid)
-                    if proc is None:
-                        proc = procs[c.pid] = sym.process(c.pid)
-                    user = group_unknown(sym.user_frame(proc, a)
-                                         for a in reversed(stacks.get(c.user_stack, ())))
-                    user_cache[key] = user
-                if not procs[c.pid].alive:
+                user, alive = work.user_frames(c.pid, c.user_stack)
+                if not alive:
                     exited_value += c.value
-                frames.extend(user)
+                ids += builder.frame_ids(user)
             elif c.user_stack != -_EFAULT:
                 missing_stacks += c.value
-                frames.extend(lost_stack)
+                ids += lost_stack
             if c.kernel_stack >= 0:
-                kernel = kernel_cache.get(c.kernel_stack)
-                if kernel is None:
-                    kernel = [sym.kernel_frame(a)
-                              for a in reversed(stacks.get(c.kernel_stack, ()))]
-                    kernel_cache[c.kernel_stack] = kernel
-                frames.extend(kernel)
+                ids += builder.frame_ids(work.kernel_frames(c.kernel_stack))
             elif c.kernel_stack != -_EFAULT:
                 missing_stacks += c.value
-                frames.extend(lost_stack)
-            builder.add(c.pid, frames, min(max(c.slot, 0), max_slot), c.value)
+                ids += lost_stack
+            builder.add_ids(c.pid, ids, c.slot - first, c.value)
         unit = "samples" if cap.request.kind == "cpu" else "microseconds"
         notes = list(cap.notes)
         if cap.request.kind == "cpu":
@@ -653,12 +743,17 @@ class Profiler:
                          "count map and are counted in lost")
         if missing_stacks:
             notes.append(f"{missing_stacks} {unit} have a [lost stack]: the "
-                         f"{self.stack_entries}-entry stack map was full")
+                         f"{self.stack_entries}-entry stack map was full or two stacks "
+                         "collided in it")
+        if outside:
+            notes.append(f"{outside} {unit} taken while attaching or detaching, outside the "
+                         "capture window, are left out")
         if exited_value:
             notes.append(f"{_pct(exited_value, builder.total)} of {unit} come from processes "
                          "that exited before symbolization: their user frames are [unknown]")
         self._unknown_note(notes, builder, unit)
         cap.timings["symbolize_s"] = round(time.perf_counter() - t, 3)
+        cap.timings["symbolize_cpu_s"] = round(time.thread_time() - cpu, 3)
         return self._data(cap, method="bpf", event=event, unit=unit, builder=builder,
                           lost=lost, notes=notes)
 
@@ -742,7 +837,6 @@ class Profiler:
                                     stderr=subprocess.PIPE, cwd=tmp)
             try:
                 self._perf_enable(proc, control, ack, cap.cancel)
-                t0_ns = time.monotonic_ns()
                 if proc.poll() is None:
                     self._wait(cap)
             finally:
@@ -769,14 +863,13 @@ class Profiler:
                 raise ProfileError("capture_failed", "perf script failed: " + script.stderr
                                    .decode("utf-8", "replace").strip()[-500:])
             samples = parse_perf_script(script.stdout.decode("utf-8", "replace"))
-            cap.mono_start_ns = t0_ns
             return samples
 
     def _perf_result(self, cap: _Capture, samples: list[PerfSample]) -> dict[str, Any]:
         t = time.perf_counter()
-        t0_ns = cap.mono_start_ns
+        t0_ns, end_ns = cap.mono_start_ns, cap.mono_end_ns
+        outside = 0
         builder = ProfileBuilder()
-        max_slot = int(cap.duration_s * 1000 // SLOT_MS) + 1
         wanted_cgroup = cap.request.cgroup
         in_cgroup: dict[int, bool] = {}
         skipped = 0
@@ -790,10 +883,16 @@ class Profiler:
                 if not member:
                     skipped += 1
                     continue
-            slot = min(max((s.time_ns - t0_ns) // SLOT_NS, 0), max_slot)
+            if not t0_ns <= s.time_ns < end_ns:
+                outside += 1
+                continue
+            slot = (s.time_ns - t0_ns) // SLOT_NS
             builder.add(s.pid, [process_frame(s.comm), *group_unknown(s.frames)], slot, 1)
         notes = list(cap.notes)
         notes.append("the idle task is not shown: the graph shows CPU use, not idle time")
+        if outside:
+            notes.append(f"{outside} samples taken while perf started or stopped, outside "
+                         "the capture window, are left out")
         if wanted_cgroup is not None:
             notes.append(f"perf recorded all CPUs; samples were kept for processes in "
                          f"{wanted_cgroup} when symbolized (processes that exited before "

@@ -139,14 +139,15 @@ class Mapping:
         return self.inode != 0 and self.path.startswith("/")
 
 
-def parse_proc_maps(text: str) -> list[Mapping]:
+def parse_proc_maps(text: str, executable_only: bool = False) -> list[Mapping]:
     """``/proc/PID/maps`` lines (``start-end perms offset dev inode [path]``), sorted by
     start. The path is everything after the inode (it may contain spaces, and ends in
-    `` (deleted)`` when the file was removed since)."""
+    `` (deleted)`` when the file was removed since). ``executable_only`` keeps only
+    mappings code can run from (a browser has thousands of data mappings)."""
     out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
-        if len(parts) < 5:
+        if len(parts) < 5 or (executable_only and parts[1][2:3] != "x"):
             continue
         lo, _, hi = parts[0].partition("-")
         try:
@@ -350,6 +351,8 @@ class ProcessSymbols:
     perf_map_loaded: bool = False
     #: resolved addresses (the same address recurs across stacks)
     cache: dict[int, Frame] = field(default_factory=dict)
+    #: mapping start -> (its ELF symbols or None, module name)
+    elves: dict[int, tuple[ElfSymbols | None, str]] = field(default_factory=dict)
 
     def mapping(self, addr: int) -> Mapping | None:
         i = bisect.bisect_right(self.starts, addr) - 1
@@ -399,15 +402,24 @@ class Symbolizer:
         base = self.roots.proc / str(pid)
         maps_text = read_optional(base / "maps", limit=64 << 20)
         status = read_optional(base / "status") or ""
-        maps = parse_proc_maps(maps_text or "")
+        maps = parse_proc_maps(maps_text or "", executable_only=True)
         return ProcessSymbols(pid, maps, [m.start for m in maps], parse_nspid(status) or pid,
                               maps_text is not None)
 
-    def _elf_for(self, proc: ProcessSymbols, m: Mapping) -> ElfSymbols | None:
+    def _elf_for(self, proc: ProcessSymbols, m: Mapping) -> tuple[ElfSymbols | None, str]:
+        """The mapping's ELF symbols (looked up once per mapping and profile) and module."""
+        found = proc.elves.get(m.start)
+        if found is None:
+            found = proc.elves[m.start] = (
+                self._load_elf(proc, m), os.path.basename(m.path.removesuffix(" (deleted)")))
+        return found
+
+    def _load_elf(self, proc: ProcessSymbols, m: Mapping) -> ElfSymbols | None:
         # map_files names exactly the mapped file, even across mount namespaces or when the
         # path was deleted/replaced; fall back to the path inside the process's root.
-        candidates = [self.roots.proc / str(proc.pid) / "map_files" / f"{m.start:x}-{m.end:x}",
-                      self.roots.proc / str(proc.pid) / "root" / m.path.lstrip("/")]
+        base = f"{self.roots.proc}/{proc.pid}"
+        candidates = [Path(f"{base}/map_files/{m.start:x}-{m.end:x}"),
+                      Path(f"{base}/root{m.path}")]
         for path in candidates:
             try:
                 st = os.stat(path)
@@ -459,8 +471,7 @@ class Symbolizer:
     def _resolve_user(self, proc: ProcessSymbols, addr: int) -> Frame:
         m = proc.mapping(addr)
         if m is not None and m.file_backed:
-            module = os.path.basename(m.path.removesuffix(" (deleted)"))
-            elf = self._elf_for(proc, m)
+            elf, module = self._elf_for(proc, m)
             if elf is not None:
                 vaddr = elf.vaddr(addr - m.start + m.offset)
                 name = elf.table.lookup(vaddr) if vaddr is not None else None

@@ -145,19 +145,23 @@ class CpuTime:
         self._stop.set()
         self._thread.join()
 
-    def at(self, wall: float) -> float:
-        before = [c for t, c in self.points if t <= wall]
-        return before[-1] if before else self.points[0][1]
+    def bounds(self, start: float, end: float) -> tuple[float, float]:
+        """(least, most) CPU seconds the process can have used in [start, end], from the
+        readings just inside and just outside the window (readings may be sparse: this
+        thread competes for the CPU like everything else)."""
+        inside = [c for t, c in self.points if start <= t <= end]
+        before = [c for t, c in self.points if t <= start]
+        after = [c for t, c in self.points if t >= end]
+        least = inside[-1] - inside[0] if len(inside) >= 2 else 0.0
+        most = (after[0] if after else self.points[-1][1]) - (before[-1] if before else 0.0)
+        return least, most
 
-    def between(self, start: float, end: float) -> float:
-        return self.at(end) - self.at(start)
 
-
-def check_sample_count(samples: int, cpu_s: float, hz: int) -> None:
-    """Samples ~ CPU seconds x frequency (clock ticks and 50 ms sampling blur both ends)."""
-    expected = cpu_s * hz
-    assert 0.6 * expected - 0.15 * hz <= samples <= 1.3 * expected + 0.15 * hz, \
-        (samples, cpu_s, hz)
+def check_sample_count(samples: int, cpu: tuple[float, float], hz: int) -> None:
+    """Samples ~ CPU seconds x frequency, within the bounds the readings allow."""
+    least, most = cpu
+    assert 0.7 * least * hz - 0.1 * hz <= samples <= 1.3 * most * hz + 0.1 * hz, \
+        (samples, cpu, hz)
 
 
 class Workload:
@@ -251,7 +255,7 @@ def test_busy_loop_dominates_its_flame_graph(profiler: Profiler,
     mine = by_pid(data, w.pid)
     start = data["started_at"]
     check_sample_count(sum(v for _, v in mine),
-                       cpu.between(start, start + data["duration_s"]), 99)
+                       cpu.bounds(start, start + data["duration_s"]), 99)
     assert share(mine, lambda f: leaf_user(f) == "hs_hot_spin") > 0.8
     frames, _ = max(mine, key=lambda fv: fv[1])
     assert frames[0] == {"name": "busyloop", "kind": "process", "module": None}
@@ -295,7 +299,7 @@ def test_cgroup_filter_includes_sub_cgroups(host: HostProbe, programs: dict[str,
                 Workload([str(programs["busyloop"])]) as outside:
             (cgroup / "cgroup.procs").write_text(f"{inside.pid}\n")
             (sub / "cgroup.procs").write_text(f"{nested.pid}\n")
-            data = capture(prof, ProfileRequest("cpu", 2, 49, cgroup=f"/{name}"))
+            data = capture(prof, ProfileRequest("cpu", 3, 99, cgroup=f"/{name}"))
             # moved out again so the directories can be removed
             for pid in (inside.pid, nested.pid):
                 (root / "cgroup.procs").write_text(f"{pid}\n")
@@ -392,7 +396,7 @@ def test_perf_fallback_when_forced(host: HostProbe, programs: dict[str, Path]) -
     assert {s["pid"] for s in data["stacks"]} == {w.pid}
     start = data["started_at"]
     check_sample_count(sum(v for _, v in mine),
-                       cpu.between(start, start + data["duration_s"]), 99)
+                       cpu.bounds(start, start + data["duration_s"]), 99)
     assert share(mine, lambda f: leaf_user(f) == "hs_hot_spin") > 0.8
     assert {f[0]["name"] for f, _ in mine} == {HOSTILE}
     slots = {slot for s in data["stacks"] for slot, _ in s["slots"]}
