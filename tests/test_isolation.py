@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import statistics
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -141,18 +142,20 @@ def test_a_hung_collector_is_abandoned_skipped_and_back_when_its_call_returns() 
         tick = worker.collect()
         sampler.publish(tick)
         took = time.monotonic() - start
-        assert 0.15 < took < 1.5, took  # waited for the timeout, not for the call
+        assert 0.15 < took < 3.0, took  # waited for the timeout, not for the call
         assert "steady" in tick.groups and "blocking" not in tick.groups
         status = sampler.status["blocking"]
         assert status.timeouts == 1 and status.hung and status.stale
         assert status.stale_reason == STALE_TIMEOUT and status.errors == 0
-        # while its call is stuck, ticks are on time and never call it again
+        # while its call is stuck, ticks never call it again nor wait for a timeout
+        took_each = []
         for _ in range(5):
             start = time.monotonic()
             tick = worker.collect()
             sampler.publish(tick)
-            assert time.monotonic() - start < 0.15
+            took_each.append(time.monotonic() - start)
             assert "steady" in tick.groups and "blocking" not in tick.groups
+        assert statistics.median(took_each) < 0.1, took_each  # a wait would be >= 0.2 s
         assert blocking.calls == 3 and steady.calls == 8
         assert sampler.latest_raw["hostscope.collector.timeouts"]["blocking"] == 1
         assert sampler.latest["hostscope.collector.stale"]["blocking"] == 1
@@ -266,13 +269,14 @@ async def test_daemon_shows_a_hung_collector_stale_and_keeps_ticking(
         assert stale["stale"]["test.blocking.value"]["reason"] == "timeout"
         assert stale["stale"]["test.blocking.value"]["collector"] == "blocking"
         assert set(stale["stale"]) == {"test.blocking.value"}
-        # live frames keep their cadence while the call is stuck
+        # live frames keep their cadence while the call is stuck (a ticker waiting on
+        # it would space them by the 0.3 s timeout at least)
         arrivals = []
-        for _ in range(8):
+        for _ in range(10):
             await _next(ws, "samples")
             arrivals.append(time.monotonic())
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-        assert max(gaps) < 4 * INTERVAL, gaps
+        assert statistics.median(gaps) < 2 * INTERVAL, gaps
         body = await _host(daemon)
         entry = body["stale"]["blocking"]
         assert entry["reason"] == "timeout" and entry["metrics"] == ["test.blocking.value"]
@@ -328,8 +332,8 @@ def test_close_waits_for_a_collection_in_progress_but_not_for_a_hung_one() -> No
         time.sleep(0.005)
     threading.Timer(0.2, blocking.release.set).start()
     start = time.monotonic()
-    worker.close(wait_s=2.0)  # returns once the call in progress has returned
-    assert 0.1 < time.monotonic() - start < 1.5
+    worker.close(wait_s=3.0)  # returns once the call in progress has returned
+    assert 0.1 < time.monotonic() - start < 2.5
     assert future.result(timeout=1).groups["blocking"].raw
     # a call abandoned as hung is not waited for
     blocking.release.clear()
@@ -337,6 +341,6 @@ def test_close_waits_for_a_collection_in_progress_but_not_for_a_hung_one() -> No
     tick = worker.collect()
     assert "blocking" not in tick.groups and sampler.status["blocking"].hung
     start = time.monotonic()
-    worker.close(wait_s=2.0)
-    assert time.monotonic() - start < 0.5
+    worker.close(wait_s=3.0)
+    assert time.monotonic() - start < 1.5  # the hung call would hold it for 3 s
     blocking.release.set()
