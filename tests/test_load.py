@@ -113,7 +113,8 @@ async def test_sigterm_under_load_exits_in_5_s_and_detaches_every_program() -> N
             assert time.monotonic() < deadline, tally.counts
             await asyncio.sleep(0.2)
         held = {prog for pid in holders for prog in fdinfo_prog_ids(pid)}
-        assert len(held) >= 4, held  # runqlat alone holds 4 (execsnoop 0-3 more)
+        # runqlat holds 1 program on tp_btf (4 on raw tracepoints), execsnoop 0-3 more
+        assert len(held) >= 1, held
         assert held <= system_prog_ids()
 
         started = time.monotonic()
