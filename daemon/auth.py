@@ -86,6 +86,8 @@ WS_RATE_LIMITED = 4429
 
 #: The authenticated principal of a request (set by the middleware).
 REQUEST_PRINCIPAL = web.RequestKey("principal", "Principal")
+#: Set when a websocket upgrade carried a stale cookie: its 101 answer deletes it.
+CLEAR_COOKIE = web.RequestKey("clear_cookie", bool)
 
 #: Routes an embed token opens, beyond the websocket: what an embedded panel loads.
 _EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth")
@@ -317,7 +319,12 @@ def load_or_create_secret(path: str | Path) -> bytes:
 
 
 class FailureLimiter:
-    """Failed attempts per client address in a sliding window, in bounded memory."""
+    """Failed attempts per client address in a sliding window, in bounded memory.
+
+    Only *distinct* wrong tokens count: the same wrong token again (a browser retrying
+    with a cookie from before a restart, a script with an old token) guesses nothing new,
+    and counting it would lock out the person who then opens the new token URL.
+    """
 
     def __init__(self, max_failures: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S,
                  max_clients: int = MAX_TRACKED_CLIENTS) -> None:
@@ -325,6 +332,9 @@ class FailureLimiter:
         self.window_s = window_s
         self.max_clients = max_clients
         self._failures: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict())
+        #: Digests of recently refused tokens per client (bounded like the clients).
+        self._seen: collections.OrderedDict[tuple[str, bytes], None] = (
             collections.OrderedDict())
 
     def __len__(self) -> int:
@@ -344,7 +354,17 @@ class FailureLimiter:
             return None
         return max(times[0] + self.window_s - now, 0.001)
 
-    def failed(self, client: str, now: float) -> None:
+    def failed(self, client: str, now: float, token: str | None = None) -> None:
+        """Count a failure of ``client``; a ``token`` it was already refused is not
+        counted again."""
+        if token is not None:
+            key = (client, hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return
+            self._seen[key] = None
+            while len(self._seen) > self.max_clients * 4:
+                self._seen.popitem(last=False)
         times = self._failures.get(client)
         if times is None:
             times = self._failures[client] = collections.deque(maxlen=self.max_failures)
@@ -384,7 +404,7 @@ class Auth:
             role = self.tokens.role_of(token)
             principal = Principal(role) if role is not None else None
         if principal is None:
-            self.limiter.failed(client, now)
+            self.limiter.failed(client, now, token)
             log.warning("authentication failed", extra={"client": client})
             raise ApiError(401, "unauthorized",
                            "the token is not valid (or the embed token expired)",
@@ -538,8 +558,12 @@ def auth_middleware(auth: Auth, clock: Clock,
             if from_cookie and exc.status == 401:
                 # A stale cookie (the daemon restarted with a new token): drop it so the
                 # browser stops sending it and the dashboard asks for the new one.
-                exc.headers["Set-Cookie"] = (f"{cookie_name(request)}=; Max-Age=0; Path=/; "
-                                             "HttpOnly; SameSite=Strict")
+                if request.path == STREAM_PATH and needed == VIEWER:
+                    # A refused upgrade is only a 1006 to a page; upgraded, the socket
+                    # gets the first-message chance and then a 4401 it can act on.
+                    request[CLEAR_COOKIE] = True
+                    return await handler(request)
+                exc.headers["Set-Cookie"] = _clear_cookie(request)
             raise
         if principal.embed and not _embed_allowed(request, principal, auth):
             raise ApiError(403, "forbidden",
@@ -554,6 +578,21 @@ def auth_middleware(auth: Auth, clock: Clock,
         return await handler(request)
 
     return check_auth
+
+
+def _clear_cookie(request: web.Request) -> str:
+    return f"{cookie_name(request)}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+
+
+async def _clear_stale_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    """On the 101 of a websocket upgraded despite a stale cookie (see the middleware)."""
+    if request.get(CLEAR_COOKIE):
+        response.headers["Set-Cookie"] = _clear_cookie(request)
+
+
+def install(app: web.Application) -> None:
+    """Signal handlers the middleware relies on."""
+    app.on_response_prepare.append(_clear_stale_cookie)
 
 
 def _token_url(request: web.Request, auth: Auth, clock: Clock) -> NoReturn:
@@ -662,5 +701,6 @@ async def whoami_handler(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    install(app)
     app.router.add_post("/api/v1/embed-tokens", embed_token_handler)
     app.router.add_get("/api/v1/auth", whoami_handler)

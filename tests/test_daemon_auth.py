@@ -207,6 +207,12 @@ def test_failure_limiter_window_and_bounded_memory() -> None:
     assert limiter.retry_after("a", 2.5) == pytest.approx(7.5)
     assert limiter.retry_after("b", 2.5) is None  # per client address
     assert limiter.retry_after("a", 10.5) is None  # the oldest failure left the window
+    for t in (20.0, 21.0, 22.0):  # the same refused token again and again: one failure
+        limiter.failed("c", t, token="stale")
+    assert limiter.retry_after("c", 22.5) is None
+    limiter.failed("c", 23.0, token="guess-1")
+    limiter.failed("c", 23.0, token="guess-2")
+    assert limiter.retry_after("c", 23.5) is not None
     for i in range(1000):
         limiter.failed(f"10.0.{i // 256}.{i % 256}", 3.0)
     assert len(limiter) == 100
@@ -417,12 +423,26 @@ async def test_token_url_sets_cookie_and_strips_the_token(daemon: Daemon) -> Non
     assert (status, answer["error"]["code"]) == (401, "unauthorized")
 
 
-async def test_stale_cookie_is_cleared(daemon: Daemon) -> None:
+async def test_stale_cookie_is_cleared(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     port = daemon.base.rsplit(":", 1)[1]
-    status, _, resp = await daemon.call("GET", "/api/v1/host",
-                                        headers={"Cookie": f"hostscope_token_{port}=stale-x"})
+    stale = {"Cookie": f"hostscope_token_{port}=stale-x"}
+    status, _, resp = await daemon.call("GET", "/api/v1/host", headers=stale)
     assert status == 401
     assert re.search(rf"hostscope_token_{port}=;.*Max-Age=0", resp.headers["Set-Cookie"])
+    # On the websocket the upgrade goes through (a refused upgrade is only a 1006 to the
+    # page), deletes the cookie, and the page gets a 4401 it can act on ...
+    monkeypatch.setattr(auth_mod, "WS_AUTH_TIMEOUT_S", 0.3)
+    async with connect(daemon.ws, additional_headers=stale) as ws:
+        assert re.search(rf"hostscope_token_{port}=;.*Max-Age=0",
+                         ws.response.headers["Set-Cookie"])
+        with pytest.raises(ConnectionClosed) as info:
+            await recv_json(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+    # ... or authenticates with its first message.
+    async with connect(daemon.ws, additional_headers=stale) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": VIEWER_TOKEN}))
+        assert (await recv_json(ws))["role"] == "viewer"
+        assert (await recv_json(ws))["type"] == "hello"
 
 
 # -- websockets ---------------------------------------------------------------------------
@@ -501,9 +521,11 @@ async def test_failures_are_rate_limited_per_client(static_dir: Path) -> None:
     auth = build_auth(config)
     auth.limiter = FailureLimiter(max_failures=5, window_s=1.0)
     async with running(config, auth) as d:
-        for _ in range(5):
+        for _ in range(10):  # the same wrong token again guesses nothing: counted once
             assert (await d.call("GET", "/api/v1/host", BAD_TOKEN))[0] == 401
-        status, answer, resp = await d.call("GET", "/api/v1/host", BAD_TOKEN)
+        for i in range(4):
+            assert (await d.call("GET", "/api/v1/host", f"{BAD_TOKEN}-{i}"))[0] == 401
+        status, answer, resp = await d.call("GET", "/api/v1/host", BAD_TOKEN + "-x")
         assert (status, answer["error"]["code"]) == (429, "rate_limited")
         assert 1 <= int(resp.headers["Retry-After"]) <= 1
         # Even the right token waits: guessing must not be able to continue.
