@@ -355,6 +355,7 @@ class _StackWork:
         self._kernel: dict[int, tuple[Frame, ...]] = {}
         self.prepass_cpu_s = 0.0
         self._batch = True
+        self._seen: set[tuple[int, int, int]] = set()
 
     def _keys(self) -> list[tuple[Any, Any]]:
         table = self.loaded.table("counts")
@@ -382,11 +383,19 @@ class _StackWork:
                         self.stacks[sid] = []
 
     def absorb(self) -> None:
-        """Symbolize what was counted so far (called from the capture's wait)."""
+        """Symbolize what was counted so far (called from the capture's wait). Keys seen
+        in an earlier pass are skipped before anything is decoded: this runs while the
+        capture does, so its cost is capture overhead."""
         cpu = time.thread_time()
-        counts = self.read_counts()
-        self.read_stacks(counts)
-        for c in counts:
+        fresh = []
+        for k, _ in self._keys():
+            ident = (k.tgid, k.user_stack, k.kernel_stack)
+            if ident not in self._seen:
+                self._seen.add(ident)
+                fresh.append(StackCount(int(k.tgid), 0, int(k.user_stack),
+                                        int(k.kernel_stack), "", 0))
+        self.read_stacks(fresh)
+        for c in fresh:
             if c.user_stack >= 0:
                 self.user_frames(c.pid, c.user_stack)
             if c.kernel_stack >= 0:
