@@ -775,6 +775,10 @@ class Profiler:
     def _data(self, cap: _Capture, *, method: str, event: str, unit: str,
               builder: ProfileBuilder, lost: int, notes: list[str]) -> dict[str, Any]:
         frames, stacks = builder.to_json()
+        readable = self.symbolizer.demangle([f["name"] for f in frames if f["kind"] == "user"])
+        for f in frames:
+            if f["kind"] == "user" and f["name"] in readable:
+                f["name"] = readable[f["name"]]
         return {
             "version": 1,
             "kind": cap.request.kind,

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import shutil
 import struct
+import subprocess
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -383,6 +385,9 @@ class Symbolizer:
                                                                      max_elf_symbols)
         self._perf_maps: _Lru[tuple[int, int, int, int], SymbolTable] = _Lru(
             max_perf_maps, max_perf_map_symbols)
+        self.cxxfilt = shutil.which("c++filt")
+        self.max_demangled = 100_000
+        self._demangled: dict[str, str] = {}
 
     # -- kernel ------------------------------------------------------------------------
 
@@ -487,6 +492,24 @@ class Symbolizer:
         if m is not None and m.path.startswith("["):
             return (UNKNOWN, "unknown", m.path)
         return (UNKNOWN, "unknown", None)
+
+    def demangle(self, names: list[str]) -> dict[str, str]:
+        """C++ (Itanium ABI) names -> readable ones, with one ``c++filt`` run for the names
+        not cached yet (argv only, names on stdin). Without c++filt, names stay mangled."""
+        todo = [n for n in dict.fromkeys(names) if n.startswith("_Z") and n not in self._demangled
+                and "\n" not in n]
+        if todo and self.cxxfilt:
+            try:
+                out = subprocess.run([self.cxxfilt], input="\n".join(todo) + "\n",
+                                     capture_output=True, text=True, timeout=10, check=True)
+            except (OSError, subprocess.SubprocessError):
+                out = None
+            lines = out.stdout.split("\n") if out is not None else []
+            if len(lines) >= len(todo):
+                if len(self._demangled) + len(todo) > self.max_demangled:
+                    self._demangled.clear()  # crude but bounded; refilled on demand
+                self._demangled.update(zip(todo, lines, strict=False))
+        return {n: self._demangled[n] for n in names if n in self._demangled}
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {"elf": self._elf.stats(), "perf_maps": self._perf_maps.stats(),

@@ -286,3 +286,17 @@ def test_kernel_symbols_resolve_when_readable() -> None:
             break
     else:
         pytest.fail("no schedule symbol in /proc/kallsyms")
+
+
+def test_demangle_cxx_names() -> None:
+    sym = Symbolizer(Roots())
+    if sym.cxxfilt is None:
+        pytest.skip("c++filt (binutils) is not installed")
+    names = ["_ZN2v88internal7Isolate4InitEv", "plain_c", "_Zgarbage(", "_ZN1a1bEv"]
+    got = sym.demangle(names)
+    assert got["_ZN2v88internal7Isolate4InitEv"] == "v8::internal::Isolate::Init()"
+    assert got["_ZN1a1bEv"] == "a::b()"
+    assert "plain_c" not in got
+    assert got.get("_Zgarbage(", "_Zgarbage(") == "_Zgarbage("  # left as it was
+    sym.cxxfilt = None  # cached answers stay; new names stay mangled
+    assert sym.demangle(["_ZN1a1bEv", "_ZN1c1dEv"]) == {"_ZN1a1bEv": "a::b()"}
