@@ -95,7 +95,9 @@ def prom_name(desc: MetricDesc) -> PromName | None:
     """The exported shape of ``desc``, or None if it is not exported."""
     if desc.indom in SKIPPED_INDOMS:
         return None
-    base = PREFIX + _sanitize(desc.name.replace(".", "_"))
+    # hostscope's own self-metrics (hostscope.collector.*) already carry the prefix.
+    flat = _sanitize(desc.name.replace(".", "_"))
+    base = flat if flat.startswith(PREFIX) else PREFIX + flat
     label = label_name(desc)
     if desc.type is ValueType.STRING:
         if desc.semantics is not Semantics.DISCRETE:
@@ -214,18 +216,15 @@ class DaemonCollector:
             "websocket clients disconnected for reading too slowly",
             value=hub.stats.dropped,
         )
-        errors = CounterMetricFamily(
-            "hostscope_collector_errors", "failed collections per collector", labels=["collector"]
-        )
+        # Errors, timeouts, staleness and durations per collector are the sampler's own
+        # metrics (hostscope.collector.*, exported like every other metric).
         collections = CounterMetricFamily(
             "hostscope_collector_collections",
             "successful collections per collector",
             labels=["collector"],
         )
         for status in hub.sampler.status.values():
-            errors.add_metric([status.name], status.errors)
             collections.add_metric([status.name], status.collections)
-        yield errors
         yield collections
         helper = app[PRIVILEGED].helper_info()
         if helper is not None:  # privilege separation (docs/privilege.md): alert on these

@@ -49,6 +49,8 @@ DESCS = [
     instant("odd.labelled", NONE, "a label named like a target label", indom="odd",
             labels=("instance",)),
     discrete("kernel.uname.release", NONE, "kernel release", type=ValueType.STRING),
+    counter("hostscope.collector.errors", COUNT, "failed collections",
+            indom="hostscope.collector", labels=("collector",)),
     instant("proc.psinfo.cmd", NONE, "command", indom="proc", type=ValueType.STRING),
     discrete("cgroup.container.name", NONE, "container name", indom="cgroup",
              type=ValueType.STRING),
@@ -81,6 +83,9 @@ DESCS = [
                           "mountpoint")),
         ("odd.labelled", ("hostscope_odd_labelled", "gauge", 1.0, "", "hostscope_instance")),
         ("kernel.uname.release", ("hostscope_kernel_uname_release", "info", 1.0, "", None)),
+        # The daemon's self-metrics already carry the prefix: never hostscope_hostscope_.
+        ("hostscope.collector.errors", ("hostscope_collector_errors", "counter", 1.0, "",
+                                        "collector")),
     ],
 )
 def test_names(name: str, expected: tuple[object, ...]) -> None:
