@@ -291,16 +291,18 @@ async def never_reader(base: str, stop: asyncio.Event, tally: Tally) -> None:
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 f"Authorization: Bearer {TOKEN}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-            await loop.sock_sendall(sock, _frame(json.dumps(
+            subscribe = _frame(json.dumps(
                 {"type": "subscribe", "optional": EVERYTHING, "backfill": 3600,
-                 "interval": 0.1}).encode()))
+                 "interval": 0.1}).encode())
+            await loop.sock_sendall(sock, subscribe)
             tally.counts["stalled_connected"] += 1
             since = time.monotonic()
-            # Never read; notice the cut by a failing send of pings.
+            # Never read, and ask again every second (each answer is a meta of every
+            # metric and a backfill); notice the cut by a failing send.
             while not stop.is_set():
                 await asyncio.sleep(1.0)
                 try:
-                    sock.send(_frame(b'{"type":"ping"}'))
+                    sock.send(subscribe)
                 except BlockingIOError:
                     continue
                 except OSError:
