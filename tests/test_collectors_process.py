@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,7 +354,7 @@ def test_live_busy_child_cpu_rss_cmdline_container(busy_child: subprocess.Popen[
     # A spinning child uses about one CPU; what the kernel (via psutil) says it used over
     # the same window is the independent reference (other load may slow it down).
     expected = (cpu1 - cpu0) / 1.5
-    assert util > 0.5
+    assert util > 0.05  # it spins; how much CPU it gets depends on the machine's load
     assert util == pytest.approx(expected, abs=0.15)
     assert cooked["proc.memory.rss"][inst] == pytest.approx(rss, rel=0.05)
     assert cooked["proc.psinfo.psargs"][inst] == f"{sys.executable} -c while True: pass"
@@ -441,3 +442,28 @@ def test_live_exiting_process_releases_descriptors() -> None:
     assert collector.open_fds <= before - 3 + 30  # others may have started meanwhile
     collector.close()
     assert collector.open_fds == 0
+
+
+def test_close_during_a_collection_leaves_no_descriptor_open() -> None:
+    """A daemon stopped while its first collection runs (close() from another thread) must
+    not leak the descriptors that collection opens: the collection releases them itself."""
+    collector = ProcessCollector(Roots(), max_open_fds=1000)
+    started = threading.Event()
+    release = threading.Event()
+    real_new = collector._new
+
+    def slow_new(pid: str):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(5)
+        return real_new(pid)
+
+    collector._new = slow_new  # type: ignore[method-assign]
+    worker = threading.Thread(target=collector.collect)
+    worker.start()
+    assert started.wait(5)
+    collector.close()  # while the collection is in flight
+    release.set()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert collector.open_fds == 0
+    assert collector.collect() == {}  # closed for good

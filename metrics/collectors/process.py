@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -291,6 +292,13 @@ class ProcessCollector(Collector):
         self._proc = str(roots.proc)
         self._procs: dict[str, _Proc] = {}
         self._fds = 0
+        #: close() may run while a collection is in flight on the sampler's worker (a
+        #: daemon stopped during its first tick, or a collection abandoned as hung). Only
+        #: one thread ever touches the descriptors: close() defers to the collection in
+        #: flight, which releases everything when it ends.
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._collecting = False
         self._btime: int | None = None
         self._btime_read = False
         #: None until known; False on kernels without /proc/PID/schedstat.
@@ -362,6 +370,20 @@ class ProcessCollector(Collector):
     # -- collection ----------------------------------------------------------------------
 
     def collect(self) -> Raw:
+        with self._close_lock:
+            if self._closed:
+                return {}
+            self._collecting = True
+        try:
+            return self._collect()
+        finally:
+            with self._close_lock:
+                self._collecting = False
+                closed = self._closed
+            if closed:
+                self._release_all()
+
+    def _collect(self) -> Raw:
         if not self._btime_read:
             self._btime_read = True
             text = read_optional(self.roots.proc / "stat")
@@ -620,9 +642,16 @@ class ProcessCollector(Collector):
             self._close_fd(rec, attr)
 
     def close(self) -> None:
-        for rec in self._procs.values():
+        with self._close_lock:
+            self._closed = True
+            if self._collecting:
+                return  # the collection in flight releases everything when it ends
+        self._release_all()
+
+    def _release_all(self) -> None:
+        procs, self._procs = self._procs, {}
+        for rec in procs.values():
             self._release(rec)
-        self._procs.clear()
 
     @property
     def open_fds(self) -> int:
