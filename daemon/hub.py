@@ -42,6 +42,11 @@ META_CACHE_ENTRIES = 256
 META_CACHE_BYTES = 8 * 1024 * 1024
 #: History is read for backfill in batches of about this many values (~10 ms each).
 BACKFILL_QUERY_CELLS = 50_000
+#: Backfills materialised and being sent at once, daemon-wide. A backfill is read from
+#: history whole (up to ``max_history_values`` values) before it is cut into frames, so
+#: this bounds that memory however many clients subscribe at once, including clients that
+#: never read (each holds its slot until it is dropped, BACKFILL_SEND_TIMEOUT_S).
+BACKFILLS_IN_FLIGHT = 4
 
 LayoutKey = tuple[tuple[str, tuple[str, ...]], ...]
 SubKey = tuple[tuple[str, ...], str | None]
@@ -76,6 +81,8 @@ class Client:
         self.peer = peer
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.on_overflow = on_overflow
+        #: Set by the connection's writer after each frame it sends (backfill pacing).
+        self.drained = asyncio.Event()
         #: Send on ticks whose sequence number is a multiple of this.
         self.every = 1
         self.metrics: tuple[str, ...] = ()
@@ -130,6 +137,7 @@ class Hub:
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
+        self.backfill_slots = asyncio.Semaphore(BACKFILLS_IN_FLIGHT)
         self.clients: dict[Client, None] = {}
         self.stats = HubStats()
         self.closed = False

@@ -67,6 +67,9 @@ WRITER_LIMIT = 16 * 1024
 TRY_AGAIN_LATER = 1013
 #: Seconds a client may take to make room for the next backfill frame.
 BACKFILL_SEND_TIMEOUT_S = 10.0
+#: Backfill frames (~80 KB each) queued ahead of the writer at most: a client that does not
+#: read holds a few hundred KB, not its whole queue of backfill frames.
+BACKFILL_QUEUED_FRAMES = 4
 #: Seconds to wait for a dropped or shut-down client's close handshake.
 CLOSE_TIMEOUT_S = 2.0
 #: Then this long for it to read what is buffered before the socket is cut.
@@ -112,6 +115,7 @@ class _Connection:
                     await ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     self.sending = False
+                self.client.drained.set()
         except ConnectionError:
             pass  # the peer went away; the reader notices and cleans up
 
@@ -269,44 +273,49 @@ class _Connection:
             backfill = _fit_backfill(backfill, layout.columns, hub.sampler.interval_s,
                                      self.request.app[CONFIG].max_history_values)
         if backfill and backfill > 0:
-            chunks, last = await hub.backfill(layout, backfill)
-            for times, columns in chunks:
-                if not await self.push(hub.encode_backfill(layout, times, columns)):
-                    return
-                await asyncio.sleep(0)  # let other clients' frames through between chunks
-            # Top up what was published meanwhile until nothing is left; the last check
-            # and going live happen without an await, so no tick falls in between.
-            while last is not None and not client.closed:
-                more, newest = hub.backfill_since(layout, last)
-                if not more:
-                    break
-                for times, columns in more:
+            async with hub.backfill_slots:
+                chunks, last = await hub.backfill(layout, backfill)
+                for times, columns in chunks:
                     if not await self.push(hub.encode_backfill(layout, times, columns)):
                         return
-                last = newest
+                    await asyncio.sleep(0)  # let other clients' frames through between chunks
+                # Top up what was published meanwhile until nothing is left; the last check
+                # and going live happen without an await, so no tick falls in between.
+                while last is not None and not client.closed:
+                    more, newest = hub.backfill_since(layout, last)
+                    if not more:
+                        break
+                    for times, columns in more:
+                        if not await self.push(hub.encode_backfill(layout, times, columns)):
+                            return
+                    last = newest
         if client.closed:
             return
         client.live = True
 
     async def push(self, frame: bytes) -> bool:
-        """Queue a backfill frame, waiting for room (the client is not live yet, so the
-        hub is not feeding it); a client that does not make room in time is dropped."""
+        """Queue a backfill frame once the writer has room (the client is not live yet, so
+        the hub is not feeding it). At most BACKFILL_QUEUED_FRAMES wait in the queue, so a
+        client that does not read holds little; one that makes no room for
+        BACKFILL_SEND_TIMEOUT_S is dropped."""
         client = self.client
-        if client.closed:
-            return False
-        try:
-            client.queue.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
-            pass
-        try:
-            await asyncio.wait_for(client.queue.put(frame), BACKFILL_SEND_TIMEOUT_S)
-        except TimeoutError:
-            if not client.closed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKFILL_SEND_TIMEOUT_S
+        size = client.queue.maxsize
+        room = BACKFILL_QUEUED_FRAMES if size <= 0 else min(BACKFILL_QUEUED_FRAMES, size)
+        while not client.closed and client.queue.qsize() >= room:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 client.closed = True
                 self.overflow(client)
+                return False
+            client.drained.clear()
+            # Short waits: a connection closed meanwhile gives its backfill slot back soon.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.drained.wait(), min(0.5, remaining))
+        if client.closed:
             return False
-        return not client.closed
+        return client.offer(frame)
 
     def check_scope(self, names: list[str]) -> None:
         principal = self.principal

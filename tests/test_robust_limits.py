@@ -362,3 +362,57 @@ async def test_backfill_is_cut_to_max_history_values() -> None:
             assert 450 <= len(stamps) <= 2000 // columns + 5, len(stamps)
     finally:
         await runner.cleanup()
+
+
+async def test_clients_that_never_read_hold_a_few_backfill_frames_and_few_slots() -> None:
+    """Never-readers asking for big backfills: each has at most BACKFILL_QUEUED_FRAMES
+    backfill frames queued (not its whole queue), at most BACKFILLS_IN_FLIGHT backfills are
+    materialised at once daemon-wide, and a well-behaved client still gets its backfill."""
+    from hostscope.daemon.hub import BACKFILLS_IN_FLIGHT
+    from hostscope.daemon.keys import HUB
+    from hostscope.daemon.stream import BACKFILL_QUEUED_FRAMES
+
+    from .test_daemon_stream import prefilled_sampler
+
+    sampler = prefilled_sampler(900, INTERVAL)
+    runner, daemon = await run_daemon(auth_config(interval=INTERVAL), sampler)
+    hub = daemon.app[HUB]
+    worst_queue = 0
+    worst_in_flight = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal worst_queue, worst_in_flight
+        while not stop.is_set():
+            backfilling = [c for c in hub.clients if not c.live and not c.closed]
+            if backfilling:
+                worst_queue = max(worst_queue, *(c.queue.qsize() for c in backfilling))
+            worst_in_flight = max(worst_in_flight,
+                                  BACKFILLS_IN_FLIGHT - hub.backfill_slots._value)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    readers = []
+    try:
+        for _ in range(12):
+            # max_queue=1 and never recv(): the library stops reading after one frame,
+            # so the daemon's sends back up once the socket buffers are full.
+            ws = await connect(daemon.url, max_size=None, max_queue=1)
+            readers.append(ws)
+            await ws.send(json.dumps({"type": "subscribe", "names": ["kernel", "mem", "disk"],
+                                      "backfill": 3600}))
+        async with connect(daemon.url, max_size=None) as ws:
+            await hello(ws)
+            await subscribe(ws, names=["kernel.all.load"], backfill=60)
+            await recv_type(ws, "meta")
+            assert (await recv_type(ws, "samples"))["backfill"] is True
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await watcher
+        for ws in readers:
+            ws.transport.abort()
+        await runner.cleanup()
+    # meta + queued backfill frames; live frames never go to a client still backfilling.
+    assert worst_queue <= BACKFILL_QUEUED_FRAMES + 1, worst_queue
+    assert worst_in_flight <= BACKFILLS_IN_FLIGHT
