@@ -2,7 +2,7 @@
 """Load, soak and hostile clients against a real ``hostscope serve`` on loopback.
 
     .venv/bin/python benchmarks/soak.py [--seconds 300] [--clients 200] [--hostile]
-                                        [--rest-rate 20] [--interval 1.0]
+                                        [--unpaced] [--rest-rate 20] [--interval 1.0]
 
 Phases, one daemon:
 
@@ -11,7 +11,9 @@ Phases, one daemon:
 2. load (``--seconds``): ``--clients`` websocket clients subscribed to the dashboard's
    default set, REST requests at ``--rest-rate`` per second (fetch, history, host,
    processes, /metrics) and, with ``--hostile``, clients that never read, garbage senders
-   and a connect/disconnect storm; the well-behaved client keeps measuring.
+   and a connect/disconnect storm; the well-behaved client keeps measuring. Garbage and
+   churn are paced (600 messages and 75 connections a second in all) so the daemon's CPU
+   is a figure of the daemon; ``--unpaced`` lets them go as fast as they are answered.
 
 The well-behaved client runs in a process of its own (``--good-client URL``), so 200
 clients in this process do not inflate its latency: latency is the time from a live
@@ -324,29 +326,50 @@ GARBAGE = ["not json", "{", "[" * 5000, '{"type": 5}', '{"type": "subscribe", "n
            '{"type": "unsubscribe", "names": ["x"]}', "null", '"x"', "1e999"]
 
 
-async def garbage_sender(url: str, stop: asyncio.Event, tally: Tally) -> None:
-    """Sends malformed messages as fast as the daemon answers them."""
+#: Paced hostile load, per hostile client (``--unpaced`` lifts both): a fixed offered load
+#: makes the daemon's CPU a figure of the daemon, where a closed loop measures how much
+#: CPU the attacker got (CI, on a quiet machine: ~2,800 garbage messages and ~580
+#: connections a second, 94 % of a core; the loaded development VM: 550 and 83).
+GARBAGE_PER_S = 200.0
+CHURNS_PER_S = 25.0
+
+
+async def _pace(started: float, events: int, per_second: float | None) -> None:
+    """Sleep so that ``events`` since ``started`` keep to ``per_second`` (None: as fast
+    as the daemon answers, with a short breath)."""
+    due = 0.0 if per_second is None else events / per_second - (time.monotonic() - started)
+    await asyncio.sleep(max(0.02 if per_second is None else 0.0, due))
+
+
+async def garbage_sender(url: str, stop: asyncio.Event, tally: Tally,
+                         per_second: float | None = GARBAGE_PER_S) -> None:
+    """Sends malformed messages, ``per_second`` of them (None: as fast as the daemon
+    answers them)."""
     rng = random.Random(2)
     while not stop.is_set():
         try:
             async with connect(url, max_size=None, additional_headers=AUTH) as ws:
                 while not stop.is_set():
+                    started = time.monotonic()
                     for _ in range(20):
                         await ws.send(rng.choice(GARBAGE) if rng.random() < 0.9
                                       else os.urandom(rng.randrange(1, 200)))
                     for _ in range(20):
                         await asyncio.wait_for(ws.recv(), 5)
                     tally.counts["garbage_answered"] += 20
-                    await asyncio.sleep(0.02)
+                    await _pace(started, 20, per_second)
         except (ConnectionClosed, OSError, TimeoutError, InvalidStatus):
             tally.counts["garbage_closed"] += 1
             await asyncio.sleep(0.2)
 
 
-async def churner(url: str, stop: asyncio.Event, tally: Tally) -> None:
-    """Connects, sometimes subscribes, and disconnects at once, over and over."""
+async def churner(url: str, stop: asyncio.Event, tally: Tally,
+                  per_second: float | None = CHURNS_PER_S) -> None:
+    """Connects, sometimes subscribes, and disconnects at once, ``per_second`` times a
+    second (None: over and over as fast as it can)."""
     rng = random.Random(3)
     while not stop.is_set():
+        started = time.monotonic()
         try:
             async with connect(url, max_size=None, additional_headers=AUTH, open_timeout=5) as ws:
                 if rng.random() < 0.5:
@@ -356,14 +379,17 @@ async def churner(url: str, stop: asyncio.Event, tally: Tally) -> None:
         except (ConnectionClosed, OSError, TimeoutError, InvalidStatus):
             tally.counts["churn_failed"] += 1
             await asyncio.sleep(0.1)
+        if per_second is not None:
+            await _pace(started, 1, per_second)
 
 
 # -- a run ------------------------------------------------------------------------------------
 
 
 async def soak(daemon: Daemon, *, seconds: float, clients: int, rest_rate: float,
-               hostile: bool, baseline: float) -> dict[str, Any]:
+               hostile: bool, baseline: float, paced: bool = True) -> dict[str, Any]:
     """Baseline, then load; returns every figure (see the module docstring)."""
+    garbage_rate, churn_rate = (GARBAGE_PER_S, CHURNS_PER_S) if paced else (None, None)
     gauge = Gauge(daemon.proc.pid)
     stop_gauge = asyncio.Event()
     gauge_task = asyncio.create_task(gauge.run(stop_gauge))
@@ -378,15 +404,17 @@ async def soak(daemon: Daemon, *, seconds: float, clients: int, rest_rate: float
     tasks.append(asyncio.create_task(rest_load(daemon.url, rest_rate, stop, tally)))
     if hostile:
         tasks += [asyncio.create_task(never_reader(daemon.url, stop, tally)) for _ in range(3)]
-        tasks += [asyncio.create_task(garbage_sender(daemon.ws_url, stop, tally))
+        tasks += [asyncio.create_task(garbage_sender(daemon.ws_url, stop, tally, garbage_rate))
                   for _ in range(3)]
-        tasks += [asyncio.create_task(churner(daemon.ws_url, stop, tally)) for _ in range(3)]
+        tasks += [asyncio.create_task(churner(daemon.ws_url, stop, tally, churn_rate))
+                  for _ in range(3)]
     # Let the crowd connect and get its backfill before the good client starts timing.
     settle = min(10.0, seconds / 4)
     await asyncio.sleep(settle)
     t2 = time.monotonic()
     loaded = await run_good_client(daemon.ws_url, seconds - settle)
     t3 = time.monotonic()
+    middle = (t2 + t3) / 2
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     stop_gauge.set()
@@ -394,8 +422,13 @@ async def soak(daemon: Daemon, *, seconds: float, clients: int, rest_rate: float
     # RSS growth over the loaded window, after the crowd's connections settled in.
     return {
         "clients": clients, "hostile": hostile, "rest_rate": rest_rate,
+        "paced": {"garbage_per_s": 3 * garbage_rate, "churns_per_s": 3 * churn_rate}
+        if hostile and paced else None,
         "baseline": {"daemon": gauge.window(t0, t1), "good_client": alone},
+        # CPU of each half of the loaded window: a cost that grows with time (a leak of
+        # work, not of memory) shows as a second half above the first.
         "load": {"daemon": gauge.window(t2, t3), "good_client": loaded,
+                 "halves": [gauge.window(t2, middle), gauge.window(middle, t3)],
                  "counts": dict(sorted(tally.counts.items())),
                  "rest": percentiles(tally.rest_ms)},
         "rss_series_mb": [round(r, 1) for r in gauge.rss],
@@ -404,14 +437,19 @@ async def soak(daemon: Daemon, *, seconds: float, clients: int, rest_rate: float
 
 def print_report(result: dict[str, Any]) -> None:
     base, load = result["baseline"], result["load"]
-    print(f"clients {result['clients']}, REST {result['rest_rate']}/s, "
-          f"hostile {'on' if result['hostile'] else 'off'}")
+    paced = result.get("paced")
+    hostile = "off" if not result["hostile"] else (
+        f"on, paced: {paced['garbage_per_s']:g} garbage messages and {paced['churns_per_s']:g} "
+        "connections a second" if paced else "on, unpaced (as fast as the daemon answers)")
+    print(f"clients {result['clients']}, REST {result['rest_rate']}/s, hostile {hostile}")
     for name, phase in (("baseline", base), ("load", load)):
         d, g = phase["daemon"], phase["good_client"]
         print(f"{name:9s} daemon cpu {d.get('cpu_pct')} % of a core, rss "
               f"{d.get('rss_start_mb')} -> {d.get('rss_end_mb')} MB (max {d.get('rss_max_mb')})"
               f" over {d.get('seconds')} s; good client frames {g.get('frames')} "
               f"p50 {g.get('p50_ms')} ms p99 {g.get('p99_ms')} ms max {g.get('max_ms')} ms")
+    halves = " / ".join(str(h.get("cpu_pct")) for h in load.get("halves", []))
+    print(f"load CPU, first / second half: {halves} % of a core")
     print(f"REST latency {load['rest']}")
     print(f"counts {load['counts']}")
     series = result["rss_series_mb"]
@@ -427,6 +465,7 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         result = await soak(daemon, seconds=args.seconds, clients=args.clients,
                             rest_rate=args.rest_rate, hostile=args.hostile,
+                            paced=not args.unpaced,
                             baseline=args.baseline)
     finally:
         code = await stop_daemon(daemon)
@@ -452,6 +491,9 @@ def main() -> int:
     parser.add_argument("--rest-rate", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--hostile", action="store_true")
+    parser.add_argument("--unpaced", action="store_true",
+                        help="hostile clients go as fast as the daemon answers (the daemon's "
+                        "CPU then measures the attacker's share of the machine)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log", metavar="FILE", help="write the daemon's log here")
     parser.add_argument("--good-client", metavar="URL", help=argparse.SUPPRESS)

@@ -492,7 +492,21 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     if hub.closed:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         return ws
+    # Removed explicitly when the handler ends: a WeakSet alone lets a closed socket
+    # count against max_clients until the garbage collector breaks its reference cycles,
+    # which on a quiet daemon can take minutes (CI saw slots held for over 30 s).
     app[WEBSOCKETS].add(ws)
+    try:
+        return await _serve(request, ws, hub)
+    finally:
+        app[WEBSOCKETS].discard(ws)
+
+
+async def _serve(
+    request: web.Request, ws: web.WebSocketResponse, hub: Hub
+) -> web.WebSocketResponse:
+    """One authenticated client, from its hello to its last frame."""
+    app = request.app
     principal = request_principal(request)
     if principal is None:
         principal = await websocket_login(request, ws, app[AUTH], app[CLOCK])

@@ -173,6 +173,9 @@ def test_runqlat_unfiltered_sees_at_least_the_storm(manager: BpfManager) -> None
         manager.enable("runqlat", {}, "t")
         before = hist_total(manager.read_metrics("runqlat"), "bpf.runq.latency")
         storm.run()
+        # tp_btf accounts a wait when the task next leaves the CPU: the last switch-in
+        # of the storm is counted once its process blocks again (CI read 9,999 at once)
+        time.sleep(0.05)
         after = hist_total(manager.read_metrics("runqlat"), "bpf.runq.latency")
     finally:
         storm.finish()
@@ -291,8 +294,13 @@ def test_offcpu_histogram_places_known_sleeps(manager: BpfManager) -> None:
         raw = manager.read_metrics("offcpu")["bpf.offcpu.time"]
     finally:
         looper.finish()
-    # 20 ms = 20000 us, in the 16384-32767 bucket; min_us drops the short waits.
-    assert n <= raw["16384-32767"] <= n + 2
+    # 20 ms = 20000 us, in the 16384-32767 bucket; min_us drops the short waits. Off-CPU
+    # time runs to the switch-in, so a wakeup that waits 13 ms for a CPU on a loaded
+    # machine lands one bucket up (CI: 24 of 25 in the bucket): every sleep is counted
+    # at 16 ms or more, most of them in the 20 ms bucket.
+    at_least_16ms = sum(raw[b] for b in BUCKET_NAMES[BUCKET_NAMES.index("16384-32767"):])
+    assert n <= at_least_16ms <= n + 2, raw
+    assert raw["16384-32767"] >= n // 2, raw
     assert sum(raw[b] for b in BUCKET_NAMES[:10]) == 0
 
 

@@ -77,9 +77,14 @@ async def test_200_clients_rest_and_hostile_clients() -> None:
     # Loose: at a load average of ~20 (other work on the 2-vCPU VM) the soak measured
     # p99 845 ms; on an idle machine it is tens of ms (docs/robustness.md).
     assert good["p50_ms"] < 500 and good["p99_ms"] < 2000, good
-    # The daemon's cost: bounded CPU, and memory that levels off once clients are in.
+    # The daemon's cost under a paced hostile load (soak.GARBAGE_PER_S, CHURNS_PER_S):
+    # bounded CPU that does not climb, and memory that levels off once clients are in.
+    # (Unpaced, the garbage senders and churners take whatever CPU the daemon answers
+    # them with: 94 % of a core in CI, while the good client kept p99 25 ms.)
     daemon_fig = load["daemon"]
     assert daemon_fig["cpu_pct"] < 80, daemon_fig
+    first, second = (half["cpu_pct"] for half in load["halves"])
+    assert second < 1.5 * first + 10, load["halves"]
     # Never-readers re-subscribing to every metric with an hour of backfill each second
     # raise the high-water mark (each backfill is materialised whole, up to
     # max_history_values): bounded, not flat yet; see docs/robustness.md. Without them
