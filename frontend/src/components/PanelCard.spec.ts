@@ -1,6 +1,6 @@
 import { mount } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { panelById } from '../lib/catalogue'
+import { PANELS, panelById } from '../lib/catalogue'
 import { LIVE, createLive } from '../lib/live'
 import type { Descriptor } from '../lib/protocol'
 import { HostConnection } from '../stores/host'
@@ -31,14 +31,15 @@ describe('PanelCard states', () => {
     expect(w.text()).toContain('Not available: kernel built without CONFIG_PSI.')
   })
 
-  it('links CPU flame graph panels to their page; others are coming soon or unavailable, as the daemon reports', () => {
+  it('links flame graph panels to their page; every flame graph entry has one (no stubs)', () => {
     const cpu = mountCard('flame.cpu', conn([], { perf: { available: true } }))
     expect(cpu.text()).toContain('Flame graphs have their own page')
     expect(cpu.find('a').attributes('href')).toBe('#/profiles?new=cpu')
-    expect(mountCard('flame.pagefault', conn([], { perf: { available: true } })).text()).toContain('Coming soon')
-    expect(mountCard('flame.pagefault', conn([], { perf: { available: false, reason: 'perf_event_paranoid is 4' } })).text()).toContain(
-      'Not available on this daemon: perf_event_paranoid is 4.',
-    )
+    expect(mountCard('flame.offcpu', conn([])).find('a').attributes('href')).toBe('#/profiles?new=offcpu')
+    // The daemon profiles cpu and offcpu only (daemon/profiles_api.py); nothing else is listed.
+    expect(PANELS.filter((p) => p.kind === 'flamegraph').map((p) => p.id)).toEqual(['flame.cpu', 'flame.offcpu'])
+    expect(panelById('flame.pagefault')).toBeUndefined()
+    for (const p of PANELS) expect(mountCard(p.id, conn([])).text().toLowerCase()).not.toContain('coming soon')
   })
 
   it('is connecting before the first data, and offers labelled controls', async () => {
@@ -69,6 +70,8 @@ describe('WidgetCatalogue', () => {
     expect(w.emitted('add')![1]).toEqual(['custom:disk.dev.aveq'])
     await new Promise((r) => setTimeout(r, 0))
     expect(w.get('button[aria-label="Add Run queue latency (heat map)"]').text()).toContain('not available: this daemon has no BPF support')
+    expect(w.text().toLowerCase()).not.toContain('coming soon')
+    expect(w.text()).not.toContain('Page fault flame graph')
   })
 })
 

@@ -34,6 +34,13 @@ describe('view URL', () => {
     expect(decodeView('').widgets.length).toBeGreaterThan(15)
   })
 
+  it('drops widgets the catalogue no longer has from old links and saved dashboards', () => {
+    // flame.pagefault was listed once but never served; old links and saved layouts name it.
+    expect(decodeView('?panels=flame.pagefault,cpu.util,flame.cpu').widgets.map((w) => w.id)).toEqual(['cpu.util', 'flame.cpu'])
+    const saved = sanitizeView({ widgets: [{ id: 'flame.pagefault', w: 2, h: 1 }, { id: 'mem.util', w: 2, h: 1 }] })
+    expect(saved!.widgets.map((w) => w.id)).toEqual(['mem.util'])
+  })
+
   it('carries BPF widgets and the modules the page switches on, per host', () => {
     const v = decodeView('?panels=bpf.runqlat,bpf.syscalls~2x2,bpf.Bad,bpf.x.y&hosts=self,db1:7470&bpf=runqlat,syscalls@db1:7470,<x>,runqlat')
     expect(v.widgets.map((w) => [w.id, w.w, w.h])).toEqual([
