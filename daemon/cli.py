@@ -190,7 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
-    return func(args)
+    try:
+        return func(args)
+    except BrokenPipeError:
+        # `hostscope sample --json | head`: the reader left, which is not an error
+        # worth a traceback. Python's documented recipe: point stdout at /dev/null so
+        # the interpreter's final flush does not fail again; 141 is what a shell
+        # reports for a command killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _fail(message: str) -> int:

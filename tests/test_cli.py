@@ -206,3 +206,17 @@ def test_doctor_bad_argument_exits_2() -> None:
     assert "Traceback" not in result.stderr
     help_ = hostscope("doctor", "--help")
     assert help_.returncode == 0 and "--json" in help_.stdout
+
+
+def test_sample_into_a_closed_pipe_is_quiet() -> None:
+    """``hostscope sample --json | head -1``: the reader leaves early; no traceback."""
+    script = Path(sys.executable).parent / "hostscope"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
+    proc = subprocess.Popen([*command, "sample", "--json", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
