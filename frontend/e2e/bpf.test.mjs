@@ -118,9 +118,14 @@ describe('BPF widgets', { skip }, () => {
     const sw = panel.getByRole('switch')
     assert.equal(await sw.getAttribute('aria-checked'), 'true')
     await page.waitForFunction(() => new URLSearchParams(location.search).get('bpf') === 'runqlat')
-    await panel.getByRole('status').filter({ hasText: /^on · / }).waitFor({ timeout: 15000 })
+    await panel.getByRole('status').filter({ hasText: /^on\b/ }).waitFor({ timeout: 15000 })
     const held = await untilModule('runqlat', (m) => m.state === 'on' && m.users.some((u) => u.startsWith('ws:')))
     assert.equal(held.users.length, 1)
+    // The attach point in use, as the daemon reports it; the plans behind a disclosure.
+    assert.ok((await panel.locator('details.attach summary').innerText()).startsWith(`via ${held.attach_point}`))
+    await panel.locator('details.attach summary').click()
+    assert.equal(await panel.locator('details.attach li.chosen').innerText(), `${held.attach_point} in use`)
+    await panel.locator('details.attach summary').click()
 
     await pingPong(4)
     await page.waitForFunction(

@@ -137,7 +137,50 @@ describe('BPF widgets', () => {
     expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '', pid: 4242 } })
     ws.deliver({ type: 'bpf', status: { ...list.modules[0], users: ['rest:ops', 'ws:9'] } })
     await flushPromises()
-    expect(w.get('[role="status"]').text()).toBe('on · raw_tracepoint · pid 4242 · also held by 1 other')
+    expect(w.get('[role="status"]').text()).toBe('on · pid 4242 · also held by 1 other')
+    expect(w.get('details.attach summary').text()).toBe('via raw_tracepoint')
+  })
+
+  it('shows the attach point it would use and why better plans were rejected, as text', async () => {
+    const list = moduleList()
+    const hostile = 'needs Linux >= 6.2 (running <b>6.1</b>)'
+    Object.assign(list.modules[0], {
+      attach_plans: ['tp_btf', 'raw_tracepoint', 'tracepoint'],
+      rejected_attach_points: [{ attach_point: 'tp_btf', reason: hostile }],
+    })
+    restAnswers['/api/v1/bpf'] = list
+    const { conn, ws } = await connected()
+    const t = toggles(conn)
+    const w = mountCard('bpf.runqlat', conn, t)
+    await flushPromises()
+    const details = w.get('details.attach')
+    expect(details.get('summary').text()).toBe('would use raw_tracepoint (1 better plan not usable)')
+    expect(details.findAll('li').map((li) => li.text())).toEqual([
+      `tp_btf not usable here: ${hostile}`,
+      'raw_tracepoint used when switched on',
+      'tracepoint fallback, not needed',
+    ])
+    expect(details.find('b').exists()).toBe(false)
+    expect(details.get('li.chosen').text()).toContain('raw_tracepoint')
+    await w.get('button[role="switch"]').trigger('click')
+    ws.deliver({ type: 'bpf', status: { ...list.modules[0], state: 'on', users: ['ws:1'] } })
+    await flushPromises()
+    expect(w.get('[role="status"]').text()).toBe('on')
+    expect(w.get('details.attach summary').text()).toBe('via raw_tracepoint (1 better plan not usable)')
+    expect(w.findAll('details.attach li')[1].text()).toBe('raw_tracepoint in use')
+  })
+
+  it('shows what runs degraded (the daemon’s notes), also while off', async () => {
+    const list = moduleList()
+    const note = 'tcp_sock.bytes_acked unknown (no BTF: /sys/kernel/btf/vmlinux missing)'
+    Object.assign(list.modules.find((m) => m.name === 'tcplife')!, { notes: [note] })
+    restAnswers['/api/v1/bpf'] = list
+    const { conn } = await connected()
+    const w = mountCard('bpf.tcplife', conn, toggles(conn))
+    await flushPromises()
+    expect(w.get('p.degraded').text()).toBe(`Degraded: ${note}`)
+    expect(w.get('p.degraded').attributes('title')).toBe(note)
+    expect(w.get('details.attach summary').text()).toBe('would use tracepoint')
   })
 
   it('greys out a module the host cannot run, with the daemon’s exact reason', async () => {
@@ -184,7 +227,8 @@ describe('BPF widgets', () => {
     await flushPromises()
     expect(ws.sent.find((m) => m.type === 'subscribe')).toMatchObject({ names: expect.arrayContaining(['bpf.runq.latency', 'bpf.runq.p99']) })
     expect(w.get('button[role="switch"]').attributes('aria-checked')).toBe('true')
-    expect(w.get('[role="status"]').text()).toBe('on · raw_tracepoint')
+    expect(w.get('[role="status"]').text()).toBe('on')
+    expect(w.get('details.attach summary').text()).toBe('via raw_tracepoint')
     const frames = recorded.stream.filter((m) => m.type === 'samples').length
     expect(w.get('.heatstub').text()).toBe(`${frames - 1} columns; p50,p90,p99`)
     await w.get('button[role="switch"]').trigger('click')

@@ -101,7 +101,12 @@ export interface BpfModuleStatus {
   tables: Record<string, string>
   help: string
   metrics: string[]
+  /** What runs degraded with the chosen plan (e.g. no TCP byte counts without BTF). */
   notes?: string[]
+  /** Better attach plans this host cannot use, each with the reason. */
+  rejected_attach_points?: { attach_point: string; reason: string }[]
+  /** Every plan of the module, best first. */
+  attach_plans?: string[]
   compile_s?: number | null
   settings_schema?: { name: string; type: string; default: unknown; help: string }[]
 }
