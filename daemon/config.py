@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import tomllib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -75,8 +75,14 @@ class Config:
     #: and bcc and the kernel's BTF are never loaded (they cost ~100 MB of memory).
     bpf: bool = True
     # -- limits (docs/robustness.md): every input a client controls is bounded --------
-    #: Websocket connections at once; one more is refused with 503 ``too_many_clients``.
+    #: Authenticated websocket connections at once; one more is refused with 503
+    #: ``too_many_clients``.
     max_clients: int = 500
+    #: Websockets upgraded without credentials that may wait for their ``auth`` message
+    #: at once (a few seconds each); one more is refused with 503
+    #: ``too_many_pending_auth``. Separate from max_clients, so sockets that never
+    #: authenticate cannot keep authenticated clients out.
+    max_pending_auth: int = 32
     #: Largest websocket message a client may send, in bytes (bigger: closed with 1009).
     max_message: int = 64 * 1024
     #: Names, prefixes and optional names one websocket connection may hold subscribed
@@ -169,6 +175,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "client_queue": (1, 100000, False),
     "shutdown_timeout": (0.0, 60.0, False),
     "max_clients": (1, 1_000_000, False),
+    "max_pending_auth": (1, 100_000, False),
     "max_message": (1024, 16 * 1024 * 1024, False),
     "max_client_names": (1, 1_000_000, False),
     "max_history_values": (1000, 1_000_000_000, False),
@@ -178,6 +185,97 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "profile_keep_bytes": (1024 * 1024, 64 * 1024**3, False),
     "profile_queue": (0, 100, False),
     "profile_grace": (1.0, 600.0, False),
+}
+
+
+# Entries of the browser-facing allowlists. frame_ancestors goes into the CSP header as
+# written, so a space, ';' or ',' there would add directives or sources nobody reviewed;
+# the other two are compared exactly, so an entry that can never match is a typo to report.
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"
+_LABELS = r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*"
+#: CSP scheme-source (``https:``).
+_CSP_SCHEME_SOURCE = re.compile(_SCHEME + ":")
+#: CSP host-source: ``[scheme://](*|[*.]host)[:port|:*][/path]``.
+_CSP_HOST_SOURCE = re.compile(
+    rf"(?:{_SCHEME}://)?(?:\*|(?:\*\.)?{_LABELS})(?::(?P<port>[0-9]{{1,5}}|\*))?"
+    r"(?:/[A-Za-z0-9._~%!$&()*+=:@/-]*)?")
+_CSP_KEYWORDS = ("'self'", "'none'")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _port_ok(port: str) -> bool:
+    return bool(_PORT.fullmatch(port)) and 0 < int(port) <= 65535
+
+
+def _host_port(text: str) -> tuple[str, str | None] | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` split; None if malformed."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[1:end], text[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        if rest and not rest.startswith(":"):
+            return None
+        return host, rest[1:] if rest else None
+    host, colon, port = text.partition(":")
+    if not re.fullmatch(_LABELS + r"\.?", host):
+        return None
+    return host, port if colon else None
+
+
+def _frame_ancestor_problem(entry: str, entries: tuple[str, ...]) -> str | None:
+    if entry.lower() in ("self", "none"):
+        return f"would be a host named {entry}; write '{entry.lower()}' with the single quotes"
+    if entry in _CSP_KEYWORDS:
+        if entry == "'none'" and len(entries) > 1:
+            return "'none' must be the only entry (it forbids framing altogether)"
+        return None
+    if _CSP_SCHEME_SOURCE.fullmatch(entry):
+        return None
+    host_source = _CSP_HOST_SOURCE.fullmatch(entry)
+    if host_source is not None:
+        port = host_source.group("port")
+        if port is not None and port != "*" and not _port_ok(port):
+            return "has a port outside 1-65535"
+        return None
+    return ("is not a CSP source expression: use 'self', 'none', a scheme (https:) or a "
+            "host (https://wiki.example.com, *.example.com:443), one per entry, without "
+            "spaces, ';' or ','")
+
+
+def _origin_problem(entry: str, entries: tuple[str, ...]) -> str | None:
+    scheme, sep, rest = entry.partition("://")
+    split = _host_port(rest) if sep else None
+    if scheme.lower() not in ("http", "https") or split is None or (
+            split[1] is not None and not _port_ok(split[1])):
+        return ("is not an origin: use scheme://host[:port] with http or https and no path "
+                "(e.g. https://dash.example:8443)")
+    return None
+
+
+def _allowed_host_problem(entry: str, entries: tuple[str, ...]) -> str | None:
+    if entry == "*":
+        return None
+    try:  # a bare IPv6 address (the Host header brackets it, the check strips them)
+        ipaddress.IPv6Address(entry)
+        return None
+    except ValueError:
+        pass
+    with_port = _host_port(entry)
+    if with_port is None or (with_port[1] is not None and not _port_ok(with_port[1])):
+        return ("is not a host name: use host or host:port (myhost.example, "
+                "myhost.example:7470, 10.0.0.5, [::1]:7470), or \"*\" to accept any")
+    return None
+
+
+_ENTRY_CHECKS = {
+    "frame_ancestors": _frame_ancestor_problem,
+    "allowed_origins": _origin_problem,
+    "allowed_hosts": _allowed_host_problem,
 }
 
 
@@ -218,6 +316,11 @@ def _check(name: str, value: Any, source: str) -> Any:
         raise AssertionError(f"no validator for {name}: {kind}")
     if name in _STR_CHOICES and value not in _STR_CHOICES[name]:
         raise ConfigError(f"{where} must be one of {', '.join(_STR_CHOICES[name])}, got {value!r}")
+    if name in _ENTRY_CHECKS:
+        for entry in value:
+            problem = _ENTRY_CHECKS[name](entry, value)
+            if problem is not None:
+                raise ConfigError(f"{where}: {entry!r} {problem}")
     if name in _RANGES:
         lo, hi, exclusive = _RANGES[name]
         if value > hi or value < lo or (exclusive and value == lo):
@@ -254,6 +357,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    import tomllib  # only with a file: a daemon without one never needs the parser
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
