@@ -1,6 +1,7 @@
 """Cost of the metrics core on this machine: one command, figures printed.
 
-    .venv/bin/python benchmarks/bench_metrics.py [--ticks N] [--rounds R] [--compare REV]
+    .venv/bin/python benchmarks/bench_metrics.py [--ticks N] [--rounds R] [--in-situ S]
+                                                  [--compare REV]
 
 Measures the system metric set (every default collector except processes, which has its
 own benchmark, benchmarks/bench_processes.py, because its cost scales with the number of
@@ -25,6 +26,10 @@ or netlink dump is included). It prints:
 This machine is shared and noisy: each run is repeated ``--rounds`` times in fresh
 processes and the best round is shown (contention only ever adds time); compare ratios
 measured side by side, such as total/floor, rather than absolute figures between runs.
+``--in-situ SECONDS`` (default 60) then runs the same set on a real 1 Hz schedule, the
+way the daemon runs it, with the floor files read once a second between ticks: at that
+pace caches are cold at every tick, and both figures are 2-3x the back-to-back ones.
+
 ``--compare REV`` measures the metrics code of git revision REV (extracted with
 ``git archive`` into a temporary directory) in alternating rounds with the working
 tree, and prints both side by side.
@@ -96,8 +101,12 @@ def use_code(code: Path) -> None:
     spec.loader.exec_module(module)
 
 
-def measure(ticks: int) -> dict[str, Any]:
-    """One round in this process: figures in microseconds (see the module docstring)."""
+def measure(ticks: int, spaced_s: float = 0.0) -> dict[str, Any]:
+    """One round in this process: figures in microseconds (see the module docstring).
+
+    ``spaced_s`` > 0 runs the ticks on a real schedule, one every ``spaced_s`` seconds,
+    as the daemon does, instead of back to back; half way between two ticks the floor
+    files are read once, so the floor is measured as cold as the ticks."""
     from hostscope.metrics.defaults import build_sampler
     from hostscope.metrics.history import History
     from hostscope.metrics.sources import Roots
@@ -127,7 +136,14 @@ def measure(ticks: int) -> dict[str, Any]:
     per_second = {name for name, interval in every.items() if interval <= sampler.interval_s}
     tick_cpu: list[float] = []
     only_per_second: list[float] = []
+    floor_cpu: list[float] = []
+    slot = time.monotonic()
     for _ in range(ticks):
+        if spaced_s:
+            slot += spaced_s
+            time.sleep(max(0.0, slot - spaced_s / 2 - time.monotonic()))
+            floor_cpu.append(read_floor(1))
+            time.sleep(max(0.0, slot - time.monotonic()))
         start = cpu_now()
         tick = sampler.collect()
         sampler.publish(tick)
@@ -150,6 +166,7 @@ def measure(ticks: int) -> dict[str, Any]:
         "pipeline_us": (total - collect_total) * 1e6,
         "per_second_us": statistics.fmean(only_per_second) * 1e6 if only_per_second else None,
         "amortised_us": total * 1e6,
+        "floor_us": statistics.fmean(floor_cpu) * 1e6 if floor_cpu else None,
     }
 
 
@@ -187,9 +204,9 @@ def tcp_sockets() -> int | None:
         return None
 
 
-def run_round(code: Path | None, ticks: int) -> dict[str, Any]:
+def run_round(code: Path | None, ticks: int, spaced_s: float = 0.0) -> dict[str, Any]:
     """One measurement in a fresh interpreter, importing the metrics code from ``code``."""
-    cmd = [sys.executable, __file__, "--worker", "--ticks", str(ticks)]
+    cmd = [sys.executable, __file__, "--worker", "--ticks", str(ticks), "--spaced", str(spaced_s)]
     if code is not None:
         cmd += ["--code", str(code)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -216,6 +233,7 @@ def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "pipeline_us": low([r["pipeline_us"] for r in rounds]),
         "per_second_us": low([r["per_second_us"] for r in rounds]),
         "amortised_us": low([r["amortised_us"] for r in rounds]),
+        "floor_us": low([r.get("floor_us") for r in rounds]),
     }
 
 
@@ -224,10 +242,10 @@ def fmt(value: float | None, width: int = 8) -> str:
 
 
 def report(results: list[tuple[str, dict[str, Any]]], floor: float, ticks: int,
-           rounds: int) -> None:
+           rounds: int, title: str = "back to back") -> None:
     cell = 26
-    print(f"system metric set at 1 Hz, {results[-1][1]['series']} series, {ticks} ticks, "
-          f"best of {rounds} rounds; CPU time in µs")
+    print(f"system metric set at 1 Hz, {title}: {results[-1][1]['series']} series, "
+          f"{ticks} ticks, best of {rounds} rounds; CPU time in µs")
     print(f"  {'':<26}" + "".join(f"{label:>{cell}}" for label, _ in results))
     print(f"  {'collect() of':<26}" + "".join(
         f"{'every':>8}{'per call':>9}{'per tick':>9}" for _ in results))
@@ -269,14 +287,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="fresh-process repetitions")
     parser.add_argument("--compare", metavar="REV",
                         help="also measure the metrics code of this git revision")
+    parser.add_argument("--in-situ", type=float, default=60.0, metavar="SECONDS",
+                        help="also run the set on a real 1 Hz schedule for this long, as the "
+                        "daemon does (0: skip)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spaced", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         if args.code is not None:
             use_code(args.code)
-        print(json.dumps(measure(args.ticks)))
+        print(json.dumps(measure(args.ticks, args.spaced)))
         return
 
     with tempfile.TemporaryDirectory(prefix="hostscope-bench-") as tmp:
@@ -296,6 +318,16 @@ def main() -> None:
     floor = min(floors)
     report([(label, best(collected[label])) for label, _ in variants], floor, args.ticks,
            args.rounds)
+    if args.in_situ > 0:
+        # The same set once a second, as the daemon runs it: caches are cold at each tick
+        # (other work ran in between), which costs 2-3x the back-to-back figures above
+        # on the development VM. One round per variant, side by side in time.
+        ticks = max(10, round(args.in_situ / max(1, len(variants))))
+        situ = [(label, run_round(code, ticks, 1.0)) for label, code in variants]
+        situ_floor = min(r["floor_us"] for _, r in situ) / 1e6
+        print()
+        report(situ, situ_floor, ticks, 1,
+               title="in situ, one tick a second (floor read once a second too)")
     sockets = tcp_sockets()
     if sockets is not None:
         print(f"  (tcpconn walks the TCP hash: {sockets} TCP sockets here now; each adds "
