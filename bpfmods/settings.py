@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class SettingsContext:
         return None
 
 
-class Setting:
+class Setting(ABC):
     """One declared setting: name, default, help, and the C macro it becomes."""
 
     name: str
@@ -59,12 +60,13 @@ class Setting:
     help: str
     default: Any
 
+    @abstractmethod
     def parse(self, value: Any, ctx: SettingsContext) -> tuple[Any, int]:
         """(normalised JSON value, integer for the macro); raises ValueError with a reason."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The setting as ``GET /api/v1/bpf`` lists it (name, kind, default, help, bounds)."""
 
 
 @dataclass(frozen=True, slots=True)

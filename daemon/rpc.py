@@ -34,6 +34,7 @@ import json
 import math
 import socket
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,11 +143,12 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class Arg:
+class Arg(ABC):
     """One argument's check; ``check`` returns the value or raises ValueError(reason)."""
 
+    @abstractmethod
     def check(self, value: Any) -> Any:
-        raise NotImplementedError
+        """The value, normalised, or ValueError with the reason it is refused."""
 
 
 @dataclass(frozen=True, slots=True)
