@@ -4,6 +4,8 @@
 //   HOSTSCOPE_URL=http://127.0.0.1:7470 node --test e2e/bpf.test.mjs
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import { mkdirSync, readFileSync, rmdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { AUTH, BASE, launch } from './support.mjs'
 
@@ -36,8 +38,37 @@ async function untilModule(name, pred, timeoutMs = 15000) {
   assert.fail(`module ${name} never reached the expected state: ${JSON.stringify({ state: m?.state, users: m?.users })}`)
 }
 
-/** Two processes bouncing a byte over pipes: thousands of wakeups and context switches. */
-function pingPong(seconds) {
+/** Where the cgroup v2 hierarchy is mounted (the module's cgroup setting is a path in
+ * it), or null. */
+function cgroup2Root() {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [pre, post] = line.split(' - ')
+    if (post?.startsWith('cgroup2 ')) return pre.split(' ')[4]
+  }
+  return null
+}
+
+/** Run-queue events the daemon counted over the last `seconds` (summed bucket rates). */
+async function runqEvents(seconds) {
+  const r = await fetch(`${BASE}/api/v1/history?names=bpf.runq.latency&seconds=${seconds}`, { headers: AUTH })
+  assert.equal(r.status, 200)
+  const h = await r.json()
+  return h.series.reduce((sum, s) => sum + s.values.reduce((a, v) => a + (v ?? 0), 0), 0)
+}
+
+/** A REST client's toggle (another viewer, as far as the daemon is concerned). */
+async function restToggle(name, enabled, client) {
+  const r = await fetch(`${BASE}/api/v1/bpf/${name}`, {
+    method: 'POST',
+    headers: { ...AUTH, 'Content-Type': 'application/json', 'X-Hostscope-Client': client },
+    body: JSON.stringify({ enabled }),
+  })
+  assert.equal(r.status, 200, `POST /api/v1/bpf/${name} answered ${r.status}: ${await r.text()}`)
+}
+
+/** Two processes bouncing a byte over pipes: thousands of wakeups and context switches;
+ * inside cgroup directory `cgroupDir` when given (both of them: it moves itself first). */
+function pingPong(seconds, cgroupDir = null) {
   const script = `
 import os, time
 r1, w1 = os.pipe(); r2, w2 = os.pipe()
@@ -53,7 +84,12 @@ while time.time() < end:
     os.write(w1, b'x'); os.read(r2, 1)
 os.close(w1); os.wait()
 `
-  const child = spawn('python3', ['-c', script], { stdio: 'ignore' })
+  const child = cgroupDir
+    ? spawn('sh', ['-c', 'echo $$ > "$HS_CGROUP/cgroup.procs" && exec python3 -c "$HS_SCRIPT"'], {
+        stdio: 'ignore',
+        env: { ...process.env, HS_CGROUP: cgroupDir, HS_SCRIPT: script },
+      })
+    : spawn('python3', ['-c', script], { stdio: 'ignore' })
   return new Promise((resolve, reject) => {
     child.once('error', reject)
     child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`ping-pong exited ${code}`))))
@@ -188,6 +224,90 @@ describe('BPF widgets', { skip }, () => {
     const released = await untilModule('runqlat', (m) => m.state === 'off')
     assert.deepEqual(released.users, [])
     assert.deepEqual(browser.errors, [])
+  })
+
+  it('filters the run queue heat map to one container by its cgroup, and says when another viewer runs it otherwise', async (t) => {
+    const root = cgroup2Root()
+    if (!root) {
+      if (CI) assert.fail('CI=true: no cgroup v2 hierarchy is mounted')
+      return t.skip('no cgroup v2 hierarchy is mounted (the cgroup setting needs one)')
+    }
+    const name = `hostscope-e2e-${process.pid}`
+    const dir = join(root, name)
+    const path = `/${name}`
+    mkdirSync(dir)
+    try {
+      // The daemon's cgroup collector re-walks the tree every 10 s: wait until it names
+      // the new cgroup (`cgroup.container.name`), which is what the filter lists.
+      const until = Date.now() + 30000
+      for (;;) {
+        const r = await fetch(`${BASE}/api/v1/fetch?names=cgroup.container.name`, { headers: AUTH })
+        const ans = await r.json()
+        if (ans.values?.[0]?.instances?.some((i) => i.instance === path)) break
+        assert.ok(Date.now() < until, `the daemon never listed the cgroup ${path}`)
+        await new Promise((r) => setTimeout(r, 500))
+      }
+      // Another viewer (a REST client) runs the module with its defaults.
+      await restToggle('runqlat', true, 'e2e-other')
+      const page = await browser.page()
+      await page.goto(`${BASE}/?panels=bpf.runqlat&window=60`)
+      const panel = page.locator(`section[aria-label="${RUNQ}"]`)
+      await panel.getByRole('status').filter({ hasText: /^off here; on for 1 other viewer$/ }).waitFor({ timeout: 15000 })
+      const select = panel.getByRole('combobox', { name: `Container filter of ${RUNQ}` })
+      await select.selectOption(path)
+      await page.waitForFunction((p) => new URLSearchParams(location.search).getAll('bpfset').includes(`runqlat:cgroup=${p}`), path)
+      // Asking for the filter while the other viewer runs it unfiltered: the daemon's
+      // refusal, in its own words, on the widget.
+      const sw = panel.getByRole('switch')
+      await sw.click()
+      await panel.getByRole('status').filter({ hasText: /^refused \(settings_conflict\): runqlat: running with settings .* other user/ }).waitFor({ timeout: 15000 })
+      assert.deepEqual((await moduleState('runqlat')).users, ['rest:e2e-other'])
+      // The other viewer leaves; switched off and on again, the page's filter applies.
+      await restToggle('runqlat', false, 'e2e-other')
+      await untilModule('runqlat', (m) => m.state === 'off')
+      await sw.click()
+      assert.equal(await sw.getAttribute('aria-checked'), 'false')
+      await sw.click()
+      const held = await untilModule('runqlat', (m) => m.state === 'on' && m.settings?.cgroup === path)
+      assert.equal(held.users.length, 1)
+      assert.match(held.users[0], /^ws:/)
+      await panel.locator('.chip.filter', { hasText: `filter: ${path}` }).waitFor({ timeout: 15000 })
+      assert.equal(await panel.getByRole('status').innerText(), 'on')
+
+      // Filtered to an empty cgroup, the busy host's run-queue waits are not counted...
+      await new Promise((r) => setTimeout(r, 2000))
+      assert.equal(await runqEvents(1.5), 0, 'runqlat counted tasks outside its cgroup')
+      // ...and waits inside it are, painting the heat map.
+      await pingPong(4, dir)
+      assert.ok((await runqEvents(4)) > 100, 'runqlat counted nothing of the workload in its cgroup')
+      await page.waitForFunction(
+        (title) => {
+          const c = document.querySelector(`section[aria-label="${title}"] canvas.heatcells`)
+          if (!c?.width) return false
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data
+          const xs = new Set()
+          for (let i = 3; i < d.length; i += 4) if (d[i]) xs.add(((i - 3) / 4) % c.width)
+          return xs.size >= 3
+        },
+        RUNQ,
+        { timeout: 15000 },
+      )
+      const p99 = await panel.locator('.u-series', { hasText: 'p99' }).locator('.u-value').innerText()
+      assert.match(p99, /^\d+(\.\d+)? (ns|µs|ms|s)$/)
+      await page.close()
+      await untilModule('runqlat', (m) => m.state === 'off')
+      assert.deepEqual(browser.errors, [])
+    } finally {
+      await restToggle('runqlat', false, 'e2e-other').catch(() => {})
+      for (let i = 0; i < 50; i++) {
+        try {
+          rmdirSync(dir)
+          break
+        } catch {
+          await new Promise((r) => setTimeout(r, 100)) // its processes are still exiting
+        }
+      }
+    }
   })
 
   it('opens a shared link with the module on and fills the heat map from history', async () => {

@@ -8,7 +8,7 @@ import { LIVE, createLive } from '../lib/live'
 import type { BpfList, BpfModuleStatus, Descriptor, MetaMsg } from '../lib/protocol'
 import { HostConnection } from '../stores/host'
 import { FakeSocket, flush, makeEnv } from '../stores/testing'
-import { bpfOn, defaultView, setBpf } from '../lib/view'
+import { bpfOn, bpfSettingsOf, defaultView, setBpf, setBpfSettings } from '../lib/view'
 import BpfTable from './BpfTable.vue'
 import PanelCard from './PanelCard.vue'
 import WidgetCatalogue from './WidgetCatalogue.vue'
@@ -58,11 +58,16 @@ function toggles(conn: HostConnection): BpfToggles & { view: ReturnType<typeof d
     isOn: (m, b) => bpfOn(view, m, b),
     set(m, b, on) {
       setBpf(view, m, b, on)
-      if (on && !holds.has(m)) holds.set(m, conn.holdBpf(m))
+      if (on && !holds.has(m)) holds.set(m, conn.holdBpf(m, bpfSettingsOf(view, m, b)))
       if (!on) {
         holds.get(m)?.()
         holds.delete(m)
       }
+    },
+    settings: (m, b) => bpfSettingsOf(view, m, b),
+    setSettings(m, b, settings) {
+      setBpfSettings(view, m, b, settings)
+      if (holds.has(m)) conn.setBpfSettings(m, settings)
     },
   }
 }
@@ -123,7 +128,127 @@ describe('the module switch over the websocket', () => {
   })
 })
 
+/** The daemon's containers: `cgroup.container.name` per cgroup path (hostile names too). */
+const CONTAINERS = [
+  { instance: '/', value: '' },
+  { instance: '/system.slice/nginx.service', value: 'nginx.service' },
+  { instance: '/docker/ab12cd34', value: 'docker:ab12cd34' },
+  { instance: '/odd,path/<b>x</b>', value: '/odd,path/<b>x</b>' },
+]
+function withContainers() {
+  const u = { label: '', kind: 'none', per_sec: false, base_factor: 1 }
+  restAnswers['/api/v1/metrics'] = {
+    metrics: [...descriptors, { name: 'cgroup.container.name', type: 'string', semantics: 'discrete', units: u, value_units: u, indom: 'cgroup', help: '' }],
+  }
+  restAnswers['/api/v1/fetch'] = { timestamp: 1, values: [{ name: 'cgroup.container.name', instances: CONTAINERS }] }
+}
+const CONFLICT = "runqlat: running with settings {'cgroup': '', 'pid': 0} for 1 other user(s); use those settings or wait until they disable it"
+
+describe('module settings: a container filter', () => {
+  it('holds with the page’s settings, changes them while held, and takes them again on a new socket', async () => {
+    const { conn, ws, timers } = await connected()
+    conn.holdBpf('runqlat', { cgroup: '/docker/ab12cd34' })
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/docker/ab12cd34' } })
+    const on = { ...moduleList().modules[0], state: 'on', users: ['ws:1'], settings: { cgroup: '/docker/ab12cd34', pid: 0 } }
+    ws.deliver({ type: 'bpf', status: on })
+    // Sole holder: asking for another container restarts the module with it.
+    conn.setBpfSettings('runqlat', { cgroup: '/system.slice/nginx.service' })
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/system.slice/nginx.service' } })
+    expect(conn.bpfView('runqlat').phase).toBe('starting')
+    ws.deliver({ type: 'bpf', status: { ...on, settings: { cgroup: '/system.slice/nginx.service', pid: 0 } } })
+    conn.setBpfSettings('runqlat', { cgroup: '/system.slice/nginx.service' }) // unchanged: nothing sent
+    // No filter any more means the defaults, asked for explicitly (not "join whatever runs").
+    const sent = ws.sent.length
+    conn.setBpfSettings('runqlat', undefined)
+    expect(ws.sent.length).toBe(sent + 1)
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: {} })
+    ws.deliver({ type: 'bpf', status: { ...on, settings: { cgroup: '', pid: 0 } } })
+    conn.setBpfSettings('runqlat', { cgroup: '/docker/ab12cd34' })
+    ws.deliver({ type: 'bpf', status: on })
+    ws.drop(1006)
+    timers.at(-1)!()
+    const ws2 = FakeSocket.all[1]
+    ws2.accept()
+    ws2.deliver(recorded.stream[0])
+    await flushPromises()
+    expect(ws2.sent.filter((m) => m.type === 'bpf')).toEqual([{ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/docker/ab12cd34' } }])
+  })
+
+  it('says clearly when the daemon refuses other settings because other viewers run the module', async () => {
+    const list = moduleList()
+    Object.assign(list.modules[0], { state: 'on', users: ['rest:ops'], settings: { cgroup: '', pid: 0 } })
+    restAnswers['/api/v1/bpf'] = list
+    withContainers()
+    const { conn, ws } = await connected()
+    const t = toggles(conn)
+    const w = mountCard('bpf.runqlat', conn, t)
+    await flushPromises()
+    await w.get('select[aria-label="Container filter of Run queue latency (heat map)"]').setValue('/docker/ab12cd34')
+    await w.get('button[role="switch"]').trigger('click')
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/docker/ab12cd34' } })
+    ws.deliver({ type: 'error', code: 'settings_conflict', message: CONFLICT, ref: 'bpf', module: 'runqlat' })
+    await flushPromises()
+    const st = w.get('[role="status"]')
+    expect(st.text()).toBe(`refused (settings_conflict): ${CONFLICT}`)
+    expect(st.classes()).toContain('error')
+    expect(conn.notices.value).toEqual([])
+    // The page still asks for its container; nothing runs filtered.
+    expect(w.get<HTMLSelectElement>('select[aria-label^="Container filter"]').element.value).toBe('/docker/ab12cd34')
+    expect(w.find('.chip.filter').exists()).toBe(false)
+  })
+})
+
 describe('BPF widgets', () => {
+  it('filters a module to one of the host’s containers, by its cgroup path, and shows the filter', async () => {
+    withContainers()
+    const { conn, ws } = await connected()
+    const t = toggles(conn)
+    const w = mountCard('bpf.runqlat', conn, t)
+    await flushPromises()
+    const select = w.get<HTMLSelectElement>('select[aria-label="Container filter of Run queue latency (heat map)"]')
+    const options = select.findAll('option')
+    // Every container but the root, by name, valued with its cgroup path; names as text.
+    expect(options.map((o) => [o.text(), o.attributes('value')])).toEqual([
+      ['all containers', ''],
+      ['/odd,path/<b>x</b>', '/odd,path/<b>x</b>'],
+      ['docker:ab12cd34', '/docker/ab12cd34'],
+      ['nginx.service', '/system.slice/nginx.service'],
+    ])
+    expect(select.find('b').exists()).toBe(false)
+    // Chosen while off: remembered in the view (and the link), sent when switched on.
+    await select.setValue('/docker/ab12cd34')
+    expect(t.view.bpfSettings).toEqual({ runqlat: { cgroup: '/docker/ab12cd34' } })
+    expect(ws.sent.filter((m) => m.type === 'bpf')).toEqual([])
+    await w.get('button[role="switch"]').trigger('click')
+    expect(ws.sent.filter((m) => m.type === 'bpf')).toEqual([{ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/docker/ab12cd34' } }])
+    const on = { ...moduleList().modules[0], state: 'on', users: ['ws:1'], settings: { cgroup: '/docker/ab12cd34', pid: 0 } }
+    ws.deliver({ type: 'bpf', status: on })
+    await flushPromises()
+    expect(w.get('[role="status"]').text()).toBe('on')
+    const chip = w.get('.chip.filter')
+    expect(chip.text()).toBe('filter: docker:ab12cd34')
+    expect(chip.attributes('title')).toBe('Runs filtered: only tasks in cgroup /docker/ab12cd34')
+    // Another container while on: the module restarts with it.
+    await select.setValue('/odd,path/<b>x</b>')
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '/odd,path/<b>x</b>' } })
+    ws.deliver({ type: 'bpf', status: { ...on, settings: { cgroup: '/odd,path/<b>x</b>', pid: 0 } } })
+    await flushPromises()
+    expect(w.get('.chip.filter').text()).toBe('filter: /odd,path/<b>x</b>')
+    expect(w.find('.chip.filter b').exists()).toBe(false)
+    // Back to all containers.
+    await select.setValue('')
+    expect(t.view.bpfSettings).toEqual({})
+    expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: {} })
+  })
+
+  it('offers no container filter for modules without a cgroup setting', async () => {
+    withContainers()
+    const { conn } = await connected()
+    const w = mountCard('bpf.execsnoop', conn, toggles(conn))
+    await flushPromises()
+    expect(w.find('select[aria-label^="Container filter"]').exists()).toBe(false)
+  })
+
   it('joins a run other viewers started, with their settings, and says which', async () => {
     const list = moduleList()
     Object.assign(list.modules[0], { state: 'on', users: ['rest:ops'], settings: { cgroup: '', pid: 4242 } })
@@ -137,7 +262,8 @@ describe('BPF widgets', () => {
     expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: { cgroup: '', pid: 4242 } })
     ws.deliver({ type: 'bpf', status: { ...list.modules[0], users: ['rest:ops', 'ws:9'] } })
     await flushPromises()
-    expect(w.get('[role="status"]').text()).toBe('on · pid 4242 · also held by 1 other')
+    expect(w.get('[role="status"]').text()).toBe('on · also held by 1 other')
+    expect(w.get('.chip.filter').text()).toBe('filter: pid 4242')
     expect(w.get('details.attach summary').text()).toBe('via raw_tracepoint')
   })
 

@@ -230,10 +230,20 @@ export function parseToggleKey(key: string): { module: string; host: string } | 
   return { module, host }
 }
 
+/** Settings that narrow what a module sees to a container or a process. */
+export const FILTER_SETTINGS: readonly string[] = ['cgroup', 'pid']
+
+/** Settings a page asks of a module (`{cgroup: '/system.slice/x.service'}`). */
+export type BpfSettings = Record<string, string | number | boolean>
+
 /** The page's module toggles, provided by the root (which owns the view and the holds). */
 export interface BpfToggles {
   isOn(module: string, base: string): boolean
   set(module: string, base: string, on: boolean): void
+  /** What this page asks of the module (undefined: its defaults, or what others run). */
+  settings(module: string, base: string): BpfSettings | undefined
+  /** Ask for other settings; applied at once while the page holds the module. */
+  setSettings(module: string, base: string, settings: BpfSettings | undefined): void
 }
 
 export const BPF_TOGGLES: InjectionKey<BpfToggles> = Symbol('bpf-toggles')

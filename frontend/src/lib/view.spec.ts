@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { exportJson, importJson, loadSaved, storeSaved } from './dashboards'
-import { bpfHolds, bpfOn, decodeView, defaultView, encodeView, sanitizeView, setBpf } from './view'
+import { bpfHolds, bpfOn, bpfSettingsOf, decodeView, defaultView, encodeView, sanitizeView, setBpf, setBpfSettings } from './view'
 
 describe('view URL', () => {
   it('round-trips a view through the query string', () => {
@@ -63,6 +63,33 @@ describe('view URL', () => {
       { module: 'runqlat', base: 'http://db1:7470' },
     ])
     expect(sanitizeView({ widgets: [], bpf: ['runqlat', 5, '../x'] })!.bpf).toEqual(['runqlat'])
+  })
+
+  it('carries the settings the page asks of a module (a container filter) per module and host', () => {
+    const v = decodeView('?panels=bpf.runqlat,bpf.offcpu&hosts=self,db1:7470&bpf=runqlat,runqlat@db1:7470,offcpu')
+    setBpfSettings(v, 'runqlat', '', { cgroup: '/system.slice/a,b.service' })
+    setBpfSettings(v, 'runqlat', 'http://db1:7470', { cgroup: '/docker/ab12', pid: 42 })
+    setBpfSettings(v, 'offcpu', '', {})
+    expect(v.bpfSettings).toEqual({ runqlat: { cgroup: '/system.slice/a,b.service' }, 'runqlat@db1:7470': { cgroup: '/docker/ab12', pid: 42 } })
+    const q = encodeView(v)
+    // Readable: one parameter per setting, the value is the rest (commas included).
+    expect(q).toContain('bpfset=runqlat:cgroup=/system.slice/a,b.service&bpfset=runqlat@db1:7470:cgroup=/docker/ab12&bpfset=runqlat@db1:7470:pid=42')
+    expect(decodeView(q)).toEqual(v)
+    expect(bpfSettingsOf(v, 'runqlat', 'http://db1:7470')).toEqual({ cgroup: '/docker/ab12', pid: 42 })
+    expect(bpfHolds(v)).toEqual([
+      { module: 'runqlat', base: '', settings: { cgroup: '/system.slice/a,b.service' } },
+      { module: 'runqlat', base: 'http://db1:7470', settings: { cgroup: '/docker/ab12', pid: 42 } },
+      { module: 'offcpu', base: '' },
+    ])
+    setBpfSettings(v, 'runqlat', '', undefined)
+    expect(bpfSettingsOf(v, 'runqlat', '')).toBeUndefined()
+    // Values keep their type; malformed entries are dropped (the daemon validates values).
+    const odd = decodeView('?bpfset=runqlat:pid=7&bpfset=offcpu:blocked_only=false&bpfset=<x>:pid=1&bpfset=runqlat:Bad=1&bpfset=nonsense&bpfset=:pid=1&bpfset=runqlat@http://h:1:cgroup=/a=b')
+    expect(odd.bpfSettings).toEqual({ runqlat: { pid: 7 }, offcpu: { blocked_only: false }, 'runqlat@h:1': { cgroup: '/a=b' } })
+    // From a saved dashboard (JSON): the same rules; unknown shapes dropped.
+    const saved = sanitizeView({ widgets: [], bpfSettings: { runqlat: { cgroup: '/x', pid: 3, bad: { a: 1 } }, '<x>': { pid: 1 }, offcpu: 'nope' } })!
+    expect(saved.bpfSettings).toEqual({ runqlat: { cgroup: '/x', pid: 3 } })
+    expect(sanitizeView({ widgets: [] })!.bpfSettings).toEqual({})
   })
 
   it('accepts a single host= as runbook links write it', () => {

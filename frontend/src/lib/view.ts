@@ -6,9 +6,11 @@
  *   ?panels=cpu.util,mem.util~2x1,custom:disk.dev.aveq&window=900&hosts=self,db1:7470&container=web-1
  *
  * A widget is `ID[~WxH]` (width in grid columns 1-4, height in rows 1-3). BPF modules the
- * page switches on are `bpf=runqlat,biolatency@db1:7470` (module, or module@host).
+ * page switches on are `bpf=runqlat,biolatency@db1:7470` (module, or module@host); the
+ * settings it asks them for, one per parameter, `bpfset=runqlat:cgroup=/system.slice/x`
+ * (`KEY:SETTING=VALUE`, KEY as in `bpf=`; the value is the rest, commas and all).
  */
-import { parseToggleKey, toggleKey } from './bpf'
+import { parseToggleKey, toggleKey, type BpfSettings } from './bpf'
 import { BPF_PREFIX, DEFAULT_PANELS, panelById } from './catalogue'
 
 export const WINDOWS = [60, 300, 900, 1800, 3600] as const
@@ -34,6 +36,12 @@ export interface ViewState {
   theme: Theme
   /** BPF modules this page switches on, `module` or `module@host` (see bpf.ts). */
   bpf: string[]
+  /**
+   * Settings this page asks of a module (a container filter: `{cgroup: path}`), by the
+   * same keys as `bpf`. None: the module's defaults, or the settings other viewers run it
+   * with. Kept while the module is off, so switching it on again filters the same way.
+   */
+  bpfSettings: Record<string, BpfSettings>
 }
 
 const DEFAULT_SIZES: Record<string, [number, number]> = {
@@ -62,7 +70,7 @@ export function defaultWidgets(): Widget[] {
 }
 
 export function defaultView(): ViewState {
-  return { hosts: [''], layout: 'side', active: 0, widgets: defaultWidgets(), window: 300, container: '', theme: '', bpf: [] }
+  return { hosts: [''], layout: 'side', active: 0, widgets: defaultWidgets(), window: 300, container: '', theme: '', bpf: [], bpfSettings: {} }
 }
 
 const clamp = (x: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, Math.round(x)))
@@ -111,18 +119,32 @@ export function setBpf(v: ViewState, module: string, base: string, on: boolean):
   else if (!on && i >= 0) v.bpf.splice(i, 1)
 }
 
+/** Settings this view asks of module `module` on host `base` (undefined: none). */
+export function bpfSettingsOf(v: ViewState, module: string, base: string): BpfSettings | undefined {
+  return v.bpfSettings[toggleKey(module, hostToken(base))]
+}
+
+/** Ask module `module` on host `base` for `settings` (undefined or empty: nothing). */
+export function setBpfSettings(v: ViewState, module: string, base: string, settings: BpfSettings | undefined): void {
+  const key = toggleKey(module, hostToken(base))
+  if (settings && Object.keys(settings).length) v.bpfSettings[key] = { ...settings }
+  else delete v.bpfSettings[key]
+}
+
 /**
- * The holds a view asks for: (module, host base) for every toggle whose widget is on the
- * page and whose host is shown. A toggle without its widget holds nothing.
+ * The holds a view asks for: (module, host base, settings) for every toggle whose widget
+ * is on the page and whose host is shown. A toggle without its widget holds nothing.
  */
-export function bpfHolds(v: ViewState): { module: string; base: string }[] {
+export function bpfHolds(v: ViewState): { module: string; base: string; settings?: BpfSettings }[] {
   const shown = new Set(v.widgets.map((w) => w.id))
-  const out: { module: string; base: string }[] = []
+  const out: { module: string; base: string; settings?: BpfSettings }[] = []
   for (const key of v.bpf) {
     const t = parseToggleKey(key)
     if (!t || !shown.has(BPF_PREFIX + t.module)) continue
     const base = tokenToHost(t.host)
-    if (v.hosts.includes(base)) out.push({ module: t.module, base })
+    if (!v.hosts.includes(base)) continue
+    const settings = v.bpfSettings[key]
+    out.push(settings ? { module: t.module, base, settings } : { module: t.module, base })
   }
   return out
 }
@@ -133,6 +155,43 @@ function cleanBpf(keys: unknown[]): string[] {
     const t = parseToggleKey(k)!
     return toggleKey(t.module, hostToken(tokenToHost(t.host)))
   }))].slice(0, 64)
+}
+
+const SETTING_NAME = /^[a-z][a-z0-9_]{0,31}$/
+const MAX_SETTING_TEXT = 4096
+
+/** A setting value from a URL: integers and true/false typed, anything else text. */
+function settingValue(text: string): string | number | boolean {
+  if (/^(0|[1-9]\d{0,14})$/.test(text)) return Number(text)
+  if (text === 'true' || text === 'false') return text === 'true'
+  return text
+}
+
+function isSettingValue(x: unknown): x is string | number | boolean {
+  return typeof x === 'boolean' || (typeof x === 'number' && Number.isFinite(x)) || (typeof x === 'string' && x.length <= MAX_SETTING_TEXT)
+}
+
+/** Module settings from untrusted input, keyed by normalised toggle keys; bounded. The
+ * daemon validates the values themselves (types, ranges, that a cgroup exists). */
+function cleanBpfSettings(entries: [string, string, unknown][]): Record<string, BpfSettings> {
+  const out: Record<string, BpfSettings> = {}
+  for (const [rawKey, name, value] of entries) {
+    const t = parseToggleKey(rawKey)
+    if (!t || !SETTING_NAME.test(name) || !isSettingValue(value)) continue
+    const key = toggleKey(t.module, hostToken(tokenToHost(t.host)))
+    if (!(key in out) && Object.keys(out).length >= 64) continue
+    const s = (out[key] ??= {})
+    if (Object.keys(s).length < 8 || name in s) s[name] = value
+  }
+  return out
+}
+
+/** `KEY:SETTING=VALUE` of a `bpfset` parameter (KEY may hold ':' in its host part). */
+function parseSettingParam(text: string): [string, string, unknown] | null {
+  const eq = text.indexOf('=')
+  const colon = eq < 0 ? -1 : text.lastIndexOf(':', eq)
+  if (colon <= 0) return null
+  return [text.slice(0, colon), text.slice(colon + 1, eq), settingValue(text.slice(eq + 1))]
 }
 
 function dedupe(widgets: Widget[]): Widget[] {
@@ -158,6 +217,9 @@ export function encodeView(v: ViewState): string {
   if (v.layout === 'tabs' && v.active) q.set('active', String(v.active))
   if (v.container) q.set('container', v.container)
   if (v.bpf.length) q.set('bpf', v.bpf.join(','))
+  for (const [key, settings] of Object.entries(v.bpfSettings)) {
+    for (const [name, value] of Object.entries(settings)) q.append('bpfset', `${key}:${name}=${String(value)}`)
+  }
   if (v.theme) q.set('theme', v.theme)
   // URLSearchParams escapes ',' and ':'; they are safe in a query and far more readable.
   return q
@@ -167,6 +229,7 @@ export function encodeView(v: ViewState): string {
     .replaceAll('%2F', '/')
     .replaceAll('%7E', '~')
     .replaceAll('%40', '@')
+    .replaceAll('%3D', '=')
 }
 
 /** Parse a query string into a view; anything missing or invalid takes its default. */
@@ -187,6 +250,7 @@ export function decodeView(search: string): ViewState {
   v.container = (q.get('container') ?? '').slice(0, 256)
   const bpf = q.get('bpf')
   if (bpf) v.bpf = cleanBpf(bpf.split(','))
+  v.bpfSettings = cleanBpfSettings(q.getAll('bpfset').map(parseSettingParam).filter((e): e is [string, string, unknown] => e !== null))
   const theme = q.get('theme')
   if (theme === 'light' || theme === 'dark') v.theme = theme
   return v
@@ -216,6 +280,13 @@ export function sanitizeView(data: unknown): ViewState | null {
   if (typeof d.active === 'number') v.active = clamp(d.active, 0, v.hosts.length - 1)
   if (typeof d.container === 'string') v.container = d.container.slice(0, 256)
   if (Array.isArray(d.bpf)) v.bpf = cleanBpf(d.bpf)
+  if (d.bpfSettings && typeof d.bpfSettings === 'object' && !Array.isArray(d.bpfSettings)) {
+    const entries: [string, string, unknown][] = []
+    for (const [key, s] of Object.entries(d.bpfSettings as Record<string, unknown>)) {
+      if (s && typeof s === 'object' && !Array.isArray(s)) for (const [name, value] of Object.entries(s)) entries.push([key, name, value])
+    }
+    v.bpfSettings = cleanBpfSettings(entries)
+  }
   if (d.theme === 'light' || d.theme === 'dark') v.theme = d.theme
   return v
 }

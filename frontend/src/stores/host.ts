@@ -28,8 +28,8 @@ import {
   type StaleInfo,
   type SubscribeMsg,
 } from '../lib/protocol'
-import { widgetMetrics } from '../lib/bpf'
-import { Timeline, seriesKey } from '../lib/timeline'
+import { widgetMetrics, type BpfSettings } from '../lib/bpf'
+import { Timeline, seriesKey, splitKey } from '../lib/timeline'
 
 export type ConnState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'suspended' | 'closed'
 
@@ -62,7 +62,16 @@ export interface BpfView {
    */
   phase: 'off' | 'starting' | 'on' | 'stopping' | 'error'
   message: string | null
+  /** The daemon's error code with `message` (`settings_conflict`, `invalid_settings`...). */
+  code: string | null
   status: BpfModuleStatus | undefined
+}
+
+/** A toggle in flight for a module, and the daemon's last refusal or failure. */
+export interface BpfLocal {
+  pending: 'enable' | 'disable' | null
+  error: string | null
+  code: string | null
 }
 
 /** How often module states are refreshed while a BPF widget is shown (other viewers). */
@@ -125,7 +134,7 @@ export class HostConnection {
   /** Why the module list could not be had (an older daemon, REST refused), or null. */
   readonly bpfProblem: ShallowRef<string | null> = shallowRef(null)
   /** Per module: a toggle in flight, and the daemon's last refusal or failure. */
-  readonly bpfLocal: ShallowRef<Map<string, { pending: 'enable' | 'disable' | null; error: string | null }>> = shallowRef(new Map())
+  readonly bpfLocal: ShallowRef<Map<string, BpfLocal>> = shallowRef(new Map())
 
   readonly main: Timeline
   readonly short = new Timeline(SHORT_RETENTION_S)
@@ -145,6 +154,8 @@ export class HostConnection {
   private metricsLoad: Promise<void> | null = null
   private waitedForMetadata = false
   private bpfHolds = new Map<string, number>()
+  /** Settings the page asks of each held module (undefined: defaults, or join others). */
+  private bpfWanted = new Map<string, BpfSettings | undefined>()
   /** Toggles sent on this socket and not yet answered, in order (answers come in order). */
   private bpfPending: { name: string; enabled: boolean }[] = []
   private bpfLoad: Promise<void> | null = null
@@ -307,16 +318,34 @@ export class HostConnection {
    * `/process_api` also scopes processes whose own cgroup is `/process_api/<id>`.
    */
   async containerNames(): Promise<string[]> {
-    const names = new Set<string>()
-    for (const [k, text] of this.main.text) if (k.startsWith('cgroup.container.name') && text) names.add(text)
-    if (this.catalogue.value && !this.catalogue.value.has('cgroup.container.name')) return [...names]
-    try {
-      const ans = await getJson<{ values: { instances: { value: unknown }[] }[] }>(this.base, '/api/v1/fetch?names=cgroup.container.name')
-      for (const v of ans.values ?? []) for (const i of v.instances ?? []) if (typeof i.value === 'string' && i.value) names.add(i.value)
-    } catch {
-      /* the suggestions are a convenience: the filter still works typed by hand */
+    return [...new Set((await this.containerCgroups()).map((c) => c.name))]
+  }
+
+  /**
+   * The host's containers with their cgroup paths: `cgroup.container.name` is one
+   * instance per cgroup path, valued with its readable name (`docker:ab12…`,
+   * `nginx.service`, or the path itself). The root cgroup (no name) is left out.
+   */
+  async containerCgroups(): Promise<{ path: string; name: string }[]> {
+    const found = new Map<string, string>()
+    const metric = 'cgroup.container.name'
+    for (const [k, text] of this.main.text) {
+      const [m, instance] = splitKey(k)
+      if (m === metric && text) found.set(instance, text)
     }
-    return [...names]
+    if (!this.catalogue.value || this.catalogue.value.has(metric)) {
+      try {
+        const ans = await getJson<{ values: { instances: { instance: unknown; value: unknown }[] }[] }>(this.base, `/api/v1/fetch?names=${metric}`)
+        for (const v of ans.values ?? []) {
+          for (const i of v.instances ?? []) {
+            if (typeof i.value === 'string' && i.value && typeof i.instance === 'string') found.set(i.instance, i.value)
+          }
+        }
+      } catch {
+        /* the suggestions are a convenience: the filter still works typed by hand */
+      }
+    }
+    return [...found].map(([path, name]) => ({ path, name }))
   }
 
   descriptor(metric: string): Descriptor | undefined {
@@ -383,11 +412,12 @@ export class HostConnection {
    * hold travels over this page's websocket, so the daemon releases it when the page
    * goes away, and it is taken again after every reconnect (a new socket holds nothing).
    */
-  holdBpf(name: string): () => void {
+  holdBpf(name: string, settings?: BpfSettings): () => void {
     const n = (this.bpfHolds.get(name) ?? 0) + 1
     this.bpfHolds.set(name, n)
     if (n === 1) {
-      this.setBpfLocal(name, { error: null })
+      this.bpfWanted.set(name, settings)
+      this.setBpfLocal(name, { error: null, code: null })
       this.sendBpf(name, true)
     }
     let released = false
@@ -397,11 +427,27 @@ export class HostConnection {
       const left = (this.bpfHolds.get(name) ?? 1) - 1
       if (left > 0) return void this.bpfHolds.set(name, left)
       this.bpfHolds.delete(name)
+      this.bpfWanted.delete(name)
       this.bpfNeeds.get(name)?.()
       this.bpfNeeds.delete(name)
-      this.setBpfLocal(name, { error: null })
+      this.setBpfLocal(name, { error: null, code: null })
       this.sendBpf(name, false)
     }
+  }
+
+  /**
+   * Ask a held module for other settings (undefined: its defaults). The daemon restarts
+   * it with them when this page is its only holder, and refuses (`settings_conflict`,
+   * shown on the widget) when other viewers run it with other settings; the module then
+   * stays on as it was.
+   */
+  setBpfSettings(name: string, settings: BpfSettings | undefined): void {
+    if (!this.bpfHolds.has(name)) return
+    if (JSON.stringify(this.bpfWanted.get(name) ?? null) === JSON.stringify(settings ?? null)) return
+    this.bpfWanted.set(name, settings)
+    this.setBpfLocal(name, { error: null, code: null })
+    // An explicit change: "no filter" means the defaults now, not whatever others run.
+    this.sendBpf(name, true, settings ?? {})
   }
 
   /**
@@ -432,28 +478,36 @@ export class HostConnection {
     const held = this.bpfHolds.has(name)
     let phase: BpfView['phase'] = status?.state === 'on' ? 'on' : 'off'
     let message: string | null = null
+    let code: string | null = null
     if (local?.pending === 'enable' || (held && status?.state === 'starting')) phase = 'starting'
     else if (local?.pending === 'disable') phase = 'stopping'
-    else if (held && local?.error) [phase, message] = ['error', local.error]
+    else if (held && local?.error) [phase, message, code] = ['error', local.error, local.code]
     else if (held && status?.state === 'error') [phase, message] = ['error', status.error ?? 'the module failed']
     else if (held && this.state.value !== 'open') phase = 'starting'
-    return { held, phase, message, status }
+    return { held, phase, message, code, status }
   }
 
-  private setBpfLocal(name: string, patch: Partial<{ pending: 'enable' | 'disable' | null; error: string | null }>): void {
+  /** Settings this page asks of module `name` while holding it (undefined: none). */
+  bpfSettingsWanted(name: string): BpfSettings | undefined {
+    return this.bpfWanted.get(name)
+  }
+
+  private setBpfLocal(name: string, patch: Partial<BpfLocal>): void {
     const next = new Map(this.bpfLocal.value)
-    next.set(name, { pending: null, error: null, ...next.get(name), ...patch })
+    next.set(name, { pending: null, error: null, code: null, ...next.get(name), ...patch })
     this.bpfLocal.value = next
   }
 
-  private sendBpf(name: string, enabled: boolean): void {
+  private sendBpf(name: string, enabled: boolean, explicit?: BpfSettings): void {
     const ws = this.ws
     if (!ws || ws.readyState !== 1 || this.state.value !== 'open') return
     const msg: BpfToggleMsg = { type: 'bpf', name, enabled }
-    // Join a run other viewers started with their settings (asking for the defaults
-    // would be refused as a conflict): this page has no settings of its own yet.
+    const wanted = explicit ?? this.bpfWanted.get(name)
     const st = this.bpfModule(name)
-    if (enabled && st?.state === 'on' && st.settings && st.users.length) msg.settings = st.settings
+    if (enabled && wanted) msg.settings = { ...wanted }
+    // Without settings of its own, join a run other viewers started with theirs (asking
+    // for the defaults would be refused as a conflict).
+    else if (enabled && st?.state === 'on' && st.settings && st.users.length) msg.settings = st.settings
     this.bpfPending.push({ name, enabled })
     this.setBpfLocal(name, { pending: enabled ? 'enable' : 'disable' })
     ws.send(JSON.stringify(msg))
@@ -473,7 +527,7 @@ export class HostConnection {
       this.bpf.value = { available: true, reason: null, modules: [st] }
     }
     const stillPending = this.bpfPending.some((p) => p.name === st.name)
-    this.setBpfLocal(st.name, { pending: stillPending ? this.bpfLocal.value.get(st.name)?.pending ?? null : null, error: null })
+    this.setBpfLocal(st.name, { pending: stillPending ? this.bpfLocal.value.get(st.name)?.pending ?? null : null, error: null, code: null })
   }
 
   /** An error answering a `bpf` message: the oldest unanswered toggle is the one refused. */
@@ -482,7 +536,7 @@ export class HostConnection {
     if (!p) return false
     const detail = msg.errors?.length ? msg.errors.join('; ') : msg.message
     const pending = this.bpfPending.some((q) => q.name === p.name) ? this.bpfLocal.value.get(p.name)?.pending ?? null : null
-    this.setBpfLocal(p.name, { pending, error: detail })
+    this.setBpfLocal(p.name, { pending, error: detail, code: msg.code })
     return true
   }
 
