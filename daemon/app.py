@@ -43,7 +43,7 @@ from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Clock, Sampler, SystemClock
 
 from . import api, bpf_api, encode, profiles_api, prom, static, stream
-from .auth import Auth, auth_middleware, build_auth
+from .auth import Auth, PendingLogins, auth_middleware, build_auth
 from .auth import add_routes as add_auth_routes
 from .config import Config
 from .errors import error_middleware
@@ -58,6 +58,7 @@ from .keys import (
     DETACHERS,
     HOST,
     HUB,
+    PENDING_LOGINS,
     PRIVILEGED,
     PROMETHEUS,
     SAMPLER,
@@ -146,6 +147,7 @@ def create_app(
                                            thread_name_prefix="hostscope-bpf")
     app[CONNECTION_IDS] = itertools.count(1)
     app[WEBSOCKETS] = weakref.WeakSet()
+    app[PENDING_LOGINS] = PendingLogins(config.max_pending_auth)
     app[STARTED] = clock.mono()
     app[PROMETHEUS] = prom.build_registry(app, sampler)
     install_headers(app, policy)
@@ -309,7 +311,7 @@ def _run_detachers(app: web.Application) -> None:
 
 async def _close_websockets(app: web.Application) -> None:
     app[HUB].close()
-    sockets = list(app[WEBSOCKETS])
+    sockets = [*app[WEBSOCKETS], *app[PENDING_LOGINS].sockets]
     if not sockets:
         return
     log.info("closing websockets", extra={"count": len(sockets)})

@@ -78,8 +78,14 @@ FAILURE_WINDOW_S = 60.0
 #: Client addresses remembered by the limiter (oldest forgotten first): bounded memory
 #: whatever the number of attackers.
 MAX_TRACKED_CLIENTS = 4096
-#: Seconds a websocket opened without credentials has to send its ``auth`` message.
-WS_AUTH_TIMEOUT_S = 10.0
+#: Seconds a websocket opened without credentials has to send its ``auth`` message. A
+#: browser sends it as soon as the socket opens; a few seconds cover a slow link without
+#: letting silent sockets sit on their pending-auth slots (``max_pending_auth``) for long.
+WS_AUTH_TIMEOUT_S = 3.0
+#: Websockets one client address may have waiting to authenticate at once (within
+#: ``max_pending_auth`` in all), so one address cannot take every pending slot. Behind a
+#: reverse proxy every client has the proxy's address and only the total applies.
+PENDING_AUTH_PER_ADDRESS = 8
 #: Websocket close codes (4000-4999 are the application's): unauthorised, rate-limited.
 WS_UNAUTHORIZED = 4401
 WS_RATE_LIMITED = 4429
@@ -372,6 +378,79 @@ class FailureLimiter:
         times.append(now)
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
+
+
+# -- websockets waiting to authenticate ----------------------------------------------------
+
+
+class PendingLogins:
+    """Websockets upgraded without credentials that have not sent their ``auth`` message
+    yet, bounded in all (``max_pending_auth``) and per client address.
+
+    They are not counted against ``max_clients``: otherwise anyone who can reach the port
+    could hold every client slot with sockets that never authenticate, each for
+    :data:`WS_AUTH_TIMEOUT_S`, and keep everyone with a token out. Clients that bring
+    their credentials to the upgrade (Bearer header, cookie) never wait here.
+    """
+
+    def __init__(self, limit: int, per_address: int = PENDING_AUTH_PER_ADDRESS) -> None:
+        self.limit = limit
+        self.per_address = per_address
+        self._by_address: dict[str, int] = {}
+        self.total = 0
+        #: The upgraded sockets still waiting (closed with the others at shutdown).
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    def admit(self, address: str) -> PendingSlot:
+        """A slot for a socket from ``address``; ApiError 503 when none is free."""
+        held = self._by_address.get(address, 0)
+        if self.total >= self.limit:
+            why = (f"{self.total} websockets are already waiting to authenticate "
+                   f"(max_pending_auth = {self.limit})")
+        elif held >= min(self.per_address, self.limit):
+            why = (f"{held} websockets from {address} are already waiting to authenticate "
+                   f"(at most {min(self.per_address, self.limit)} per address)")
+        else:
+            self._by_address[address] = held + 1
+            self.total += 1
+            return PendingSlot(self, address)
+        log.warning("websocket refused", extra={"client": address,
+                                                "reason": "too many waiting to authenticate"})
+        wait = math.ceil(WS_AUTH_TIMEOUT_S)
+        raise ApiError(503, "too_many_pending_auth",
+                       f"{why}; send the token with the upgrade ('Authorization: Bearer "
+                       f"TOKEN' or the cookie) or try again in {wait} s",
+                       headers={"Retry-After": str(wait)})
+
+    def _release(self, slot: PendingSlot) -> None:
+        if slot.ws is not None:
+            self.sockets.discard(slot.ws)
+        left = self._by_address[slot.address] - 1
+        if left:
+            self._by_address[slot.address] = left
+        else:
+            del self._by_address[slot.address]
+        self.total -= 1
+
+
+class PendingSlot:
+    """One socket's place in :class:`PendingLogins`, given back once (authenticated,
+    refused, timed out or gone)."""
+
+    def __init__(self, logins: PendingLogins, address: str) -> None:
+        self._logins: PendingLogins | None = logins
+        self.address = address
+        self.ws: web.WebSocketResponse | None = None
+
+    def upgraded(self, ws: web.WebSocketResponse) -> None:
+        if self._logins is not None:
+            self.ws = ws
+            self._logins.sockets.add(ws)
+
+    def release(self) -> None:
+        logins, self._logins = self._logins, None
+        if logins is not None:
+            logins._release(self)
 
 
 # -- the authenticator -------------------------------------------------------------------

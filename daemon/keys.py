@@ -16,7 +16,7 @@ from aiohttp import web
 
 from hostscope.metrics.sampler import Clock, Sampler
 
-from .auth import Auth
+from .auth import Auth, PendingLogins
 from .config import Config
 from .host import HostInfo
 from .hub import Hub
@@ -43,6 +43,9 @@ PRIVILEGED = web.AppKey("privileged", PrivilegedOps)
 DETACHERS = web.AppKey("detachers", list[Callable[[], None]])
 #: Open websockets, closed with 1001 GOING_AWAY on shutdown (aiohttp's guidance).
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
+#: Websockets upgraded without credentials, waiting for their auth message (bounded by
+#: ``max_pending_auth``, not counted in WEBSOCKETS or against ``max_clients``).
+PENDING_LOGINS = web.AppKey("pending_logins", PendingLogins)
 #: The /metrics registry, built by the first scrape (prometheus_client is imported then).
 PROMETHEUS = web.AppKey("prometheus", Callable[[], "CollectorRegistry"])
 #: Monotonic time the app started, for /healthz uptime.

@@ -34,7 +34,9 @@ from . import bpf_api, encode
 from .auth import (
     OPERATOR,
     WS_UNAUTHORIZED,
+    PendingSlot,
     Principal,
+    client_address,
     principal_json,
     request_principal,
     websocket_login,
@@ -48,6 +50,7 @@ from .keys import (
     CONNECTION_IDS,
     HOST,
     HUB,
+    PENDING_LOGINS,
     PRIVILEGED,
     SAMPLER,
     SECURITY,
@@ -464,16 +467,25 @@ def _peer(request: web.Request) -> str:
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     check_websocket_origin(app[SECURITY], request)
-    config = app[CONFIG]
-    # Counted from the live sockets, dropped ones still closing included: they hold
-    # buffers until they are gone. Refused before the upgrade, as a JSON 503.
-    if len(app[WEBSOCKETS]) >= config.max_clients:
-        raise ApiError(503, "too_many_clients",
-                       f"the daemon serves at most {config.max_clients} websocket clients "
-                       "(max_clients); try again later")
+    # Refused before the upgrade, as a JSON 503.
+    _check_max_clients(app)
+    # A socket without credentials waits for its auth message in a pending slot of its
+    # own (max_pending_auth), so silent sockets cannot fill max_clients and lock out the
+    # clients that bring a token (daemon/auth.py, PendingLogins).
+    slot = None if request_principal(request) is not None else (
+        app[PENDING_LOGINS].admit(client_address(request)))
+    try:
+        return await _upgrade(request, slot)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+async def _upgrade(request: web.Request, slot: PendingSlot | None) -> web.StreamResponse:
+    app = request.app
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S,
-        max_msg_size=config.max_message,
+        max_msg_size=app[CONFIG].max_message,
         compress=True,
         timeout=CLOSE_TIMEOUT_S,
         # Check for a full socket every 16 KiB written (aiohttp's default is 64 KiB): a
@@ -492,27 +504,47 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     if hub.closed:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         return ws
+    principal = request_principal(request)
+    if slot is not None:
+        slot.upgraded(ws)
+        principal = await websocket_login(request, ws, app[AUTH], app[CLOCK])
+        slot.release()
+        if principal is None:
+            return ws
+        try:
+            _check_max_clients(app)
+        except ApiError as exc:
+            # Authenticated, but the client slots filled up while it was pending.
+            await ws.close(code=TRY_AGAIN_LATER,
+                           message=f"{exc.code}: {exc.message}".encode()[:120])
+            return ws
+        await ws.send_str(encode.dumps({"type": "auth", **principal_json(principal)}))
+    assert principal is not None  # the middleware's, or the auth message's
     # Removed explicitly when the handler ends: a WeakSet alone lets a closed socket
     # count against max_clients until the garbage collector breaks its reference cycles,
     # which on a quiet daemon can take minutes (CI saw slots held for over 30 s).
     app[WEBSOCKETS].add(ws)
     try:
-        return await _serve(request, ws, hub)
+        return await _serve(request, ws, hub, principal)
     finally:
         app[WEBSOCKETS].discard(ws)
 
 
+def _check_max_clients(app: web.Application) -> None:
+    """Counted from the authenticated sockets, dropped ones still closing included: they
+    hold buffers until they are gone."""
+    config = app[CONFIG]
+    if len(app[WEBSOCKETS]) >= config.max_clients:
+        raise ApiError(503, "too_many_clients",
+                       f"the daemon serves at most {config.max_clients} websocket clients "
+                       "(max_clients); try again later")
+
+
 async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, hub: Hub
+    request: web.Request, ws: web.WebSocketResponse, hub: Hub, principal: Principal
 ) -> web.WebSocketResponse:
     """One authenticated client, from its hello to its last frame."""
     app = request.app
-    principal = request_principal(request)
-    if principal is None:
-        principal = await websocket_login(request, ws, app[AUTH], app[CLOCK])
-        if principal is None:
-            return ws
-        await ws.send_str(encode.dumps({"type": "auth", **principal_json(principal)}))
     peer = _peer(request)
     conn = _Connection(request, ws, peer, principal)
     client = conn.client

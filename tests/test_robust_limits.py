@@ -9,18 +9,22 @@ import gc
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from hostscope.daemon import auth as auth_mod
 from hostscope.daemon.config import Config, ConfigError, build_config
-from hostscope.daemon.keys import SAMPLER
+from hostscope.daemon.keys import AUTH, PENDING_LOGINS, SAMPLER
 from hostscope.daemon.logs import KeyValueFormatter, RepeatFilter
 
-from .support import auth_config, auth_headers
+from .support import VIEWER_TOKEN, auth_config, auth_headers
 from .test_daemon_stream import (
     INTERVAL,
     Daemon,
@@ -59,7 +63,7 @@ async def get(daemon: Daemon, path: str) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.parametrize(("key", "bad"), [
-    ("max_clients", 0), ("max_message", 100), ("max_client_names", 0),
+    ("max_clients", 0), ("max_pending_auth", 0), ("max_message", 100), ("max_client_names", 0),
     ("max_history_values", 10), ("history_series", 0), ("log_repeats", 0),
     ("max_clients", "many"), ("max_message", 1.5), ("log_repeats", True),
 ])
@@ -119,6 +123,108 @@ async def _clients_beyond_max_clients(small: Daemon) -> None:
             await asyncio.sleep(0.1)
     else:
         pytest.fail("slots were not freed after the clients left")
+
+
+async def first_message_auth(ws: ClientConnection, token: str = VIEWER_TOKEN) -> None:
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    assert (await recv(ws))["type"] == "auth"
+    await hello(ws)
+
+
+async def test_silent_unauthenticated_websockets_cannot_lock_out_clients_with_tokens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sockets that never authenticate wait in max_pending_auth slots of their own, not
+    in max_clients, and give them back when their auth wait runs out."""
+    monkeypatch.setattr(auth_mod, "WS_AUTH_TIMEOUT_S", 1.5)
+    async for d in started(max_clients=3, max_pending_auth=4):
+        pending = d.app[PENDING_LOGINS]
+        silent = [await ws_connect(d.url) for _ in range(4)]  # no token, never a message
+        assert pending.total == 4
+        cookie = {"Cookie": f"hostscope_token_{d.port}={VIEWER_TOKEN}"}
+        # Credentials at the upgrade (Bearer header, the dashboard's cookie): admitted.
+        async with connect(d.url) as bearer, ws_connect(d.url, additional_headers=cookie) as jar:
+            for ws in (bearer, jar):
+                await hello(ws)
+                await subscribe(ws, names=["kernel.all.load"], backfill=0)
+                assert (await recv_type(ws, "samples"))["backfill"] is False
+            # One more without credentials: a JSON 503 before the upgrade.
+            with pytest.raises(InvalidStatus) as info:
+                async with ws_connect(d.url):
+                    pass
+            response = info.value.response
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "2"
+            error = json.loads(response.body)["error"]
+            assert error["code"] == "too_many_pending_auth"
+            assert "max_pending_auth = 4" in error["message"]
+            # The silent ones are closed once their auth wait is over ...
+            for ws in silent:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await recv(ws, timeout=5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+                assert "in time" in closed.value.rcvd.reason
+            # ... which gives their slots back, and counts as no failed authentication
+            # (a socket that never sent credentials guessed nothing, as for REST).
+            for _ in range(100):
+                if not pending.total:
+                    break
+                await asyncio.sleep(0.05)
+            assert pending.total == 0 and not pending.sockets
+            assert len(d.app[AUTH].limiter) == 0
+            async with ws_connect(d.url) as late:
+                await first_message_auth(late)
+                await subscribe(late, names=["kernel.all.load"], backfill=0)
+                assert (await recv_type(late, "samples"))["backfill"] is False
+                # Meanwhile the clients with tokens streamed on.
+                assert (await recv_type(bearer, "samples"))["backfill"] is False
+        for ws in silent:
+            await ws.close()
+
+
+async def test_pending_slots_per_client_address() -> None:
+    async for d in started(max_pending_auth=4):
+        d.app[PENDING_LOGINS].per_address = 2
+        first = [await ws_connect(d.url) for _ in range(2)]
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(d.url):
+                pass
+        error = json.loads(info.value.response.body)["error"]
+        assert error["code"] == "too_many_pending_auth"
+        assert "from 127.0.0.1" in error["message"] and "2 per address" in error["message"]
+        # Another address still gets a slot (all of 127/8 is this machine's loopback).
+        async with ws_connect(d.url, local_addr=("127.0.0.2", 0)) as other:
+            await first_message_auth(other)
+        for ws in first:  # authenticating gives the slot back at once
+            await first_message_auth(ws)
+        assert d.app[PENDING_LOGINS].total == 0
+        for ws in first:
+            await ws.close()
+
+
+async def test_authenticated_after_max_clients_filled_is_closed_1013() -> None:
+    async for d in started(max_clients=1):
+        # Upgraded while the one slot was free, authenticated once it was taken.
+        async with ws_connect(d.url) as waiting, connect(d.url) as holder:
+            await hello(holder)
+            await waiting.send(json.dumps({"type": "auth", "token": VIEWER_TOKEN}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(waiting)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert closed.value.rcvd.reason.startswith("too_many_clients")
+
+
+async def test_shutdown_closes_websockets_still_waiting_to_authenticate() -> None:
+    runner, d = await run_daemon(auth_config(interval=INTERVAL))
+    try:
+        async with ws_connect(d.url) as waiting:
+            started_at = time.monotonic()
+            await runner.cleanup()
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(waiting)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert time.monotonic() - started_at < auth_mod.WS_AUTH_TIMEOUT_S
+    finally:
+        await runner.cleanup()
 
 
 async def test_message_size_limit_is_configurable(small: Daemon) -> None:
