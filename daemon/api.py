@@ -16,14 +16,19 @@ from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.processes import MAX_LIMIT, SORT_METRICS, top_processes
 
 from . import encode
+from .auth import forbid_outside_scope, request_principal
 from .errors import ApiError, BadParameter, TooManyNames
-from .keys import CLOCK, CONFIG, HOST, HUB, PRIVILEGED, SAMPLER, STARTED, TICKER
+from .keys import AUTH, CLOCK, CONFIG, HOST, HUB, PRIVILEGED, SAMPLER, STARTED, TICKER
 from .version import PROTOCOL, VERSION
 
 MAX_NAMES = 200
 MAX_HISTORY_S = 86400.0
 DEFAULT_HISTORY_S = 300.0
 DEFAULT_PROCESSES = 25
+#: Capabilities an embed token's /api/v1/host answer names: PanelCard.vue reads
+#: ``capabilities[panel.requires]``, and of the catalogue's ``requires`` only "psi" can
+#: apply to a panel an embed token opens (BPF panels need /api/v1/bpf, closed to it).
+EMBED_CAPABILITIES = ("psi",)
 
 
 # -- parameter parsing ---------------------------------------------------------------
@@ -82,18 +87,32 @@ def _ts(t: float | None) -> float | None:
 # -- handlers ------------------------------------------------------------------------
 
 
+def _check_scope(request: web.Request, names: list[str]) -> None:
+    """An embed token reads only the metrics in its scope (403 naming the others)."""
+    forbid_outside_scope(request_principal(request), names, request.app[AUTH].panel_metrics)
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     registry = request.app[SAMPLER].registry
     prefix = request.query.get("prefix", "").strip().rstrip(".")
     descs = registry.match(prefix) if prefix else list(registry)
     if prefix and not descs:
         raise UnknownMetricError([prefix])
+    principal = request_principal(request)
+    if principal is not None and principal.embed:
+        # The panel's metrics only: the list is what the embedded page may subscribe to.
+        panels = request.app[AUTH].panel_metrics
+        opened = [d for d in descs if principal.allows_metric(d.name, panels)]
+        if prefix and not opened:
+            _check_scope(request, [d.name for d in descs])
+        descs = opened
     return web.json_response({"metrics": [d.to_json() for d in descs]})
 
 
 async def fetch_handler(request: web.Request) -> web.Response:
     sampler = request.app[SAMPLER]
     descs = sampler.registry.resolve(names_param(request))
+    _check_scope(request, [d.name for d in descs])
     latest = sampler.latest
     values = []
     for desc in descs:
@@ -114,6 +133,7 @@ async def fetch_handler(request: web.Request) -> web.Response:
 async def history_handler(request: web.Request) -> web.Response:
     sampler = request.app[SAMPLER]
     descs = sampler.registry.resolve(names_param(request))
+    _check_scope(request, [d.name for d in descs])
     seconds = number_param(request, "seconds", DEFAULT_HISTORY_S, 0.0, MAX_HISTORY_S)
     history = sampler.history
     _check_history_size(request, [d.name for d in descs], seconds)
@@ -181,6 +201,7 @@ async def instances_handler(request: web.Request) -> web.Response:
         raise BadParameter("'name' is required: one metric name")
     sampler = request.app[SAMPLER]
     desc = sampler.registry.get(name)
+    _check_scope(request, [desc.name])
     return web.json_response(
         {"name": name, "indom": desc.indom, "instances": list(sampler.latest.get(name, {}))}
     )
@@ -191,6 +212,9 @@ async def host_handler(request: web.Request) -> web.Response:
     sampler = app[SAMPLER]
     info = app.get(HOST)
     now = app[CLOCK].wall()
+    principal = request_principal(request)
+    if principal is not None and principal.embed:
+        return web.json_response(_embed_host(app))
     identity: dict[str, Any] = dict(info.identity) if info is not None else {}
     identity["uptime_s"] = info.uptime_s(now) if info is not None else None
     ticker = app[TICKER]
@@ -221,6 +245,25 @@ async def host_handler(request: web.Request) -> web.Response:
             "dropped_series": history.dropped_series,
         }
     return web.json_response(body)
+
+
+def _embed_host(app: web.Application) -> dict[str, Any]:
+    """What an embedded panel renders with (its title's host name, the interval, whether
+    the capability it requires is there), and nothing about the daemon itself: no kernel,
+    no helper pid, no collector errors or stale reasons of metrics outside the scope."""
+    info = app.get(HOST)
+    capabilities = info.capabilities if info is not None else {}
+    return {
+        "hostname": info.identity.get("hostname") if info is not None else None,
+        "interval_s": app[SAMPLER].interval_s,
+        "version": VERSION,
+        "protocol": PROTOCOL,
+        "capabilities": {
+            name: {"available": capabilities[name].get("available"),
+                   "reason": capabilities[name].get("reason")}
+            for name in EMBED_CAPABILITIES if isinstance(capabilities.get(name), dict)
+        },
+    }
 
 
 async def processes_handler(request: web.Request) -> web.Response:

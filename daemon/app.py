@@ -189,7 +189,8 @@ async def _helper_notices(app: web.Application) -> AsyncIterator[None]:
             return
         frame = encode.dumps({"type": "notice", **event}).encode()
         for client in list(app[HUB].clients):
-            client.offer(frame)
+            if client.notices:
+                client.offer(frame)
 
     def listener(event: dict[str, Any]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop already closed

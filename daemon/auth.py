@@ -95,8 +95,12 @@ REQUEST_PRINCIPAL = web.RequestKey("principal", "Principal")
 #: Set when a websocket upgrade carried a stale cookie: its 101 answer deletes it.
 CLEAR_COOKIE = web.RequestKey("clear_cookie", bool)
 
-#: Routes an embed token opens, beyond the websocket: what an embedded panel loads.
-_EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth")
+#: Routes an embed token opens, beyond the websocket and renders: what an embedded panel
+#: loads (frontend/src/stores/host.ts: host and metrics first, history when its window
+#: grows). Each answers an embed token only about the metrics in its scope
+#: (:func:`forbid_outside_scope`), and /api/v1/host only what a panel renders with.
+_EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth", "/api/v1/fetch",
+                "/api/v1/history", "/api/v1/instances")
 _RENDER_PREFIX = "/api/v1/render/"
 STREAM_PATH = "/api/v1/stream"
 _SAFE_METHODS = ("GET", "HEAD")
@@ -142,6 +146,18 @@ class Principal:
             if name in panel_metrics.get(entry, ()):
                 return True
         return False
+
+
+def forbid_outside_scope(principal: Principal | None, names: Iterable[str],
+                         panel_metrics: Mapping[str, Iterable[str]]) -> None:
+    """ApiError 403 naming the metrics an embed token's scope does not open (nothing for
+    full tokens): one rule for every route and the websocket."""
+    if principal is None or principal.scope is None:
+        return
+    outside = [n for n in names if not principal.allows_metric(n, panel_metrics)]
+    if outside:
+        raise ApiError(403, "forbidden", f"the embed token does not open "
+                       f"{', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
 
 
 # -- token store -------------------------------------------------------------------------
@@ -647,7 +663,8 @@ def auth_middleware(auth: Auth, clock: Clock,
         if principal.embed and not _embed_allowed(request, principal, auth):
             raise ApiError(403, "forbidden",
                            "an embed token only opens the panels it names (renders, the "
-                           "stream, /api/v1/host and /api/v1/metrics)")
+                           "stream, metrics, fetch, history and instances of their "
+                           "metrics, /api/v1/host and /api/v1/auth)")
         if not principal.has(needed):
             raise ApiError(403, "forbidden",
                            f"this needs the {needed} role; the token has {principal.role}")

@@ -97,6 +97,10 @@ class Client:
         self.counted_key: SubKey | None = None
         #: The stale metrics last sent to this client (in ``meta`` or ``stale``).
         self.stale_sent: dict[str, dict[str, object]] = {}
+        #: Whether notices about the daemon itself (the privileged helper's state, pid
+        #: and errors) are sent: not to embed-token connections, which see their panels'
+        #: data only.
+        self.notices = True
 
     @property
     def sub_key(self) -> SubKey:

@@ -37,6 +37,7 @@ from .auth import (
     PendingSlot,
     Principal,
     client_address,
+    forbid_outside_scope,
     principal_json,
     request_principal,
     websocket_login,
@@ -94,6 +95,7 @@ class _Connection:
         self.client = Client(
             peer, queue_size=request.app[CONFIG].client_queue, on_overflow=self.overflow
         )
+        self.client.notices = not principal.embed
         self.hub: Hub = request.app[HUB]
         self.writer: asyncio.Task[None] | None = None
         #: True while the writer is inside ``send_frame`` (see :meth:`stop_writer`).
@@ -321,14 +323,24 @@ class _Connection:
         return client.offer(frame)
 
     def check_scope(self, names: list[str]) -> None:
+        forbid_outside_scope(self.principal, names, self.request.app[AUTH].panel_metrics)
+
+    def narrow_to_scope(self) -> list[str]:
+        """Unsubscribe what the principal's scope does not open (after re-authentication
+        with an embed token: the subscriptions made with the wider token must not go on
+        streaming). Returns the names dropped; the caller sends the new ``meta``."""
         principal = self.principal
         if principal.scope is None:
-            return
+            return []
         panels = self.request.app[AUTH].panel_metrics
-        outside = [n for n in names if not principal.allows_metric(n, panels)]
-        if outside:
-            raise ApiError(403, "forbidden",
-                           f"the embed token does not open {', '.join(outside[:5])}")
+        client = self.client
+        metrics = tuple(m for m in client.metrics if principal.allows_metric(m, panels))
+        absent = tuple(a for a in client.absent if principal.allows_metric(a, panels))
+        dropped = sorted({*client.metrics, *client.absent} - {*metrics, *absent})
+        if dropped:
+            client.metrics, client.absent = metrics, absent
+            self.hub.subscription_changed(client)
+        return dropped
 
     def watch_expiry(self) -> None:
         """Close the connection when its (embed) token expires: an expiring token must
@@ -347,13 +359,24 @@ class _Connection:
 
     def reauth(self, message: dict[str, Any]) -> None:
         """A later ``auth`` message changes the connection's role (a viewer pasting an
-        operator token); a bad one is an error and leaves the role as it was."""
+        operator token); a bad one is an error and leaves the role as it was. An embed
+        token narrows the connection to its scope: subscriptions outside it are dropped
+        (named in the answer's ``dropped``, then a new ``meta``)."""
         token = message.get("token")
         if not isinstance(token, str) or not token:
             raise BadParameter("'token' must be a non-empty string")
         app = self.request.app
         self.principal = app[AUTH].check(token, self.request.remote or "unknown", app[CLOCK])
-        self.send({"type": "auth", **principal_json(self.principal)})
+        self.client.notices = not self.principal.embed
+        dropped = self.narrow_to_scope()
+        answer: dict[str, Any] = {"type": "auth", **principal_json(self.principal)}
+        if self.principal.embed:
+            answer["dropped"] = dropped
+        self.send(answer)
+        if dropped:
+            log.info("subscriptions outside the new scope dropped",
+                     extra={"client": self.client.peer, "count": len(dropped)})
+            self.client.offer(self.hub.meta_frame(self.client))
         if self.expiry is not None:
             self.expiry.cancel()
             self.expiry = None
@@ -559,7 +582,7 @@ async def _serve(
         "version": VERSION,
     })
     helper = app[PRIVILEGED].helper_info()
-    if helper is not None and helper["state"] != "running":
+    if helper is not None and helper["state"] != "running" and client.notices:
         # Notices go out when the helper's state changes; one who connects meanwhile
         # learns it here (docs/privilege.md).
         conn.send({"type": "notice", "code": f"helper_{helper['state']}", "helper": helper,

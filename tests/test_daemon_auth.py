@@ -43,7 +43,8 @@ from hostscope.daemon.auth import (
 from hostscope.daemon.cli import tls_context
 from hostscope.daemon.config import Config, ConfigError
 from hostscope.daemon.errors import ApiError
-from hostscope.daemon.keys import TICKER
+from hostscope.daemon.keys import AUTH, PRIVILEGED, TICKER
+from hostscope.daemon.privileged import InProcessOps, PrivilegedOps
 
 from .support import (
     OPERATOR_TOKEN,
@@ -247,8 +248,9 @@ class Daemon:
 @contextlib.asynccontextmanager
 async def running(config: Config, auth: Auth | None = None,
                   ssl_context: ssl.SSLContext | None = None,
-                  client_ssl: ssl.SSLContext | None = None) -> AsyncIterator[Daemon]:
-    app = create_app(config, auth=auth)
+                  client_ssl: ssl.SSLContext | None = None,
+                  privileged: PrivilegedOps | None = None) -> AsyncIterator[Daemon]:
+    app = create_app(config, auth=auth, privileged=privileged)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
@@ -618,6 +620,143 @@ async def test_open_websocket_closes_when_its_embed_token_expires(daemon: Daemon
                 await recv_json(ws)  # meta, live frames, then the close
     assert info.value.rcvd is not None and info.value.rcvd.code == 4401
     assert "expired" in info.value.rcvd.reason
+
+
+#: The metrics of the cpu.util panel (daemon/panels.json), which the tokens below open.
+CPU_UTIL = {"kernel.all.cpu.util.user", "kernel.all.cpu.util.nice", "kernel.all.cpu.util.sys",
+            "kernel.all.cpu.util.irq", "kernel.all.cpu.util.wait", "kernel.all.cpu.util.steal"}
+
+
+class RestartingHelper(InProcessOps):
+    """In-process operations that report a privileged helper being restarted (pid,
+    error) and let the test broadcast helper notices, as HelperOps does."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda detach: None, bpf=False)
+        self.listeners: list[Any] = []
+
+    def helper_info(self) -> dict[str, Any] | None:
+        return {"state": "restarting", "pid": 4242, "restarts": 1, "last_restart": 0,
+                "error": "helper exited (signal 9)"}
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+
+@pytest.fixture
+async def helper_daemon(static_dir: Path) -> AsyncIterator[Daemon]:
+    config = auth_config(interval=INTERVAL, bpf=False, static_dir=str(static_dir))
+    async with running(config, privileged=RestartingHelper()) as d:
+        yield d
+
+
+def embed_token(d: Daemon, *scope: str) -> str:
+    return d.app[AUTH].signer.mint(scope or ["cpu.util"], 600, now=time.time())
+
+
+async def test_embed_host_answer_is_what_a_panel_renders_with(helper_daemon: Daemon) -> None:
+    d = helper_daemon
+    status, full, _ = await d.call("GET", "/api/v1/host", VIEWER_TOKEN)
+    assert status == 200 and full["helper"]["pid"] == 4242 and full["collectors"]
+    assert {"kernel", "stale", "sampling", "capabilities"} <= set(full)
+    status, host, _ = await d.call("GET", "/api/v1/host", embed_token(d))
+    assert status == 200
+    # frontend/src/stores/host.ts reads hostname and interval_s; PanelCard.vue
+    # capabilities[panel.requires]; nothing about the daemon itself.
+    assert set(host) == {"hostname", "interval_s", "version", "protocol", "capabilities"}
+    assert host["hostname"] == full["hostname"] and host["interval_s"] == INTERVAL
+    assert host["capabilities"] == {"psi": {"available": full["capabilities"]["psi"]["available"],
+                                            "reason": full["capabilities"]["psi"]["reason"]}}
+    assert "4242" not in json.dumps(host) and "signal 9" not in json.dumps(host)
+
+
+async def test_embed_tokens_read_only_their_metrics(daemon: Daemon) -> None:
+    token = embed_token(daemon)
+    status, answer, _ = await daemon.call("GET", "/api/v1/metrics", token)
+    assert status == 200
+    names = {m["name"] for m in answer["metrics"]}
+    assert names == CPU_UTIL & {m["name"] for m in
+                                (await daemon.call("GET", "/api/v1/metrics", VIEWER_TOKEN))[1][
+                                    "metrics"]}
+    assert names  # the panel's metrics, so the embedded page can subscribe to them
+    status, answer, _ = await daemon.call("GET", "/api/v1/metrics?prefix=kernel.all.cpu.util",
+                                          token)
+    assert status == 200 and {m["name"] for m in answer["metrics"]} == names
+    status, answer, _ = await daemon.call("GET", "/api/v1/metrics?prefix=proc", token)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+
+    inside, outside = "kernel.all.cpu.util.user", "proc.psinfo.psargs"
+    for path in (f"/api/v1/fetch?names={inside}", f"/api/v1/history?names={inside}&seconds=5",
+                 f"/api/v1/instances?name={inside}"):
+        status, answer, _ = await daemon.call("GET", path, token)
+        assert status == 200, (path, answer)
+    for path in (f"/api/v1/fetch?names={inside},{outside}", "/api/v1/fetch?names=kernel",
+                 f"/api/v1/history?names={outside}&seconds=5",
+                 "/api/v1/history?names=kernel.all.load", f"/api/v1/instances?name={outside}"):
+        status, answer, _ = await daemon.call("GET", path, token)
+        assert (status, answer["error"]["code"]) == (403, "forbidden"), path
+        assert "does not open" in answer["error"]["message"]
+    status, answer, _ = await daemon.call("GET", f"/api/v1/fetch?names={outside}", token)
+    assert outside in answer["error"]["message"]
+    # A full token reads everything as before.
+    status, _, _ = await daemon.call("GET", f"/api/v1/fetch?names={inside},{outside}",
+                                     VIEWER_TOKEN)
+    assert status == 200
+
+
+async def test_reauth_with_an_embed_token_drops_subscriptions_outside_its_scope(
+        daemon: Daemon) -> None:
+    token = embed_token(daemon)
+    async with connect(daemon.ws, additional_headers=auth_headers(VIEWER_TOKEN)) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.send(json.dumps({"type": "subscribe", "backfill": 0,
+                                  "names": ["kernel.all.load", "kernel.all.cpu.util.user"],
+                                  "optional": ["no.such.metric"]}))
+        meta = await recv_json(ws)
+        assert set(meta["metrics"]) == {"kernel.all.load", "kernel.all.cpu.util.user"}
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        answer = await recv_type(ws, "auth")
+        assert answer["scope"] == ["cpu.util"]
+        assert answer["dropped"] == ["kernel.all.load", "no.such.metric"]
+        meta = await recv_type(ws, "meta")
+        assert set(meta["metrics"]) == {"kernel.all.cpu.util.user"} and meta["absent"] == []
+        for _ in range(3):  # live frames carry only the column left
+            samples = await recv_type(ws, "samples")
+            assert samples["seq"] == meta["seq"]
+            assert len(samples["v"]) == len(meta["series"]) == 1
+        # The narrower token also holds for what comes next.
+        await ws.send(json.dumps({"type": "subscribe", "names": ["kernel.all.load"]}))
+        assert (await recv_type(ws, "error"))["code"] == "forbidden"
+        # Back to a full token: nothing to drop, subscriptions are the client's again.
+        await ws.send(json.dumps({"type": "auth", "token": VIEWER_TOKEN}))
+        assert await recv_type(ws, "auth") == {"type": "auth", "role": "viewer"}
+        await ws.send(json.dumps({"type": "subscribe", "names": ["kernel.all.load"],
+                                  "backfill": 0}))
+        assert "kernel.all.load" in (await recv_type(ws, "meta"))["metrics"]
+
+
+async def test_embed_connections_get_no_helper_notices(helper_daemon: Daemon) -> None:
+    d = helper_daemon
+    async with connect(d.ws, additional_headers=auth_headers(VIEWER_TOKEN)) as viewer, \
+            connect(d.ws, additional_headers=auth_headers(embed_token(d))) as embed:
+        assert (await recv_json(viewer))["type"] == "hello"
+        notice = await recv_json(viewer)  # the helper is restarting: told after hello
+        assert notice["code"] == "helper_restarting" and notice["helper"]["pid"] == 4242
+        assert (await recv_json(embed))["type"] == "hello"
+        for listener in d.app[PRIVILEGED].listeners:  # type: ignore[attr-defined]
+            listener({"code": "helper_restarted", "message": "back", "helper": {"pid": 4343}})
+        assert (await recv_type(viewer, "notice"))["helper"]["pid"] == 4343
+        await embed.send(json.dumps({"type": "ping", "id": 1}))
+        assert await recv_json(embed) == {"type": "pong", "id": 1}  # nothing before it
+
+
+async def recv_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next message of type ``kind``, skipping others (live samples)."""
+    for _ in range(200):
+        msg = await recv_json(ws)
+        if msg["type"] == kind:
+            return msg
+    raise AssertionError(f"no {kind} message")
 
 
 def test_embed_tokens_survive_a_restart_with_a_secret_file(tmp_path: Path) -> None:
