@@ -716,4 +716,10 @@ def start_privileged(config: Config) -> HelperOps:
                                    log_level=config.log_level, log_format=config.log_format))
     ops.start(drop_privileges=lambda: drop_daemon_privileges(switch_to))
     log.info("privileges dropped", extra={"helper_pid": ops.pid, "uid": os.getuid()})
+    if os.getuid() == 0:
+        # No capabilities left, but uid 0 still owns (and may write) every file root
+        # owns: the network-facing process should be someone else (docs/privilege.md).
+        log.warning('the network-facing process still runs as root (uid 0, no '
+                    'capabilities); set user = "hostscope" (an unprivileged user) in the '
+                    'config file, or run under systemd/hostscope.service')
     return ops

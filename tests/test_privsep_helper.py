@@ -39,7 +39,7 @@ from hostscope.daemon.helper_client import (
 )
 from hostscope.metrics.sources import Roots
 from tests.support import auth_headers, serve_env
-from tests.test_bpf_manager import assert_unloaded, require_bpf, system_prog_ids
+from tests.test_bpf_manager import IN_CI, assert_unloaded, require_bpf, system_prog_ids
 from tests.test_daemon_shutdown import hostscope_command, read_rest, start_serve
 
 FIVE = sum(1 << caps.CAP_NUMBERS[n] for n in caps.HELPER_CAPS)
@@ -527,10 +527,34 @@ async def test_started_as_root_with_user_the_daemon_becomes_that_user(tmp_path: 
         assert await asyncio.wait_for(proc.wait(), 5) == 0
         await read_rest(proc, lines)
         assert "Traceback" not in "".join(lines)
+        assert not any(ROOT_WARNING in line for line in lines)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+ROOT_WARNING = "the network-facing process still runs as root"
+
+
+@pytest.mark.root
+async def test_started_as_root_without_user_the_daemon_warns_that_it_keeps_uid_0() -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("root tests must run in CI")
+        pytest.skip("not root")
+    proc, _url, lines = await start_serve()  # privsep is the default; no user configured
+    try:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "Uid:\t0\t0\t0\t0" in status and status_of(proc.pid)["CapEff"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 5)
+        await read_rest(proc, lines)
+    (warning,) = [line for line in lines if ROOT_WARNING in line]
+    assert "level=warning" in warning
+    assert 'set user = \\"hostscope\\"' in warning  # escaped in the key=value line
+    assert "systemd/hostscope.service" in warning
 
 
 async def test_an_unknown_user_is_refused_at_startup(tmp_path: Path) -> None:
