@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,67 @@ def test_tls_cert_and_key_go_together() -> None:
     with pytest.raises(ConfigError, match="tls_cert and tls_key"):
         Config(tls_cert="/c.pem").check_bind({})
     Config(tls_cert="/c.pem", tls_key="/k.pem").check_bind({})
+
+
+# -- the browser-facing allowlists: frame_ancestors goes into the CSP header as written --
+
+GOOD_ENTRIES = {
+    "frame_ancestors": ["'self'", "https:", "https://wiki.example.com", "*.example.com:443",
+                        "https://*.example.com", "wiki.example.com", "http://10.0.0.5:8080",
+                        "https://wiki.example.com/runbooks/", "https://x.example:*"],
+    "allowed_origins": ["https://dash.example", "http://dash.example:7470",
+                        "HTTPS://Dash.Example:8443", "http://10.0.0.5:7470", "http://[::1]:7470"],
+    "allowed_hosts": ["myhost", "myhost.example", "myhost.example.", "myhost.example:7470",
+                      "10.0.0.5", "10.0.0.5:7470", "[::1]", "[::1]:7470", "fe80::1", "*"],
+}
+
+
+@pytest.mark.parametrize("key", sorted(GOOD_ENTRIES))
+def test_allowlist_entries_in_their_forms_are_accepted(tmp_path: Path, key: str) -> None:
+    entries = GOOD_ENTRIES[key]
+    path = write(tmp_path, f"{key} = {json.dumps(entries)}\n")
+    assert getattr(build_config(path), key) == tuple(entries)
+    assert build_config(None, {"frame_ancestors": ["'none'"]}).frame_ancestors == ("'none'",)
+
+
+@pytest.mark.parametrize(("key", "bad"), [
+    # Would add CSP directives or sources nobody wrote as such.
+    ("frame_ancestors", "https://a.example; script-src *"),
+    ("frame_ancestors", "https://a.example https://b.example"),
+    ("frame_ancestors", "https://a.example,https://b.example"),
+    ("frame_ancestors", "https://a.example\n"),
+    ("frame_ancestors", "https://a.example\u0000"),
+    ("frame_ancestors", "'unsafe-inline'"),
+    ("frame_ancestors", "self"),
+    ("frame_ancestors", "https://"),
+    ("frame_ancestors", "https://a.example:99999"),
+    ("frame_ancestors", "https://wiki.\u00e9xample"),
+    ("allowed_origins", "https://dash.example/"),
+    ("allowed_origins", "https://dash.example/path"),
+    ("allowed_origins", "dash.example"),
+    ("allowed_origins", "ftp://dash.example"),
+    ("allowed_origins", "https://dash.example:0"),
+    ("allowed_origins", "https://dash example"),
+    ("allowed_origins", "null"),
+    ("allowed_origins", "*"),
+    ("allowed_hosts", "http://myhost"),
+    ("allowed_hosts", "myhost:port"),
+    ("allowed_hosts", "myhost:70000"),
+    ("allowed_hosts", "my host"),
+    ("allowed_hosts", "myhost/path"),
+    ("allowed_hosts", "[::1"),
+    ("allowed_hosts", "[nothost]:7470"),
+])
+def test_bad_allowlist_entries_are_refused_naming_key_and_value(
+        tmp_path: Path, key: str, bad: str) -> None:
+    path = write(tmp_path, f"{key} = [{json.dumps(GOOD_ENTRIES[key][0])}, {json.dumps(bad)}]\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(path)
+    message = str(info.value)
+    assert f"key {key!r}" in message and repr(bad) in message, message
+    assert f"config file {path}" in message
+
+
+def test_none_must_stand_alone_in_frame_ancestors() -> None:
+    with pytest.raises(ConfigError, match="'none' must be the only entry"):
+        build_config(None, {"frame_ancestors": ["'none'", "https://wiki.example"]})
