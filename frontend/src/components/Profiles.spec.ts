@@ -150,7 +150,10 @@ describe('one capture', () => {
     await flushPromises()
     expect(calls.at(-1)!.url).toBe(`/api/v1/profiles/${id}?format=json&start=1.2&end=3.1&base=${fx.list.profiles[1].id}`)
     expect(w.find('.rangebar').text()).toContain('1.200 s – 3.100 s')
-    expect(w.findAll('.downloads a')[0].attributes('href')).toBe(`/api/v1/profiles/${id}?format=folded&start=1.2&end=3.1`)
+    // The downloads are of what is shown: the range, and the differential SVG.
+    const hrefs = w.findAll('.downloads a').map((a) => a.attributes('href'))
+    expect(hrefs[0]).toBe(`/api/v1/profiles/${id}?format=svg&start=1.2&end=3.1&base=${fx.list.profiles[1].id}`)
+    expect(hrefs[1]).toBe(`/api/v1/profiles/${id}?format=folded&start=1.2&end=3.1`)
   })
 
   it('downloads from another daemon with its token (a link could not send it)', async () => {
@@ -170,9 +173,15 @@ describe('one capture', () => {
     await flushPromises()
     await w.find('.downloads a').trigger('click')
     await flushPromises()
+    expect(seen.at(-1)).toEqual({ url: `${other}/api/v1/profiles/${id}?format=folded`, auth: 'Bearer tok-db1' })
+    // A differential graph shown: its SVG download is the differential one.
+    await w.setProps({ baseId: 'pf-base' })
+    await flushPromises()
+    await w.find('.downloads a').trigger('click')
+    await flushPromises()
     URL.createObjectURL = saved.create
     URL.revokeObjectURL = saved.revoke
-    expect(seen.at(-1)).toEqual({ url: `${other}/api/v1/profiles/${id}?format=folded`, auth: 'Bearer tok-db1' })
+    expect(seen.at(-1)).toEqual({ url: `${other}/api/v1/profiles/${id}?format=svg&base=pf-base`, auth: 'Bearer tok-db1' })
     expect(seen.every((c) => c.auth === 'Bearer tok-db1')).toBe(true)
     sessionStorage.clear()
   })
@@ -180,10 +189,24 @@ describe('one capture', () => {
   it('shows the diff legend for a differential graph', async () => {
     answers.push([`GET /api/v1/profiles/${id}`, { body: fx.done }])
     answers.push([`GET /api/v1/profiles/${id}?format=json`, { body: fx.diff }])
-    const w = mount(ProfileCapture, { props: { ...props, baseId: fx.list.profiles[1].id } })
+    const baseId = fx.list.profiles[1].id
+    const w = mount(ProfileCapture, { props: { ...props, baseId } })
     await flushPromises()
     expect(w.find('.legend').text()).toMatch(/grew.*unchanged.*shrank/)
+    // Downloads of what is shown: the differential SVG, and each link says what it gives.
+    expect(w.find('.downloads').text()).toMatch(/^Download \(compared with the base\):/)
+    expect(w.findAll('.downloads a').map((a) => [a.text(), a.attributes('href'), a.attributes('download')])).toEqual([
+      ['differential SVG', `/api/v1/profiles/${id}?format=svg&base=${baseId}`, `${id}-vs-${baseId}.svg`],
+      ['folded stacks (this capture)', `/api/v1/profiles/${id}?format=folded`, `${id}.folded`],
+      ['folded stacks (base)', `/api/v1/profiles/${baseId}?format=folded`, `${baseId}.folded`],
+      ['speedscope JSON (this capture only)', `/api/v1/profiles/${id}?format=speedscope`, `${id}.speedscope.json`],
+    ])
+    expect(w.find('.downloads a').attributes('title')).toMatch(/red grew, blue shrank/)
     expect(w.findComponent(FlameGraph).props('deltas')).not.toBeNull()
+    // Back to the capture alone: plain downloads again.
+    await w.setProps({ baseId: null })
+    await flushPromises()
+    expect(w.findAll('.downloads a').map((a) => a.text())).toEqual(['folded stacks', 'SVG', 'speedscope JSON'])
   })
 
   it('says why a capture failed', async () => {

@@ -5,6 +5,7 @@ import {
   captureBody,
   describeRequest,
   describeState,
+  downloadLinks,
   downloadUrl,
   formatAmount,
   outputQuery,
@@ -45,6 +46,30 @@ describe('output links', () => {
     expect(downloadUrl('http://db1:7470', 'a/b', 'svg', { start: 0, end: 1 })).toBe(
       'http://db1:7470/api/v1/profiles/a%2Fb?format=svg&start=0&end=1',
     )
+    expect(downloadUrl('', 'pf-1', 'svg', null, 'pf-0')).toBe('/api/v1/profiles/pf-1?format=svg&base=pf-0')
+  })
+
+  it('offers the capture in every format, and while a diff is shown the differential SVG', () => {
+    const plain = downloadLinks('pf-1', { start: 1, end: 2 })
+    expect(plain.map((l) => [l.id, l.format, l.range, l.baseId, l.label, l.name])).toEqual([
+      ['pf-1', 'folded', { start: 1, end: 2 }, null, 'folded stacks', 'pf-1.folded'],
+      ['pf-1', 'svg', { start: 1, end: 2 }, null, 'SVG', 'pf-1.svg'],
+      ['pf-1', 'speedscope', { start: 1, end: 2 }, null, 'speedscope JSON', 'pf-1.speedscope.json'],
+    ])
+    // The daemon diffs json and svg only (`base` with folded/speedscope is a 400): the
+    // SVG is the differential; folded comes as both captures' files; speedscope says it
+    // is this capture alone. Nothing asks the daemon for a base it would refuse.
+    const diff = downloadLinks('pf-1', { start: 1, end: 2 }, 'pf-0')
+    expect(diff.map((l) => [l.id, l.format, l.range, l.baseId, l.label, l.name])).toEqual([
+      ['pf-1', 'svg', { start: 1, end: 2 }, 'pf-0', 'differential SVG', 'pf-1-vs-pf-0.svg'],
+      ['pf-1', 'folded', { start: 1, end: 2 }, null, 'folded stacks (this capture)', 'pf-1.folded'],
+      ['pf-0', 'folded', null, null, 'folded stacks (base)', 'pf-0.folded'],
+      ['pf-1', 'speedscope', { start: 1, end: 2 }, null, 'speedscope JSON (this capture only)', 'pf-1.speedscope.json'],
+    ])
+    expect(diff.filter((l) => l.baseId).every((l) => ['svg', 'json'].includes(l.format))).toBe(true)
+    expect(diff[0].title).toMatch(/against the base capture/)
+    expect(diff[1].title).toMatch(/no differential folded format/)
+    expect(new Set(diff.map((l) => l.key)).size).toBe(diff.length)
   })
 })
 

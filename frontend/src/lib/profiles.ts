@@ -141,9 +141,90 @@ export const DOWNLOADS = [
   { format: 'speedscope', label: 'speedscope JSON', ext: 'speedscope.json' },
 ] as const
 
-/** Link to download a capture (or a range of it) in one of the daemon's formats. */
-export function downloadUrl(base: string, id: string, format: string, range?: Range | null): string {
-  return apiUrl(base, `/api/v1/profiles/${encodeURIComponent(id)}?${outputQuery(format, range)}`)
+/** Link to download a capture (or a range of it) in one of the daemon's formats; with
+ * `baseId`, the differential against that capture (the daemon does it for svg and json). */
+export function downloadUrl(base: string, id: string, format: string, range?: Range | null, baseId?: string | null): string {
+  return apiUrl(base, `/api/v1/profiles/${encodeURIComponent(id)}?${outputQuery(format, range, baseId)}`)
+}
+
+/** One download offered next to a flame graph: which capture, format, range and base. */
+export interface DownloadLink {
+  key: string
+  id: string
+  format: string
+  range: Range | null
+  baseId: string | null
+  label: string
+  /** File name to save as. */
+  name: string
+  /** What the file holds (the link's tooltip). */
+  title: string
+}
+
+/**
+ * The downloads for what is shown: the capture (or its range) in every format; while a
+ * differential graph is shown, the SVG is the differential one (`base=`), and as the
+ * daemon diffs no other download format, the folded stacks come as two files, this
+ * capture's and the base's (what difffolded.pl and inferno-diff-folded take), and the
+ * speedscope file says it is this capture alone.
+ */
+export function downloadLinks(id: string, range?: Range | null, baseId?: string | null): DownloadLink[] {
+  const r = range ?? null
+  const where = r ? ` (${r.start}-${r.end} s)` : ''
+  if (!baseId) {
+    return DOWNLOADS.map((d) => ({
+      key: d.format,
+      id,
+      format: d.format,
+      range: r,
+      baseId: null,
+      label: d.label,
+      name: `${id}.${d.ext}`,
+      title: `This capture${where} as ${d.label}`,
+    }))
+  }
+  return [
+    {
+      key: 'svg-diff',
+      id,
+      format: 'svg',
+      range: r,
+      baseId,
+      label: 'differential SVG',
+      name: `${id}-vs-${baseId}.svg`,
+      title: `This capture${where} against the base capture: frames coloured by the change of their share (red grew, blue shrank)`,
+    },
+    {
+      key: 'folded',
+      id,
+      format: 'folded',
+      range: r,
+      baseId: null,
+      label: 'folded stacks (this capture)',
+      name: `${id}.folded`,
+      title: `This capture${where} alone: the daemon has no differential folded format; with the base's file, difffolded.pl or inferno-diff-folded make one`,
+    },
+    {
+      key: 'folded-base',
+      id: baseId,
+      format: 'folded',
+      range: null,
+      baseId: null,
+      label: 'folded stacks (base)',
+      name: `${baseId}.folded`,
+      title: 'The whole base capture alone, to diff against this capture’s file',
+    },
+    {
+      key: 'speedscope',
+      id,
+      format: 'speedscope',
+      range: r,
+      baseId: null,
+      label: 'speedscope JSON (this capture only)',
+      name: `${id}.speedscope.json`,
+      title: `This capture${where} alone: speedscope has no differential view`,
+    },
+  ]
 }
 
 export { parseRoute, routeHash, type ProfilesRoute, type Range } from './profileroute'
