@@ -106,8 +106,10 @@ def parse_kallsyms(text: str) -> SymbolTable:
 
 
 def parse_perf_map(text: str) -> SymbolTable:
-    """A JIT perf map: ``START SIZE NAME`` per line, hex without ``0x`` (names may contain
-    spaces). A later line for the same start wins: JITs reuse freed code addresses."""
+    """A JIT perf map: ``START SIZE NAME`` per line, hex with or without ``0x`` (Node and
+    Python write none, JDK 17's ``jcmd PID Compiler.perfmap`` zero-padded ``0x...``); names
+    may contain spaces (``long Hot.f(long)``, ``I2C/C2I adapters``). A later line for the
+    same start wins: JITs reuse freed code addresses."""
     entries: dict[int, tuple[int, str]] = {}
     for line in text.splitlines():
         parts = line.split(" ", 2)

@@ -1,6 +1,6 @@
 """Real captures on this host: BPF CPU and off-CPU profiles, the perf fallback, JIT perf
-maps (Node, Python 3.12), a process in its own mount and PID namespaces, filters,
-cancel, busy, and a hostile process name.
+maps (Node, Python 3.12, Java via jcmd), a process in its own mount and PID namespaces,
+filters, cancel, busy, and a hostile process name.
 
 Workloads are tiny C programs compiled here with frame pointers, so their hot function is
 known and the unwinder can see it. Root, bcc and perf are needed: skipped with the reason
@@ -77,6 +77,24 @@ NODE_JS = ("function hotJsLoop(n){let s=0;for(let i=0;i<n;i++)s+=i%7;return s}"
 PY_HOT = ("import sys\ndef hot_py_fn(n):\n    s = 0\n    for i in range(n):\n"
           "        s += i % 7\n    return s\nprint('ready', flush=True)\n"
           "while True:\n    hot_py_fn(100000)\n")
+
+#: hotJavaLoop runs ~1 ms per call, so C2 compiles it as a method of its own (not only an
+#: OSR loop); -XX:CompileCommand=dontinline keeps it out of main's compiled code.
+JAVA_HOT = """
+public class Hot {
+    static long sink;
+    static long hotJavaLoop(long n) {
+        long s = 0;
+        for (long i = 0; i < n; i++) s += (i * i) ^ (s >>> 3);
+        return s;
+    }
+    public static void main(String[] args) {
+        System.out.println("ready");
+        System.out.flush();
+        for (;;) sink += hotJavaLoop(1_000_000);
+    }
+}
+"""
 
 HOSTILE = "<b>\"x'&"
 
@@ -432,6 +450,77 @@ def test_node_perf_basic_prof_frames_named(profiler: Profiler, tmp_path: Path) -
     assert hot > 0.5 * total, (hot, total, jit[:5])
     assert all(f["module"] == f"perf-{w.pid}.map" for f in data["frames"]
                if f["kind"] == "jit")
+
+
+def _java_tools() -> tuple[str, str, str]:
+    tools = {name: shutil.which(name) for name in ("java", "javac", "jcmd")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        if IN_CI:
+            pytest.fail(f"{', '.join(missing)} missing in CI "
+                        "(./dev test installs openjdk-17-jdk-headless)")
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: openjdk-17-jdk-headless)")
+    return tools["java"], tools["javac"], tools["jcmd"]  # type: ignore[return-value]
+
+
+def _jcmd(jcmd: str, pid: int, command: str) -> str:
+    out = subprocess.run([jcmd, str(pid), command], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, f"jcmd {command}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def test_java_jcmd_perfmap_frames_named(profiler: Profiler, tmp_path: Path) -> None:
+    """A JVM with -XX:+PreserveFramePointer whose perf map was written by ``jcmd PID
+    Compiler.perfmap`` (JDK 17+; lines like ``0x00007f... 0x...b8 long Hot.hotJavaLoop(long)``):
+    the C2-compiled hot method is named and has most of the process's samples."""
+    java, javac, jcmd = _java_tools()
+    (tmp_path / "Hot.java").write_text(JAVA_HOT)
+    subprocess.run([javac, "-d", str(tmp_path), str(tmp_path / "Hot.java")], check=True,
+                   timeout=120)
+    argv = [java, "-XX:+PreserveFramePointer", "-XX:CompileCommand=quiet",
+            "-XX:CompileCommand=dontinline,Hot::hotJavaLoop",
+            # no hsperfdata files, one GC thread: nothing left behind, little else running
+            "-XX:-UsePerfData", "-XX:+UseSerialGC", "-Xmx64m", "-cp", str(tmp_path), "Hot"]
+    with Workload(argv, cwd=tmp_path) as w:
+        perf_map = Path(f"/tmp/perf-{w.pid}.map")
+        try:
+            # warm-up: until C2 (tier 4) code for the method is in use (state 0)
+            deadline = time.monotonic() + 90
+            codelist = ""
+            while not any(ln.split()[1:3] == ["4", "0"] and "Hot.hotJavaLoop(J)J" in ln
+                          for ln in codelist.splitlines()):
+                assert time.monotonic() < deadline, f"hotJavaLoop not C2-compiled:\n{codelist}"
+                time.sleep(0.5)
+                codelist = _jcmd(jcmd, w.pid, "Compiler.codelist")
+            _jcmd(jcmd, w.pid, "Compiler.perfmap")
+            entries = parse_perf_map(perf_map.read_text())
+            assert "long Hot.hotJavaLoop(long)" in entries.names
+            assert "Interpreter" in entries.names
+            cpu = CpuTime(w.pid)
+            data = capture(profiler, ProfileRequest("cpu", 3, 99, pid=w.pid))
+            cpu.stop()
+        finally:
+            # SIGTERM, not SIGKILL: the JVM removes its attach socket (/tmp/.java_pidPID);
+            # the perf map it leaves behind
+            w.proc.terminate()
+            w.proc.wait(30)
+            perf_map.unlink(missing_ok=True)
+    mine = by_pid(data, w.pid)
+    start = data["started_at"]
+    check_sample_count(sum(v for _, v in mine),
+                       cpu.bounds(start, start + data["duration_s"]), 99)
+    jit = [f for frames, _ in mine for f in frames if f["kind"] == "jit"]
+    assert {f["module"] for f in jit} == {f"perf-{w.pid}.map"}, jit[:5]
+    hot = share(mine, lambda fs: any(f["kind"] == "jit" and f["name"] ==
+                                     "long Hot.hotJavaLoop(long)" for f in fs))
+    assert hot > 0.75, (hot, sorted({f["name"] for f in jit})[:20])
+    # frame pointers preserved: the walk goes on from the JIT code into the JVM that
+    # called it (JavaCalls::call_helper -> StubRoutines -> Interpreter -> the method)
+    frames, _ = max(mine, key=lambda fv: fv[1])
+    modules = [f["module"] for f in frames]
+    assert leaf_user(frames) == "long Hot.hotJavaLoop(long)", frames
+    assert "libjvm.so" in modules[:-1], frames
 
 
 def _python312() -> str | None:

@@ -183,6 +183,27 @@ def test_parse_perf_map() -> None:
     assert table.lookup(0x7F0000002010) is None
 
 
+def test_parse_perf_map_jdk_jcmd_format() -> None:
+    """``jcmd PID Compiler.perfmap`` (JDK 17) writes 0x-prefixed, zero-padded hex and
+    names with spaces, signatures and stub names (lines taken from a real map)."""
+    text = ("0x00007f2e00938380 0x00000000000007d0 VM_Version stub\n"
+            "0x00007f2e00940200 0x0000000000000198 I2C/C2I adapters\n"
+            "0x00007f2e00940b80 0x00000000000173c0 Interpreter\n"
+            "0x00007f2e00ec7000 0x0000000000000100 StubRoutines (1)\n"
+            "0x00007f2e00ecb600 0x00000000000000b8 long Hot.hotJavaLoop(long)\n"
+            "0x00007f2e00ecb900 0x00000000000001d8 java.lang.Object jdk.internal.misc."
+            "Unsafe.getReferenceVolatile(java.lang.Object, long)\n")
+    table = parse_perf_map(text)
+    assert len(table) == 6
+    assert table.lookup(0x7F2E00940B80 + 0x1000) == "Interpreter"
+    assert table.lookup(0x7F2E00ECB600 + 0xB7) == "long Hot.hotJavaLoop(long)"
+    assert table.lookup(0x7F2E00ECB600 + 0xB8) is None
+    assert table.lookup(0x7F2E00ECB901) == ("java.lang.Object jdk.internal.misc.Unsafe."
+                                            "getReferenceVolatile(java.lang.Object, long)")
+    assert table.lookup(0x7F2E00EC7010) == "StubRoutines (1)"
+    assert table.lookup(0x7F2E00940200) == "I2C/C2I adapters"
+
+
 def test_parse_proc_maps_and_nspid() -> None:
     text = ("55d0c8a00000-55d0c8a01000 r-xp 00001000 fe:01 1234 /opt/my app/bin (deleted)\n"
             "7f0000000000-7f0000100000 rwxp 00000000 00:00 0 \n"
