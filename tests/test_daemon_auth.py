@@ -260,8 +260,11 @@ async def running(config: Config, auth: Auth | None = None,
     async with aiohttp.ClientSession(connector=connector,
                                      cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         try:
-            # Let the first tick finish: a daemon stopped during its first collection
-            # leaks the process collector's descriptors (reported to the metrics owner).
+            # Let the first tick finish, so every test starts from a daemon that has
+            # sampled: the first tick's instances send a new meta, which a test comparing
+            # a meta's seq with the samples after it (the embed re-auth test) would
+            # otherwise race. (A daemon stopped during its first collection no longer
+            # leaks the process collector's descriptors: fixed in b85b113.)
             for _ in range(200):
                 if app[TICKER].last_tick_mono is not None:
                     break
