@@ -29,6 +29,12 @@ DEFAULT_PROCESSES = 25
 #: ``capabilities[panel.requires]``, and of the catalogue's ``requires`` only "psi" can
 #: apply to a panel an embed token opens (BPF panels need /api/v1/bpf, closed to it).
 EMBED_CAPABILITIES = ("psi",)
+#: What an embed token gets of each process row (an allowlist, so a field added to the
+#: rows later is not shown to runbook pages by default): no ``args``, the command line,
+#: which can carry passwords, tokens and file names. ``cmd`` is the kernel's 15-character
+#: task name, what ``top`` shows; ``instance`` keys the row's CPU sparkline.
+EMBED_PROCESS_FIELDS = ("instance", "pid", "cmd", "container", "cpu", "rss", "io", "threads",
+                        "state", "start_time")
 
 
 # -- parameter parsing ---------------------------------------------------------------
@@ -275,6 +281,10 @@ async def processes_handler(request: web.Request) -> web.Response:
     container = request.query.get("container")
     sampler = request.app[SAMPLER]
     rows = top_processes(sampler.latest, sort=sort, limit=limit, container=container)
+    principal = request_principal(request)
+    if principal is not None and principal.embed:
+        # Only a scope naming the process panel gets here (daemon/auth.py).
+        rows = [{key: row[key] for key in EMBED_PROCESS_FIELDS if key in row} for row in rows]
     for row in rows:
         for key, value in row.items():
             row[key] = _clean(value)

@@ -125,7 +125,7 @@ def create_app(
     if auth is None:
         auth = build_auth(config)
     if not auth.panel_metrics:
-        auth.panel_metrics = _panel_metrics()
+        auth.panel_metrics, auth.process_panels = _panel_scopes()
     app = web.Application(
         middlewares=[error_middleware, *security_middlewares(policy),
                      auth_middleware(auth, clock, policy.origin_allowed)],
@@ -203,16 +203,18 @@ async def _helper_notices(app: web.Application) -> AsyncIterator[None]:
         active = False
 
 
-def _panel_metrics() -> dict[str, tuple[str, ...]]:
-    """Metrics of each catalogue panel, which embed-token scopes may name by panel id."""
+def _panel_scopes() -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+    """Metrics of each catalogue panel, which embed-token scopes may name by panel id, and
+    the ids of the panels that show the process table (they open /api/v1/processes)."""
     try:
         render = importlib.import_module(RENDER_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name != RENDER_MODULE:
             raise
-        return {}
-    catalogue = render.load_catalogue()
-    return {p.id: tuple(s.metric for s in p.series) for p in catalogue.panels.values()}
+        return {}, frozenset()
+    panels = render.load_catalogue().panels.values()
+    return ({p.id: tuple(s.metric for s in p.series) for p in panels},
+            frozenset(p.id for p in panels if p.kind == "processes"))
 
 
 def _add_optional_routes(app: web.Application, module_name: str) -> None:

@@ -103,6 +103,9 @@ _EMBED_PATHS = ("/api/v1/host", "/api/v1/metrics", "/api/v1/auth", "/api/v1/fetc
                 "/api/v1/history", "/api/v1/instances")
 _RENDER_PREFIX = "/api/v1/render/"
 STREAM_PATH = "/api/v1/stream"
+#: Open to an embed token whose scope names a process-table panel (``kind: "processes"``
+#: in daemon/panels.json), which answers it without command lines (daemon/api.py).
+PROCESSES_PATH = "/api/v1/processes"
 _SAFE_METHODS = ("GET", "HEAD")
 
 
@@ -131,6 +134,12 @@ class Principal:
     @property
     def embed(self) -> bool:
         return self.scope is not None
+
+    def opens_processes(self, process_panels: Iterable[str]) -> bool:
+        """May this principal read the process table? Full tokens may; an embed token only
+        if its scope names a process-table panel (a metric name or prefix is not enough:
+        the table carries more than the ``proc.cpu.util`` its panel names)."""
+        return self.scope is None or not self.scope.isdisjoint(process_panels)
 
     def allows_metric(self, name: str, panel_metrics: Mapping[str, Iterable[str]]) -> bool:
         """Is metric ``name`` inside this principal's scope?
@@ -483,6 +492,9 @@ class Auth:
     generated: str | None = None
     #: Metrics each panel id names (embed scopes may list panel ids).
     panel_metrics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Ids of the panels that show the process table (an embed scope naming one opens
+    #: /api/v1/processes, without command lines).
+    process_panels: frozenset[str] = frozenset()
 
     def check(self, token: str, client: str, clock: Clock) -> Principal:
         """The principal for ``token``; ApiError 401 (counted) or 429 otherwise.
@@ -598,6 +610,8 @@ def _embed_allowed(request: web.Request, principal: Principal, auth: Auth) -> bo
         return False
     if path in _EMBED_PATHS or path == STREAM_PATH:
         return True
+    if path == PROCESSES_PATH:
+        return principal.opens_processes(auth.process_panels)
     if path.startswith(_RENDER_PREFIX) and path.endswith(".svg"):
         panel = path[len(_RENDER_PREFIX):-len(".svg")]
         assert principal.scope is not None
@@ -664,7 +678,8 @@ def auth_middleware(auth: Auth, clock: Clock,
             raise ApiError(403, "forbidden",
                            "an embed token only opens the panels it names (renders, the "
                            "stream, metrics, fetch, history and instances of their "
-                           "metrics, /api/v1/host and /api/v1/auth)")
+                           "metrics, /api/v1/host and /api/v1/auth, and /api/v1/processes "
+                           "if it names the process panel)")
         if not principal.has(needed):
             raise ApiError(403, "forbidden",
                            f"this needs the {needed} role; the token has {principal.role}")

@@ -12,6 +12,7 @@ import json
 import re
 import ssl
 import stat
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostscope.daemon import auth as auth_mod
+from hostscope.daemon.api import EMBED_PROCESS_FIELDS
 from hostscope.daemon.app import create_app
 from hostscope.daemon.auth import (
     OPERATOR,
@@ -705,6 +707,49 @@ async def test_embed_tokens_read_only_their_metrics(daemon: Daemon) -> None:
     status, _, _ = await daemon.call("GET", f"/api/v1/fetch?names={inside},{outside}",
                                      VIEWER_TOKEN)
     assert status == 200
+
+
+async def test_the_process_panel_opens_processes_without_command_lines(daemon: Daemon) -> None:
+    """An embed token naming proc.top reads /api/v1/processes (the embedded table), each
+    row without its command line; every other scope still gets 403 there."""
+    secret = f"--password=hostscope-secret-{time.monotonic_ns()}"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", secret)
+    try:
+        async def row_of(token: str) -> dict[str, Any] | None:
+            status, answer, _ = await daemon.call(
+                "GET", "/api/v1/processes?sort=rss&limit=1000", token)
+            assert status == 200, answer
+            return next((r for r in answer["processes"] if r["pid"] == child.pid), None)
+
+        viewer = None
+        for _ in range(100):  # the process collector runs every process_interval (2 s)
+            viewer = await row_of(VIEWER_TOKEN)
+            if viewer is not None and viewer["args"]:
+                break
+            await asyncio.sleep(0.1)
+        assert viewer is not None and secret in viewer["args"], viewer
+        token = embed_token(daemon, "proc.top")
+        row = await row_of(token)
+        assert row is not None
+        assert set(row) == set(EMBED_PROCESS_FIELDS) and "args" not in row
+        assert row == {k: viewer[k] for k in EMBED_PROCESS_FIELDS} | {
+            k: row[k] for k in ("cpu", "rss", "io", "state")}  # sampled again meanwhile
+        status, answer, _ = await daemon.call("GET", "/api/v1/processes?limit=1000", token)
+        assert secret not in json.dumps(answer)
+        # The panel's own metric is open to it (the sparklines); command lines are not.
+        assert (await daemon.call("GET", "/api/v1/fetch?names=proc.cpu.util", token))[0] == 200
+        for path in ("/api/v1/fetch?names=proc.psinfo.psargs", "/api/v1/fetch?names=proc"):
+            assert (await daemon.call("GET", path, token))[0] == 403, path
+    finally:
+        child.kill()
+        await child.wait()
+    # Scopes without a process panel: 403, a metric prefix reaching proc.cpu.util too.
+    for scope in (["cpu.util"], ["proc.cpu.util"], ["proc"], ["cgroup.cpu", "proc.count"]):
+        status, answer, _ = await daemon.call("GET", "/api/v1/processes",
+                                              embed_token(daemon, *scope))
+        assert (status, answer["error"]["code"]) == (403, "forbidden"), scope
+        assert "process panel" in answer["error"]["message"]
 
 
 async def test_reauth_with_an_embed_token_drops_subscriptions_outside_its_scope(
