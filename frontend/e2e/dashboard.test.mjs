@@ -309,14 +309,15 @@ describe('sign-in', { skip }, () => {
     }
   })
 
-  it('shows an embedded panel with the embed token in its link, and no more', async () => {
+  it('shows embedded panels with the embed token in their link, and no more', async () => {
     const r = await fetch(`${BASE}/api/v1/embed-tokens`, {
       method: 'POST',
       headers: { ...AUTH, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ scope: ['cpu.util'], ttl: 600 }),
+      body: JSON.stringify({ scope: ['cpu.util', 'proc.top'], ttl: 600 }),
     })
     assert.equal(r.status, 200)
     const { embed_url: link, token } = await r.json()
+    assert.match(link, /^\/embed\?panels=cpu\.util,proc\.top&token=/)
     const browser = await launch(undefined, [], { signIn: false })
     try {
       const page = await browser.page()
@@ -324,6 +325,21 @@ describe('sign-in', { skip }, () => {
       await page.locator('section[aria-label="CPU utilisation"] canvas').waitFor({ timeout: 10000 })
       assert.equal(await page.getByRole('dialog', { name: /^Sign in/ }).count(), 0)
       await page.waitForFunction(() => !location.search.includes('token='))
+      // The process table loads with the embed token: task names, no command lines (the
+      // daemon leaves `args` out), no links to the flame graph page the embed view lacks.
+      const procs = page.locator('section[aria-label="Top processes"]')
+      await procs.locator('tbody tr').first().waitFor({ timeout: 10000 })
+      assert.equal(await procs.locator('.state.error').count(), 0)
+      const cells = await procs.locator('td.cmd').evaluateAll((tds) => tds.map((td) => [td.textContent.trim(), td.title]))
+      assert.ok(cells.length > 0)
+      for (const [text, title] of cells) assert.ok(text.startsWith(title), `${text} / ${title}`)
+      assert.ok(cells.some(([, title]) => title), 'task names as tooltips')
+      assert.equal(await procs.locator('a').count(), 0)
+      const rows = await fetch(`${BASE}/api/v1/processes?limit=1000`, { headers: { Authorization: `Bearer ${token}` } })
+      assert.equal(rows.status, 200)
+      const { processes } = await rows.json()
+      assert.ok(processes.length > 0 && processes.every((p) => !('args' in p) && p.cmd !== undefined))
+      assert.deepEqual(browser.errors, [])
       // The same token cannot read anything else.
       const other = await fetch(`${BASE}/api/v1/fetch?names=kernel.all.load`, { headers: { Authorization: `Bearer ${token}` } })
       assert.equal(other.status, 403)

@@ -188,8 +188,10 @@ export interface HostInfo {
 export interface ProcessRow {
   instance: string
   pid: number
+  /** The kernel's task name (15 characters at most). */
   cmd: string
-  args: string
+  /** The command line; absent for embed tokens (the daemon leaves it out). */
+  args?: string | null
   container: string
   cpu: number | null
   rss: number | null

@@ -10,8 +10,15 @@
  * settings it asks them for, one per parameter, `bpfset=runqlat:cgroup=/system.slice/x`
  * (`KEY:SETTING=VALUE`, KEY as in `bpf=`; the value is the rest, commas and all).
  */
+import type { InjectionKey } from 'vue'
 import { parseToggleKey, toggleKey, type BpfSettings } from './bpf'
 import { BPF_PREFIX, DEFAULT_PANELS, panelById } from './catalogue'
+
+/**
+ * Provided (true) by the embed view: widgets there leave out links to pages it does not
+ * have (the flame graph page), which an embed token could not open anyway.
+ */
+export const EMBEDDED: InjectionKey<boolean> = Symbol('embedded')
 
 export const WINDOWS = [60, 300, 900, 1800, 3600] as const
 export const MAX_W = 4

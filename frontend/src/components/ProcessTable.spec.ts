@@ -1,0 +1,64 @@
+import { flushPromises, mount } from '@vue/test-utils'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import type { ProcessRow } from '../lib/protocol'
+import { EMBEDDED } from '../lib/view'
+import { HostConnection } from '../stores/host'
+import ProcessTable from './ProcessTable.vue'
+
+const FULL: ProcessRow[] = [
+  { instance: '42:100', pid: 42, cmd: 'postgres', args: 'postgres -D /var/lib/pg --password=hunter2', container: 'db.service', cpu: 0.5, rss: 1 << 20, io: null, threads: 7, state: 'S' },
+]
+// What the daemon sends an embed token scoped to proc.top: the same row without `args`.
+const EMBED = FULL.map(({ args: _args, ...row }) => row) as ProcessRow[]
+
+let answer: ProcessRow[] = []
+const urls: string[] = []
+
+beforeEach(() => {
+  urls.length = 0
+  vi.stubGlobal('fetch', async (url: string) => {
+    urls.push(url)
+    return new Response(JSON.stringify({ timestamp: 1, processes: answer }), { status: 200 })
+  })
+})
+afterEach(() => vi.unstubAllGlobals())
+
+async function mountTable(embedded: boolean) {
+  const conn = new HostConnection('', 300, { frame: (cb) => cb() })
+  const w = mount(ProcessTable, {
+    props: { conn, paused: false, container: '' },
+    global: { provide: embedded ? { [EMBEDDED as symbol]: true } : {} },
+  })
+  await flushPromises()
+  return w
+}
+
+describe('ProcessTable', () => {
+  it('shows the command line in the tooltip and links rows to the flame graph page', async () => {
+    answer = FULL
+    const w = await mountTable(false)
+    expect(urls[0]).toBe('/api/v1/processes?sort=cpu&limit=25')
+    const cell = w.find('td.cmd')
+    expect(cell.attributes('title')).toBe(FULL[0].args)
+    expect(cell.text()).toContain('postgres')
+    expect(w.find('a.prof').attributes('href')).toContain('pid=42')
+    expect(w.find('a.ctr').text()).toBe('db.service')
+    w.unmount()
+  })
+
+  it('renders rows without command lines (an embed token) with the task name, and no links in the embed view', async () => {
+    answer = EMBED
+    const w = await mountTable(true)
+    const rows = w.findAll('tbody tr')
+    expect(rows).toHaveLength(1)
+    const cell = w.find('td.cmd')
+    expect(cell.attributes('title')).toBe('postgres')
+    expect(cell.text()).toContain('postgres')
+    expect(w.text()).not.toMatch(/undefined|null|hunter2/)
+    expect(w.text()).toContain('1 MiB')
+    // The embed view has no flame graph page: the container is a plain chip.
+    expect(w.findAll('a')).toHaveLength(0)
+    expect(w.find('span.ctr').text()).toBe('db.service')
+    w.unmount()
+  })
+})
