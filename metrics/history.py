@@ -31,15 +31,23 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import getitem, itemgetter
 
 from .collector import Cooked
 
 SeriesKey = tuple[str, str]
 NAN = float("nan")
+#: Rows a plan stages before they are moved into the rings (the coarse tier's
+#: per-minute flush and every read move them sooner).
+STAGE_ROWS = 64
+_TEXT = frozenset({str})
+#: None -> NaN, anything else (hashable) unchanged: ``map(_NONE_AS_NAN, xs, xs)``.
+_NONE_AS_NAN = {None: NAN}.get
 
 
 @dataclass(slots=True)
@@ -85,16 +93,83 @@ class _Group:
 
 @dataclass(slots=True)
 class _Plan:
-    """Where each value of a collection goes, for a collection with a known layout.
+    """How to write a collection laid out like the last one, and its rows not yet written.
 
-    ``layout`` is (metric names, instance count per metric, instance names), which
-    identifies the nesting of a cooked dict exactly; ``rings`` are the fine rings of
-    its values in iteration order. Valid while the group's ``version`` is unchanged.
+    The layout is checked by name rather than rebuilt: ``singles``, ``multis`` and
+    ``texts`` fetch the metrics' instance dicts by name (a missing metric raises
+    KeyError; ``nmetrics`` rules out an extra one). Metrics with one instance (most:
+    singular metrics, a host's only disk) are read with one lookup of that instance,
+    and have no other when their sizes sum to their number; the instance names of the
+    others (``multi_keys``, in order) are compared as one tuple. ``texts`` are metrics
+    whose values are all text, or that have none: not recorded, only checked to stay
+    so. ``rings`` are the fine rings of the single-instance metrics' values, then of
+    the others', in that order. Valid while the group's ``version`` is unchanged.
+
+    Rows, one per append, are staged in ``stage`` as 32-bit floats by one ``struct``
+    call, and moved into the rings (one strided copy per ring, :meth:`History._unstage`)
+    when STAGE_ROWS are staged, when the coarse tier takes its minute and before
+    anything reads or writes the rings otherwise: a tick touches one small buffer
+    instead of an array per series. ``first`` is the ring slot of the first staged row.
     """
 
-    layout: tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]
+    nmetrics: int
+    singles: Callable[[Cooked], tuple[dict[str, float | None], ...]]
+    single_keys: tuple[str, ...]
+    multis: Callable[[Cooked], tuple[dict[str, float | None], ...]]
+    multi_keys: tuple[str, ...]
+    texts: Callable[[Cooked], tuple[dict[str, str], ...]] | None
     rings: list[array]
     version: int
+    row: struct.Struct
+    stage: bytearray
+    rows: int = 0
+    first: int = 0
+
+    def values_of(self, values: Cooked) -> list[float | None] | None:
+        """The collection's values in ring order, or None if it is laid out otherwise."""
+        if len(values) != self.nmetrics:
+            return None
+        try:
+            singles = self.singles(values)
+            flat = list(map(getitem, singles, self.single_keys))
+            if sum(map(len, singles)) != len(singles):
+                return None
+            multis = self.multis(values)
+            if tuple(chain.from_iterable(multis)) != self.multi_keys:
+                return None
+            flat.extend(chain.from_iterable(map(dict.values, multis)))
+            if self.texts is not None and not _TEXT.issuperset(
+                map(type, chain.from_iterable(map(dict.values, self.texts(values))))
+            ):
+                return None
+        except (KeyError, TypeError):  # a metric or instance gone, or not a dict
+            return None
+        return flat  # type: ignore[return-value]
+
+    def stage_row(self, flat: list[float | None], slot: int) -> bool:
+        """Stage one row (False: a value is neither a number nor None)."""
+        offset = self.rows * self.row.size
+        try:
+            self.row.pack_into(self.stage, offset, *flat)
+        except struct.error:
+            try:  # no value yet (None) is NaN in the rings
+                self.row.pack_into(self.stage, offset, *map(_NONE_AS_NAN, flat, flat))
+            except (struct.error, TypeError):
+                return False
+        if not self.rows:
+            self.first = slot
+        self.rows += 1
+        return True
+
+
+def _getter(keys: list[str]) -> Callable[[Cooked], tuple[dict[str, float | None], ...]]:
+    """A C-speed fetch of several items as a tuple (``itemgetter`` of one is a scalar)."""
+    if len(keys) == 1:
+        only = keys[0]
+        return lambda values: (values[only],)
+    if not keys:
+        return lambda values: ()
+    return itemgetter(*keys)
 
 
 def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
@@ -155,11 +230,11 @@ class History:
         """Record one collection of a group taken at wall-clock ``timestamp``.
 
         This runs every tick for every series, so it is written for speed. A group
-        remembers the layout (metrics and instances, in order) of its last collection
-        and the rings its values went to; a collection laid out the same way, as
-        nearly all are, is written in one pass: one array store per value. Otherwise
-        values are written one by one (a dict lookup each), series created and absent
-        ones padded and evicted, and a new plan made.
+        remembers the layout of its last collection and the rings its values went to
+        (:class:`_Plan`); a collection laid out the same way, as nearly all are, is
+        staged as one row, with no Python code per value. Otherwise values are written
+        one by one (a dict lookup each), series created and absent ones padded and
+        evicted, and a new plan made.
         """
         group = self._groups[group_name]
         if group.coarse:
@@ -182,32 +257,27 @@ class History:
             group.head = (idx + 1) % cap
         count = group.appended + 1
         group.appended = count
-        recorded = group.metrics
-        if recorded is None:
+        if group.metrics is None:
             # The common case: the same metrics and instances as last time. Their
-            # values are written in one pass over a flat view (no per-value key
-            # tuple, dict lookup or bookkeeping); the layout is compared at C speed.
-            inner = values.values()
-            layout = (tuple(values), tuple(map(len, inner)), tuple(chain.from_iterable(inner)))
+            # values are fetched by name at C speed, which also checks the layout,
+            # and staged as one row (see _Plan).
             plan = group.plan
-            if plan is not None and plan.version == group.version and plan.layout == layout:
-                flat = chain.from_iterable(map(dict.values, inner))
-                if growing:
-                    for ring, value in zip(plan.rings, flat, strict=True):
-                        ring.append(NAN if value is None else value)
-                else:
-                    for ring, value in zip(plan.rings, flat, strict=True):
-                        ring[idx] = NAN if value is None else value
-                group.planned_at = count
-                return
+            if plan is not None and plan.version == group.version:
+                flat = plan.values_of(values)
+                if flat is not None and plan.stage_row(flat, idx):
+                    group.planned_at = count
+                    if plan.rows == STAGE_ROWS:
+                        self._unstage(group)
+                    return
             self._append_each(group, values, idx, growing, count)
-            group.plan = self._plan(group, values, layout, idx if growing else cap)
+            group.plan = self._plan(group, values, idx if growing else cap)
             return
         self._append_each(group, values, idx, growing, count)
 
     def _append_each(self, group: _Group, values: Cooked, idx: int, growing: bool,
                      count: int) -> None:
         """Write a collection value by value, creating and evicting series as needed."""
+        self._unstage(group)
         cap = group.capacity
         series_map = group.series
         recorded = group.metrics
@@ -247,23 +317,32 @@ class History:
         if stale:
             group.version += 1
 
-    def _plan(self, group: _Group, values: Cooked,
-              layout: tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]],
-              length: int) -> _Plan | None:
+    def _plan(self, group: _Group, values: Cooked, length: int) -> _Plan | None:
         """A plan for collections laid out like ``values`` (just written), if one fits.
 
-        It fits when every value is a number or None and the collection covers every
-        series of the group (then a tick written through it leaves nothing absent).
-        An instance whose value has always been None (a disk's await while it is
-        idle) gets its all-NaN series here, so that one idle device does not send the
-        whole group down the value-by-value path.
+        It fits when every metric's values are all numbers or None, or all text, and
+        the collection covers every series of the group (then a tick written through
+        it leaves nothing absent). An instance whose value has always been None (a
+        disk's await while it is idle) gets its all-NaN series here, so that one idle
+        device does not send the whole group down the value-by-value path.
         """
-        rings: list[array] = []
         series_map = group.series
+        single_names: list[str] = []
+        single_keys: list[str] = []
+        single_rings: list[array] = []
+        multi_names: list[str] = []
+        multi_keys: list[str] = []
+        multi_rings: list[array] = []
+        text_names: list[str] = []
         for metric, instances in values.items():
+            texts = sum(1 for value in instances.values() if value.__class__ is str)
+            if texts or not instances:
+                if texts != len(instances):
+                    return None  # text and numbers mixed
+                text_names.append(metric)
+                continue
+            rings = multi_rings if len(instances) > 1 else single_rings
             for inst, value in instances.items():
-                if value.__class__ is str:
-                    return None
                 series = series_map.get((metric, inst))
                 if series is None:
                     if value is not None:
@@ -274,9 +353,58 @@ class History:
                     if len(series.fine) < len(group.times):
                         series.fine.append(NAN)  # this tick's slot, so it stays aligned
                 rings.append(series.fine)
+            if len(instances) > 1:
+                multi_names.append(metric)
+                multi_keys.extend(instances)
+            else:
+                single_names.append(metric)
+                single_keys.extend(instances)
+        rings = single_rings + multi_rings
         if len(rings) != len(series_map):
             return None
-        return _Plan(layout, rings, group.version)
+        row = struct.Struct(f"{len(rings)}f")
+        return _Plan(
+            len(values), _getter(single_names), tuple(single_keys), _getter(multi_names),
+            tuple(multi_keys), _getter(text_names) if text_names else None, rings,
+            group.version, row, bytearray(row.size * STAGE_ROWS),
+        )
+
+    def _unstage(self, group: _Group) -> None:
+        """Move the rows staged by the group's plan into its rings.
+
+        Staged rows fill consecutive ring slots from ``plan.first``: those past the
+        end of rings still growing are appended, the rest overwrite at most two runs
+        of slots (the ring may wrap). Each ring receives its column of the rows by one
+        strided copy.
+        """
+        plan = group.plan
+        if plan is None or not plan.rows:
+            return
+        rows = plan.rows
+        plan.rows = 0
+        rings = plan.rings
+        if not rings:
+            return
+        cap = group.capacity
+        length = len(rings[0])
+        appended = min(rows, cap - length)
+        runs: list[tuple[int, int, int]] = []  # (first row, first slot, rows)
+        row, slot = appended, (plan.first + appended) % cap
+        while row < rows:
+            n = min(rows - row, cap - slot)
+            runs.append((row, slot, n))
+            row, slot = row + n, 0
+        width = len(rings)
+        with memoryview(plan.stage) as staged, staged.cast("f") as cells:
+            end = rows * width
+            for j, ring in enumerate(rings):
+                column = cells[j:end:width]
+                if appended:
+                    ring.frombytes(column[:appended].tobytes())
+                if runs:
+                    with memoryview(ring) as dest:
+                        for row, slot, n in runs:
+                            dest[slot : slot + n] = column[row : row + n]
 
     def _new_series(self, group: _Group, key: SeriesKey, length: int) -> _Series | None:
         if self._nseries >= self.max_series:
@@ -304,6 +432,7 @@ class History:
         and only then are the points filtered one by one.
         """
         assert group.coarse_bucket is not None
+        self._unstage(group)
         cap = self.coarse_capacity
         head = group.coarse_head
         full = len(group.coarse_times) >= cap
@@ -342,6 +471,7 @@ class History:
         """Bytes held by the value and time rings (the part that scales with series)."""
         total = 0
         for group in self._groups.values():
+            self._unstage(group)
             total += group.times.itemsize * len(group.times)
             total += group.coarse_times.itemsize * len(group.coarse_times)
             for series in group.series.values():
@@ -362,6 +492,7 @@ class History:
         wanted = set(metrics)
         out: list[HistorySlice] = []
         for group in self._groups.values():
+            self._unstage(group)
             keys = [
                 k for k in group.series
                 if k[0] in wanted and (instances is None or k[0] not in instances
@@ -390,3 +521,91 @@ class History:
                 series[key] = [None if math.isnan(v) else v for v in vals]
             out.append(HistorySlice(group.name, step, ts[first:], series))
         return out
+
+    def query_range(
+        self, metrics: Iterable[str], start: float, end: float, *,
+        instances: Mapping[str, set[str]] | None = None, tier_s: float | None = None,
+    ) -> list[HistorySlice]:
+        """History of the named metrics at timestamps in ``(start, end]``.
+
+        Like :meth:`query`, but bounded at both ends and reading only that part of each
+        ring, so that a long read can be made window by window (the daemon's backfill)
+        at a cost proportional to the window, not to the ring. ``tier_s`` (default
+        ``end - start``) is the length of the whole read the window belongs to: the
+        coarse tier serves it where the fine tier is shorter, as in :meth:`query`, so
+        every window of one read comes from the same tier.
+        """
+        span = end - start if tier_s is None else tier_s
+        wanted = set(metrics)
+        out: list[HistorySlice] = []
+        for group in self._groups.values():
+            self._unstage(group)
+            keys = [
+                k for k in group.series
+                if k[0] in wanted and (instances is None or k[0] not in instances
+                                       or k[1] in instances[k[0]])
+            ]
+            if not keys:
+                continue
+            use_coarse = (
+                group.coarse and span > group.capacity * group.interval_s and group.coarse_times
+            )
+            if use_coarse:
+                cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
+                step = self.coarse_step_s
+            else:
+                cap, head, times = group.capacity, group.head, group.times
+                step = group.interval_s
+            ts = _ring_ordered(times, cap, head)
+            first = bisect.bisect_right(ts, start)
+            last = bisect.bisect_right(ts, end)
+            series: dict[SeriesKey, list[float | None]] = {}
+            if first < last:
+                for key in sorted(keys):
+                    s = group.series[key]
+                    vals = _ring_range(s.coarse if use_coarse else s.fine, cap, head,
+                                       first, last)
+                    series[key] = [None if math.isnan(v) else v for v in vals]
+            else:
+                series = {key: [] for key in sorted(keys)}
+            out.append(HistorySlice(group.name, step, ts[first:last], series))
+        return out
+
+
+    def oldest(self, metrics: Iterable[str], tier_s: float) -> float | None:
+        """The oldest timestamp held for any of ``metrics`` in the tier a read spanning
+        ``tier_s`` seconds uses (see :meth:`query_range`), or None if none is held: where
+        a windowed read can start instead of walking empty windows."""
+        wanted = set(metrics)
+        found: float | None = None
+        for group in self._groups.values():
+            if not any(k[0] in wanted for k in group.series):
+                continue
+            self._unstage(group)
+            if group.coarse and tier_s > group.capacity * group.interval_s and group.coarse_times:
+                first = _first_time(group.coarse_times, self.coarse_capacity, group.coarse_head)
+            else:
+                first = _first_time(group.times, group.capacity, group.head)
+            if first is not None and (found is None or first < found):
+                found = first
+        return found
+
+
+def _ring_range(ring: array, capacity: int, head: int, first: int, last: int) -> list[float]:
+    """Elements ``first`` to ``last`` (exclusive) of a ring in oldest-first order, copying
+    only those (two array slices at most where the range wraps)."""
+    if len(ring) < capacity:
+        return ring[first:last].tolist()
+    a, b = (head + first) % capacity, (head + last) % capacity
+    if first == last:
+        return []
+    if a < b:
+        return ring[a:b].tolist()
+    return ring[a:].tolist() + ring[:b].tolist()
+
+
+def _first_time(times: array, capacity: int, head: int) -> float | None:
+    """Oldest timestamp of a ring (None if empty)."""
+    if not times:
+        return None
+    return times[head] if len(times) >= capacity else times[0]

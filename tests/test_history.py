@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hostscope.metrics import history as history_module
 from hostscope.metrics.history import History
 
 
@@ -224,3 +225,92 @@ def test_plan_is_used_for_repeated_layouts_and_dropped_when_series_change() -> N
     assert sl.series[("m.a", "x")] == [1.0, 2.0, 3.0]
     assert sl.series[("m.a", "y")] == [None, 5.0, None]
     assert sl.series[("m.a", "z")] == [None, None, 1.0]
+
+
+_TEXTS = ("text", "other text")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sets(st.sampled_from(_INSTANCES), min_size=1),
+            st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, width=32)), min_size=3,
+                     max_size=3),
+            st.booleans(),  # repeat the previous layout
+            st.sampled_from((*_TEXTS, 7.0)),  # m.t: text, or (rarely) a number
+            st.booleans(),  # m.e empty, or one value
+        ),
+        min_size=1, max_size=60,
+    ),
+    st.integers(1, 5),
+)
+def test_staged_rows_with_text_and_coarse_tier_match_value_by_value(
+    ticks: list[tuple[set[str], list[float | None], bool, str | float, bool]],
+    stage_rows: int,
+) -> None:
+    """Rows staged a few at a time (across ring wraps and coarse flushes), with text
+    metrics and metrics that are sometimes empty, read back as value-by-value writes.
+
+    The fine tier is compared with a short ring (wraps); the coarse tier with a ring
+    longer than the test, because a planned tick counts a None value as seen (the
+    series is kept) where the value-by-value path counts it as absent and may evict
+    the series, and its per-minute means with it."""
+    for retention, seconds in ((7, 3), (70, 3600)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(history_module, "STAGE_ROWS", stage_rows)
+            kwargs = {"retention_s": retention, "coarse_step_s": 4, "coarse_retention_s": 400}
+            planned, one_by_one = History(**kwargs), History(**kwargs)  # type: ignore[arg-type]
+            for h in (planned, one_by_one):
+                h.add_group("g", 1.0)
+            one_by_one._plan = lambda *args: None  # type: ignore[method-assign]  # never plan
+            layout: set[str] = {"a"}
+            for t, (present, values, repeat, text, empty) in enumerate(ticks):
+                if not repeat:
+                    layout = present
+                collection = {
+                    "m.t": {"": text},
+                    "m.x": {i: values[n] for n, i in enumerate(_INSTANCES) if i in layout},
+                    "m.e": {} if empty else {"only": values[1]},
+                    "m.y": {"": values[0]},
+                }
+                planned.append("g", float(t), collection)  # type: ignore[arg-type]
+                one_by_one.append("g", float(t), collection)  # type: ignore[arg-type]
+                if t % 9 == 4:  # a read between appends moves the staged rows early
+                    planned.query(["m.y"], 3)
+        names = ["m.t", "m.x", "m.e", "m.y"]
+        got_slices = planned.query(names, seconds)
+        want_slices = one_by_one.query(names, seconds)
+        got = got_slices[0].series if got_slices else {}
+        want = want_slices[0].series if want_slices else {}
+        if want_slices:
+            assert got_slices[0].timestamps == want_slices[0].timestamps
+            assert got_slices[0].step_s == want_slices[0].step_s
+        for key, series in want.items():
+            assert _same(got[key], series), (seconds, key)
+        for key in set(got) - set(want):
+            # an instance whose every value was None (or long gone) has an all-None series
+            assert all(v is None for v in got[key]), key
+
+
+def test_a_text_value_where_numbers_were_is_skipped_not_raised() -> None:
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    h.append("g", 0.0, {"m.a": {"": 1.0}, "m.b": {"": 2.0}})
+    h.append("g", 1.0, {"m.a": {"": "oops"}, "m.b": {"": 3.0}})  # same layout, text
+    h.append("g", 2.0, {"m.a": {"": 4.0}, "m.b": {"": 5.0}})
+    [sl] = h.query(["m.a", "m.b"], 60)
+    assert sl.series[("m.a", "")] == [1.0, None, 4.0]
+    assert sl.series[("m.b", "")] == [2.0, 3.0, 5.0]
+
+
+def test_staged_rows_fill_growing_rings_and_wrap() -> None:
+    h = History(retention_s=5, coarse_retention_s=0)
+    h.add_group("g", 1.0)
+    for t in range(13):  # no read until the end: rows staged across growth and two wraps
+        h.append("g", float(t), {"m.a": {"": float(t)}, "m.b": {"x": -t, "y": t * 2}})
+    [sl] = h.query(["m.a", "m.b"], 60)
+    assert sl.timestamps == [8.0, 9.0, 10.0, 11.0, 12.0]
+    assert sl.series[("m.a", "")] == [8.0, 9.0, 10.0, 11.0, 12.0]
+    assert sl.series[("m.b", "x")] == [-8.0, -9.0, -10.0, -11.0, -12.0]
+    assert sl.series[("m.b", "y")] == [16.0, 18.0, 20.0, 22.0, 24.0]
