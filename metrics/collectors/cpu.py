@@ -33,7 +33,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, read_text
+from ..sources import KeptFile, Roots
 
 #: (PCP leaf name, /proc/stat column index, help)
 CPU_FIELDS: tuple[tuple[str, int, str], ...] = (
@@ -136,8 +136,8 @@ class CpuCollector(Collector):
     def __init__(self, roots: Roots, *, hz: int | None = None) -> None:
         self.roots = roots
         self.hz = hz or os.sysconf("SC_CLK_TCK")
-        self._stat_path = roots.proc / "stat"
-        self._loadavg_path = roots.proc / "loadavg"
+        self._stat = KeptFile(roots.proc / "stat")
+        self._loadavg = KeptFile(roots.proc / "loadavg")
 
     def descriptors(self) -> list[MetricDesc]:
         descs: list[MetricDesc] = []
@@ -233,8 +233,8 @@ class CpuCollector(Collector):
         return out
 
     def collect(self) -> Raw:
-        stat = parse_stat(read_text(self._stat_path), self.hz)
-        load = parse_loadavg(read_text(self._loadavg_path))
+        stat = parse_stat(self._stat.read().decode("utf-8", "replace"), self.hz)
+        load = parse_loadavg(self._loadavg.read().decode("utf-8", "replace"))
         raw: Raw = {}
         percpu: dict[str, list[int]] = stat["percpu"]  # type: ignore[assignment]
         all_ms: list[int] = stat["all"]  # type: ignore[assignment]
@@ -252,6 +252,10 @@ class CpuCollector(Collector):
             if key in stat:
                 raw[name] = {SINGULAR: stat[key]}  # type: ignore[dict-item]
         return raw
+
+    def close(self) -> None:
+        self._stat.close()
+        self._loadavg.close()
 
 
 #: (kernel.all name, kernel.percpu name, /proc/stat column) per CPU_FIELDS entry

@@ -88,7 +88,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, read_optional, read_text
+from ..sources import KeptFile, Roots, read_optional
 
 #: Fewest numeric columns a usable line has (the 2.6.25+ layout).
 MIN_FIELDS = 11
@@ -255,7 +255,7 @@ class DiskCollector(Collector):
 
     def __init__(self, roots: Roots, *, reclassify_every: int = 60) -> None:
         self.roots = roots
-        self._diskstats_path = roots.proc / "diskstats"
+        self._diskstats = KeptFile(roots.proc / "diskstats")
         self.reclassify_every = max(1, reclassify_every)
         self._devices: dict[tuple[int, int, str], BlockDevice] = {}
         self._keys: list[tuple[int, int, str]] = []
@@ -343,7 +343,7 @@ class DiskCollector(Collector):
         return out
 
     def collect(self) -> Raw:
-        rows = parse_diskstats(read_text(self._diskstats_path))
+        rows = parse_diskstats(self._diskstats.read().decode("utf-8", "replace"))
         devices = self._classify(rows)
         members: dict[str, list[tuple[str, tuple[int, ...]]]] = {g: [] for g, _ in DEVICE_GROUPS}
         physical: list[tuple[int, ...]] = []
@@ -395,6 +395,9 @@ class DiskCollector(Collector):
         raw["disk.all.inflight"] = {SINGULAR: sum(columns[_INFLIGHT])}
         raw["hinv.ndisk"] = {SINGULAR: len(physical)}
         return raw
+
+    def close(self) -> None:
+        self._diskstats.close()
 
     def _classify(self, rows: list[DiskLine]) -> dict[tuple[int, int, str], BlockDevice]:
         """Cached classification of the devices in ``rows``; unknown ones looked up."""

@@ -46,7 +46,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, SourceUnavailable, read_bytes
+from ..sources import KeptFile, Roots
 
 
 class TokenPicker:
@@ -314,8 +314,8 @@ class MemoryCollector(Collector):
         self._meminfo = TokenPicker(lambda token: by_token.get(token, ()))
         self._vmstat = TokenPicker(vmstat_route())
         self._vmstat_names = {f.leaf: f"mem.vmstat.{f.leaf}" for f in VMSTAT_FIELDS}
-        self._meminfo_path = roots.proc / "meminfo"
-        self._vmstat_path = roots.proc / "vmstat"
+        self._meminfo_file = KeptFile(roots.proc / "meminfo")
+        self._vmstat_file = KeptFile(roots.proc / "vmstat")
 
     def descriptors(self) -> list[MetricDesc]:
         descs = [
@@ -352,16 +352,19 @@ class MemoryCollector(Collector):
     def collect(self) -> Raw:
         raw: Raw = {
             name: {SINGULAR: value}
-            for name, value in self._meminfo.pick(read_bytes(self._meminfo_path)).items()
+            for name, value in self._meminfo.pick(self._meminfo_file.read()).items()
         }
-        try:
-            vmstat = read_bytes(self._vmstat_path)
-        except SourceUnavailable:
+        vmstat = self._vmstat_file.read_optional()
+        if vmstat is None:
             return raw
         names = self._vmstat_names
         for leaf, value in self._vmstat.pick(vmstat).items():
             raw[names[leaf]] = {SINGULAR: value}
         return raw
+
+    def close(self) -> None:
+        self._meminfo_file.close()
+        self._vmstat_file.close()
 
 
 CookedView = Mapping[str, Mapping[str, float | str | None]]

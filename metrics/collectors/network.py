@@ -78,7 +78,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, SourceUnavailable, read_bytes, read_optional, read_text
+from ..sources import KeptFile, Roots, SourceUnavailable, read_bytes, read_optional
 
 # ---------------------------------------------------------------------------------------
 # /proc/net/dev
@@ -419,10 +419,10 @@ class NetworkCollector(Collector):
             by_prefix.setdefault(f.prefix, []).append((f.key, f.metric))
         self._proto = tuple((prefix, tuple(keys)) for prefix, keys in by_prefix.items())
         proc_net = roots.proc / "net"
-        self._dev_path = proc_net / "dev"
-        self._snmp_path = proc_net / "snmp"
-        self._netstat_path = proc_net / "netstat"
-        self._sockstat_path = proc_net / "sockstat"
+        self._dev = KeptFile(proc_net / "dev")
+        self._snmp_file = KeptFile(proc_net / "snmp")
+        self._netstat_file = KeptFile(proc_net / "netstat")
+        self._sockstat = KeptFile(proc_net / "sockstat")
         self._sys_net = str(roots.sys / "class" / "net")
 
     def descriptors(self) -> list[MetricDesc]:
@@ -456,17 +456,17 @@ class NetworkCollector(Collector):
 
     def collect(self) -> Raw:
         self._collections += 1
-        ifaces = parse_net_dev(read_text(self._dev_path))
+        ifaces = parse_net_dev(self._dev.read().decode("utf-8", "replace"))
         items = ifaces.items()
         raw: Raw = {
             metric: {name: values[col] for name, values in items}
             for metric, col in self._dev_metrics
         }
         self._interface_attrs(ifaces, raw)
-        stats = self._snmp.pick(read_text(self._snmp_path))
-        netstat = read_optional(self._netstat_path)
+        stats = self._snmp.pick(self._snmp_file.read().decode("utf-8", "replace"))
+        netstat = self._netstat_file.read_optional()
         if netstat is not None:
-            stats.update(self._netstat.pick(netstat))
+            stats.update(self._netstat.pick(netstat.decode("utf-8", "replace")))
         for prefix, fields in self._proto:
             picked = stats.get(prefix)
             if picked:
@@ -474,9 +474,9 @@ class NetworkCollector(Collector):
                     value = picked.get(key)
                     if value is not None:
                         raw[metric] = {SINGULAR: value}
-        sockstat = read_optional(self._sockstat_path)
+        sockstat = self._sockstat.read_optional()
         if sockstat is not None:
-            tcp = parse_sockstat(sockstat, "TCP").get("TCP")
+            tcp = parse_sockstat(sockstat.decode("utf-8", "replace"), "TCP").get("TCP")
             if tcp:
                 for metric, key, _ in SOCKSTAT_FIELDS:
                     value = tcp.get(key)
@@ -485,6 +485,10 @@ class NetworkCollector(Collector):
                 if "mem" in tcp:
                     raw["network.sockstat.tcp.mem"] = {SINGULAR: tcp["mem"] * self.page_size}
         return raw
+
+    def close(self) -> None:
+        for kept in (self._dev, self._snmp_file, self._netstat_file, self._sockstat):
+            kept.close()
 
     def _interface_attrs(self, ifaces: Mapping[str, object], raw: Raw) -> None:
         now = self._collections

@@ -25,11 +25,10 @@ PSI cannot be switched on without a reboot, so availability is probed once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..collector import Collector, Raw
 from ..model import NONE, SINGULAR, USEC, MetricDesc, counter, instant
-from ..sources import Roots, SourceUnavailable, list_dir, read_optional, read_text
+from ..sources import KeptFile, Roots, SourceUnavailable, list_dir, read_text
 
 #: Resources published, in display order (/proc/pressure/irq, 6.1+, is not published).
 RESOURCES: tuple[str, ...] = ("cpu", "memory", "io")
@@ -127,7 +126,7 @@ class PsiCollector(Collector):
         self._probe: PsiProbe | None = None
         # (file, [(kind, avg metric name, total metric name)]) per readable resource,
         # fixed after the probe so collect() builds no paths or names
-        self._plan: list[tuple[Path, list[tuple[str, str, str]]]] = []
+        self._plan: list[tuple[KeptFile, list[tuple[str, str, str]]]] = []
 
     @property
     def probe(self) -> PsiProbe:
@@ -135,7 +134,7 @@ class PsiCollector(Collector):
             self._probe = probe_psi(self.roots)
             self._plan = [
                 (
-                    self.roots.proc / "pressure" / resource,
+                    KeptFile(self.roots.proc / "pressure" / resource),
                     [
                         (kind, f"kernel.all.pressure.{resource}.{kind}.avg",
                          f"kernel.all.pressure.{resource}.{kind}.total")
@@ -181,11 +180,11 @@ class PsiCollector(Collector):
             self.probe.available  # noqa: B018 - probing builds the plan (collect came first)
         raw: Raw = {}
         ten, one, five = AVG_INSTANCES
-        for path, metrics in self._plan:
-            text = read_optional(path)
-            if text is None:
+        for kept, metrics in self._plan:
+            data = kept.read_optional()
+            if data is None:
                 continue
-            parsed = parse_pressure(text)
+            parsed = parse_pressure(data.decode("utf-8", "replace"))
             for kind, avg_name, total_name in metrics:
                 values = parsed.get(kind)
                 if values is None:
@@ -193,3 +192,7 @@ class PsiCollector(Collector):
                 raw[avg_name] = {ten: values[0], one: values[1], five: values[2]}
                 raw[total_name] = {SINGULAR: values[3]}
         return raw
+
+    def close(self) -> None:
+        for kept, _ in self._plan:
+            kept.close()
