@@ -279,11 +279,15 @@ class _Connection:
                                      self.request.app[CONFIG].max_history_values)
         if backfill and backfill > 0:
             async with hub.backfill_slots:
-                chunks, last = await hub.backfill(layout, backfill)
-                for times, columns in chunks:
-                    if not await self.push(hub.encode_backfill(layout, times, columns)):
-                        return
-                    await asyncio.sleep(0)  # let other clients' frames through between chunks
+                last: float | None = None
+                # Read window by window as frames go out (Hub.backfill): a client that
+                # stops reading stops the reading, and holds one window at most.
+                async with contextlib.aclosing(hub.backfill(layout, backfill)) as chunks:
+                    async for times, columns in chunks:
+                        if not await self.push(hub.encode_backfill(layout, times, columns)):
+                            return
+                        last = times[-1]
+                        await asyncio.sleep(0)  # other clients' frames go out between chunks
                 # Top up what was published meanwhile until nothing is left; the last check
                 # and going live happen without an await, so no tick falls in between.
                 while last is not None and not client.closed:
@@ -425,12 +429,11 @@ _UNCHANGED = object()
 def _fit_backfill(seconds: float, columns: int, interval_s: float, limit: int) -> float:
     """``seconds`` of backfill, shortened so columns x points stays within ``limit``.
 
-    The backfill of a layout is materialised whole before it is cut into frames (one
-    list slot per column per timestamp, columns without history included), so one
-    subscribe to every metric (~3,400 columns) with an hour of backfill cost ~100 MB
-    for a moment; with three such clients the RSS high-water mark stayed there. The
-    same bound as one REST history answer (``max_history_values``) applies; the client
-    gets the most recent part.
+    The same bound as one REST history answer (``max_history_values``): what one
+    subscribe can make the daemon read, encode and send (an hour of every metric,
+    ~3,400 columns, is 12 million values). Memory is bounded separately, by reading the
+    backfill window by window (:meth:`Hub.backfill`). The client gets the most recent
+    part.
     """
     points = seconds / interval_s + 1
     if columns * points <= limit:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import pytest
 
 from hostscope.daemon import encode
-from hostscope.daemon.hub import Client, Hub, interval_multiple
+from hostscope.daemon.hub import Client, Hub, Layout, interval_multiple
 from hostscope.metrics.collector import Collector, Raw
 from hostscope.metrics.collectors.cpu import CpuCollector
 from hostscope.metrics.history import History
@@ -254,12 +255,19 @@ def test_unregister_releases_layouts() -> None:
     assert hub._interned == {} and hub._layout_cache == {}
 
 
+async def backfill(hub: Hub, layout: Layout, seconds: float
+                   ) -> tuple[list[tuple[list[float], list[list[float | None]]]], float | None]:
+    """Every chunk of a backfill, and its newest timestamp (what the stream tracks)."""
+    chunks = [chunk async for chunk in hub.backfill(layout, seconds)]
+    return chunks, (chunks[-1][0][-1] if chunks else None)
+
+
 async def test_backfill_merges_groups_by_timestamp() -> None:
     sampler, _, hub = make(proc_interval=2.0)
     for _ in range(6):
         tick(sampler, hub)
     c = client(hub, "kernel.all.load", "proc.memory.rss")
-    chunks, last = await hub.backfill(c.layout, 3600)
+    chunks, last = await backfill(hub, c.layout, 3600)
     ((times, columns),) = chunks
     assert len(times) == 6 and times == sorted(times) and last == times[-1]
     by = dict(zip((tuple(s) for s in c.layout.series()), columns, strict=True))
@@ -282,10 +290,11 @@ async def test_backfill_in_batches_matches_one_read(monkeypatch: pytest.MonkeyPa
         table.table[f"{1000 + i}:1"] = ("web-1", float(i))
         tick(sampler, hub)
     c = client(hub, "kernel", "proc.memory.rss")
-    whole, last = await hub.backfill(c.layout, 3600)
+    whole, last = await backfill(hub, c.layout, 3600)
     monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_QUERY_CELLS", 50)
     monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_CELLS", 100)
-    batched, last_batched = await hub.backfill(c.layout, 3600)
+    monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_WINDOW_CELLS", 300)
+    batched, last_batched = await backfill(hub, c.layout, 3600)
     assert last_batched == last
     assert len(batched) > len(whole)
 
@@ -332,3 +341,122 @@ def test_samples_frame_is_json() -> None:
                      "v": [[1, 2], [None, 3]]}
     empty = json.loads(encode.samples_frame(1, [7.0], [], backfill=False))
     assert empty["v"] == [] and empty["backfill"] is False
+
+
+async def test_backfill_reads_window_by_window_as_it_is_consumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backfill reads history a window at a time, as its chunks are taken: a consumer
+    that stops after the first chunk has caused one window's read, not the whole
+    history's (a never-reading client re-subscribing to everything once made the daemon
+    read an hour of every metric each time). The windows join up exactly: every
+    timestamp once, groups of other cadences merged, the same as one read."""
+    sampler, table, hub = make(proc_interval=2.0)
+
+    class Stepping:  # one interval per tick, as a daemon's ticks are spaced
+        n = 0
+
+        def wall(self) -> float:
+            return 1_700_000_000.0 + self.n
+
+        def mono(self) -> float:
+            return 1000.0 + self.n
+
+    clock = sampler.clock = Stepping()
+    for i in range(40):
+        table.table[f"{1000 + i}:1"] = ("web-1", float(i))
+        tick(sampler, hub)
+        clock.n += 1
+    c = client(hub, "kernel", "proc.memory.rss")
+    whole, last = await backfill(hub, c.layout, 3600)
+    history = sampler.history
+    assert history is not None
+    reads: list[tuple[float, float]] = []
+    query_range = history.query_range
+
+    def counted(metrics, start, end, **kw):  # type: ignore[no-untyped-def]
+        reads.append((start, end))
+        return query_range(metrics, start, end, **kw)
+
+    monkeypatch.setattr(history, "query_range", counted)
+    monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_CELLS", 100)
+    monkeypatch.setattr("hostscope.daemon.hub.BACKFILL_WINDOW_CELLS", 400)
+    windows = hub.backfill(c.layout, 3600)
+    first = await anext(windows)
+    one_window = len(reads)
+    assert one_window >= 1 and len({end for _, end in reads}) == 1  # one window so far
+    assert len(first[0]) * len(first[1]) <= max(100, len(first[1]))
+    rest = [chunk async for chunk in windows]
+    windowed = [first, *rest]
+    assert len({end for _, end in reads}) > 3  # several windows in all
+    # (start, end] windows that join: each one starts where the previous ended.
+    ends = sorted({end for _, end in reads})
+    starts = sorted({start for start, _ in reads})
+    assert starts[1:] == ends[:-1]
+
+    def joined(chunks: list) -> tuple[list[float], list[list[float | None]]]:
+        times = [t for ts, _ in chunks for t in ts]
+        ncols = len(chunks[0][1])
+        return times, [[v for _, cols in chunks for v in cols[i]] for i in range(ncols)]
+
+    assert joined(windowed) == joined(whole)
+    assert windowed[-1][0][-1] == last
+    times = joined(windowed)[0]
+    assert times == sorted(set(times)) and len(times) == 40
+
+
+def test_query_range_matches_query_and_wraps() -> None:
+    """The windowed history read gives what the whole read gives, also once the ring
+    has wrapped (a short retention here)."""
+    history = History(retention_s=10, coarse_step_s=60)
+    history.add_group("g", 1.0)
+    for i in range(25):  # wraps the 10-slot ring twice
+        history.append("g", 1000.0 + i, {"m": {"": float(i)}, "n": {"a": None, "b": i * 2.0}})
+    (whole,) = history.query(["m", "n"], 10, now=1024.0)
+    assert whole.timestamps == [1015.0 + i for i in range(10)]
+    pieces = [history.query_range(["m", "n"], a, a + 3, tier_s=10)[0]
+              for a in (1011.0, 1014.0, 1017.0, 1020.0, 1023.0)]
+    assert [t for p in pieces for t in p.timestamps] == whole.timestamps
+    for key, values in whole.series.items():
+        assert [v for p in pieces for v in p.series[key]] == values
+    empty = history.query_range(["m"], 2000.0, 2001.0)[0]
+    assert empty.timestamps == [] and empty.series == {("m", ""): []}
+
+
+async def test_a_stalled_backfill_holds_a_window_however_long_the_history() -> None:
+    """What a client that takes one chunk and stops (a never-reader) makes the daemon
+    hold: one window, the same for a long history as for a short one (read whole, the
+    backfill of the long history below held ~8x the short one's)."""
+
+    async def held_for_first_chunk(ticks: int) -> float:
+        sampler, table, hub = make(proc_interval=1.0)
+        for i in range(50):
+            table.table[f"{1000 + i}:1"] = ("web-1", float(i))
+
+        class Stepping:
+            n = 0
+
+            def wall(self) -> float:
+                return 1_700_000_000.0 + self.n
+
+            def mono(self) -> float:
+                return 1000.0 + self.n
+
+        clock = sampler.clock = Stepping()
+        for _ in range(ticks):
+            tick(sampler, hub)
+            clock.n += 1
+        c = client(hub, "kernel", "proc")
+        windows = hub.backfill(c.layout, 3600)
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            times, _ = await anext(windows)
+            assert times
+            return (tracemalloc.get_traced_memory()[1] - base) / 1e6
+        finally:
+            tracemalloc.stop()
+            await windows.aclose()
+
+    short, long = await held_for_first_chunk(300), await held_for_first_chunk(2400)
+    assert long < 1.5 * short + 0.5, (short, long)
