@@ -12,8 +12,9 @@ from history without yielding, and only then does the client go live, so there i
 neither a gap nor a duplicate between backfill and live frames.
 
 A ``bpf`` message toggles a BPF module on behalf of the connection (user ``ws:N``); when
-the connection ends, for whatever reason (closed, dropped as too slow, shutdown), every
-module it held is released, and one left without users detaches.
+the connection ends, for whatever reason (closed, dropped as too slow, shutdown), or
+re-authenticates with a token below ``operator`` (a viewer or embed token), every module
+it held is released, and one left without users detaches.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class _Connection:
             elif kind == "bpf":
                 await self.bpf(message)
             elif kind == "auth":
-                self.reauth(message)
+                await self.reauth(message)
             else:
                 self.error(
                     "unknown_type",
@@ -361,21 +362,32 @@ class _Connection:
         self.expired = asyncio.ensure_future(
             self.close(WS_UNAUTHORIZED, b"unauthorized: the embed token expired"))
 
-    def reauth(self, message: dict[str, Any]) -> None:
+    @property
+    def may_hold_bpf(self) -> bool:
+        """Only operators toggle (and so hold) BPF modules; embed tokens never do."""
+        return self.principal.has(OPERATOR) and not self.principal.embed
+
+    async def reauth(self, message: dict[str, Any]) -> None:
         """A later ``auth`` message changes the connection's role (a viewer pasting an
         operator token); a bad one is an error and leaves the role as it was. An embed
         token narrows the connection to its scope: subscriptions outside it are dropped
-        (named in the answer's ``dropped``, then a new ``meta``)."""
+        (named in the answer's ``dropped``, then a new ``meta``). Dropping from operator
+        to a lower role (a viewer or an embed token) releases every BPF module the
+        connection held (named in the answer's ``released``): holds are an operator's,
+        and must not outlast the role that took them."""
         token = message.get("token")
         if not isinstance(token, str) or not token:
             raise BadParameter("'token' must be a non-empty string")
         app = self.request.app
+        could_hold = self.may_hold_bpf
         self.principal = app[AUTH].check(token, self.request.remote or "unknown", app[CLOCK])
         self.client.notices = not self.principal.embed
         dropped = self.narrow_to_scope()
         answer: dict[str, Any] = {"type": "auth", **principal_json(self.principal)}
         if self.principal.embed:
             answer["dropped"] = dropped
+        if could_hold and not self.may_hold_bpf:
+            answer["released"] = await self.release_for_reauth()
         self.send(answer)
         if dropped:
             log.info("subscriptions outside the new scope dropped",
@@ -386,9 +398,31 @@ class _Connection:
             self.expiry = None
         self.watch_expiry()
 
+    async def release_for_reauth(self) -> list[str]:
+        """Release the holds of a connection whose role dropped below operator; the
+        modules it held. Messages are handled in order and the role is already lowered,
+        so no toggle of this connection can start meanwhile."""
+        if not self.bpf_used:
+            return []
+        try:
+            released = await self.release_bpf()
+        except BpfError as exc:
+            # The helper is gone (its programs with it; a restarted one does not take
+            # this connection's holds back, they were forgotten first). The close
+            # releases again.
+            log.warning("bpf holds not released on re-authentication",
+                        extra={"client": self.client.peer, "detail": str(exc)})
+            return []
+        self.bpf_used = False
+        released = sorted(released)
+        if released:
+            log.info("bpf holds released: the connection's role dropped below operator",
+                     extra={"client": self.client.peer, "bpf_modules": ",".join(released)})
+        return released
+
     async def bpf(self, message: dict[str, Any]) -> None:
         """Toggle a BPF module held by this connection; answer with its status entry."""
-        if not self.principal.has(OPERATOR) or self.principal.embed:
+        if not self.may_hold_bpf:
             raise ApiError(403, "forbidden", "toggling BPF modules needs the operator role; "
                            f"this connection has {self.principal.role}")
         name = message.get("name")
@@ -403,15 +437,16 @@ class _Connection:
         entry = await asyncio.shield(toggle)
         self.send({"type": "bpf", "status": entry})
 
-    async def release_bpf(self) -> None:
-        """Drop this connection's holds, after a toggle still in flight has finished."""
+    async def release_bpf(self) -> list[str]:
+        """Drop this connection's holds, after a toggle still in flight has finished; the
+        modules it held."""
         toggle = self.bpf_toggle
         if toggle is not None:
             if not toggle.done():
                 await asyncio.wait([toggle])
             if not toggle.cancelled():
                 toggle.exception()  # reported to the client already, or nobody is left
-        await bpf_api.release(self.request.app, self.user_id)
+        return await bpf_api.release(self.request.app, self.user_id)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         names = _names(message, "names", required=True)

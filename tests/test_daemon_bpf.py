@@ -40,7 +40,7 @@ from hostscope.daemon.config import Config
 from hostscope.daemon.keys import SAMPLER
 from hostscope.daemon.privileged import BPF_DISABLED, InProcessOps
 from hostscope.metrics.sources import Roots
-from tests.support import auth_config, auth_headers
+from tests.support import OPERATOR_TOKEN, VIEWER_TOKEN, auth_config, auth_headers
 from tests.test_bpf_manager import Storm, assert_unloaded, require_bpf, system_prog_ids
 from tests.test_daemon_shutdown import read_rest, start_serve
 
@@ -438,6 +438,65 @@ async def test_two_holders_keep_it_attached_until_both_release(server: Server) -
     assert (await resp.json())["state"] == "off"
     assert own_program_ids() == []
     assert_unloaded(ours)
+
+
+@needs_bpf
+async def test_reauth_below_operator_releases_the_connections_holds(server: Server) -> None:
+    """An operator connection that re-authenticates as a viewer, or with an embed token,
+    lets go of its modules at once (named in the auth answer's ``released``), not when it
+    closes; other holders keep theirs, and the connection stays open."""
+    from hostscope.daemon.keys import AUTH
+
+    async with connect(server.ws_url) as ws:
+        await hello(ws)
+        for name in ("runqlat", "execsnoop"):
+            assert (await ws_toggle(ws, name, True))["status"]["state"] == "on"
+        ours = own_program_ids()
+        (holder,) = (await server.module("execsnoop"))["users"]
+        # runqlat has a REST holder too, which the re-authentication must not touch.
+        resp = await server.toggle("runqlat", {"enabled": True}, client="script")
+        assert sorted((await resp.json())["users"]) == sorted([holder, "rest:script"])
+
+        await ws.send(json.dumps({"type": "auth", "token": VIEWER_TOKEN}))
+        answer = await recv_until(ws, lambda m: m["type"] in ("auth", "error"), 30, "auth")
+        assert answer == {"type": "auth", "role": "viewer",
+                          "released": ["execsnoop", "runqlat"]}, answer
+        # Released when answered: execsnoop detached, runqlat on for its REST holder alone.
+        execsnoop = await server.module("execsnoop")
+        assert execsnoop["state"] == "off" and execsnoop["users"] == []
+        runqlat = await server.module("runqlat")
+        assert runqlat["state"] == "on" and runqlat["users"] == ["rest:script"]
+        runq_ids = own_program_ids()
+        assert runq_ids and set(runq_ids) < set(ours)
+        assert_unloaded(set(ours) - set(runq_ids))
+        # Still a working connection, now without the operator's powers.
+        assert (await ws_toggle(ws, "execsnoop", True))["code"] == "forbidden"
+        await ws.send(json.dumps({"type": "ping", "id": 1}))
+        assert (await recv_until(ws, lambda m: m["type"] == "pong", 5, "pong"))["id"] == 1
+
+        # Back to operator: nothing released; holds again, then an embed token drops them.
+        await ws.send(json.dumps({"type": "auth", "token": OPERATOR_TOKEN}))
+        answer = await recv_until(ws, lambda m: m["type"] == "auth", 30, "auth")
+        assert answer == {"type": "auth", "role": "operator"}
+        assert (await ws_toggle(ws, "execsnoop", True))["status"]["users"] == [holder]
+        embed = server.app[AUTH].signer.mint(["cpu.util"], 600, now=time.time())
+        await ws.send(json.dumps({"type": "auth", "token": embed}))
+        answer = await recv_until(ws, lambda m: m["type"] == "auth", 30, "auth")
+        assert answer["scope"] == ["cpu.util"] and answer["released"] == ["execsnoop"]
+        assert (await server.module("execsnoop"))["state"] == "off"
+        # No role dropped from operator: no "released" (it held nothing to release).
+        await ws.send(json.dumps({"type": "auth", "token": VIEWER_TOKEN}))
+        answer = await recv_until(ws, lambda m: m["type"] == "auth", 30, "auth")
+        assert answer == {"type": "auth", "role": "viewer"}
+        # An operator that held nothing: dropping to viewer answers an empty list.
+        for token, released in ((OPERATOR_TOKEN, None), (VIEWER_TOKEN, [])):
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            answer = await recv_until(ws, lambda m: m["type"] == "auth", 30, "auth")
+            assert answer.get("released") == released, answer
+    resp = await server.toggle("runqlat", {"enabled": False}, client="script")
+    assert (await resp.json())["state"] == "off"
+    assert own_program_ids() == []
+    assert_unloaded(runq_ids)
 
 
 @needs_bpf
