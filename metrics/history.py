@@ -36,9 +36,9 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import getitem, itemgetter
 
 from .collector import Cooked
+from .layout import FlatLayout, getter
 
 SeriesKey = tuple[str, str]
 NAN = float("nan")
@@ -95,15 +95,11 @@ class _Group:
 class _Plan:
     """How to write a collection laid out like the last one, and its rows not yet written.
 
-    The layout is checked by name rather than rebuilt: ``singles``, ``multis`` and
-    ``texts`` fetch the metrics' instance dicts by name (a missing metric raises
-    KeyError; ``nmetrics`` rules out an extra one). Metrics with one instance (most:
-    singular metrics, a host's only disk) are read with one lookup of that instance,
-    and have no other when their sizes sum to their number; the instance names of the
-    others (``multi_keys``, in order) are compared as one tuple. ``texts`` are metrics
-    whose values are all text, or that have none: not recorded, only checked to stay
-    so. ``rings`` are the fine rings of the single-instance metrics' values, then of
-    the others', in that order. Valid while the group's ``version`` is unchanged.
+    ``layout`` reads the numeric metrics' values by name (:class:`FlatLayout`, which
+    also tells a different layout apart); ``nmetrics`` rules out an extra metric.
+    ``texts`` are metrics whose values are all text, or that have none: not recorded,
+    only checked to stay so. ``rings`` are the fine rings of the values, in the
+    layout's order. Valid while the group's ``version`` is unchanged.
 
     Rows, one per append, are staged in ``stage`` as 32-bit floats by one ``struct``
     call, and moved into the rings (one strided copy per ring, :meth:`History._unstage`)
@@ -113,10 +109,7 @@ class _Plan:
     """
 
     nmetrics: int
-    singles: Callable[[Cooked], tuple[dict[str, float | None], ...]]
-    single_keys: tuple[str, ...]
-    multis: Callable[[Cooked], tuple[dict[str, float | None], ...]]
-    multi_keys: tuple[str, ...]
+    layout: FlatLayout
     texts: Callable[[Cooked], tuple[dict[str, str], ...]] | None
     rings: list[array]
     version: int
@@ -129,22 +122,16 @@ class _Plan:
         """The collection's values in ring order, or None if it is laid out otherwise."""
         if len(values) != self.nmetrics:
             return None
-        try:
-            singles = self.singles(values)
-            flat = list(map(getitem, singles, self.single_keys))
-            if sum(map(len, singles)) != len(singles):
+        flat = self.layout.values(values)
+        if flat is not None and self.texts is not None:
+            try:
+                if not _TEXT.issuperset(
+                    map(type, chain.from_iterable(map(dict.values, self.texts(values))))
+                ):
+                    return None
+            except (KeyError, TypeError):
                 return None
-            multis = self.multis(values)
-            if tuple(chain.from_iterable(multis)) != self.multi_keys:
-                return None
-            flat.extend(chain.from_iterable(map(dict.values, multis)))
-            if self.texts is not None and not _TEXT.issuperset(
-                map(type, chain.from_iterable(map(dict.values, self.texts(values))))
-            ):
-                return None
-        except (KeyError, TypeError):  # a metric or instance gone, or not a dict
-            return None
-        return flat  # type: ignore[return-value]
+        return flat
 
     def stage_row(self, flat: list[float | None], slot: int) -> bool:
         """Stage one row (False: a value is neither a number nor None)."""
@@ -160,16 +147,6 @@ class _Plan:
             self.first = slot
         self.rows += 1
         return True
-
-
-def _getter(keys: list[str]) -> Callable[[Cooked], tuple[dict[str, float | None], ...]]:
-    """A C-speed fetch of several items as a tuple (``itemgetter`` of one is a scalar)."""
-    if len(keys) == 1:
-        only = keys[0]
-        return lambda values: (values[only],)
-    if not keys:
-        return lambda values: ()
-    return itemgetter(*keys)
 
 
 def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
@@ -326,48 +303,35 @@ class History:
         disk's await while it is idle) gets its all-NaN series here, so that one idle
         device does not send the whole group down the value-by-value path.
         """
-        series_map = group.series
-        single_names: list[str] = []
-        single_keys: list[str] = []
-        single_rings: list[array] = []
-        multi_names: list[str] = []
-        multi_keys: list[str] = []
-        multi_rings: list[array] = []
-        text_names: list[str] = []
+        numeric: list[str] = []
+        texts: list[str] = []
         for metric, instances in values.items():
-            texts = sum(1 for value in instances.values() if value.__class__ is str)
-            if texts or not instances:
-                if texts != len(instances):
+            text = sum(1 for value in instances.values() if value.__class__ is str)
+            if text or not instances:
+                if text != len(instances):
                     return None  # text and numbers mixed
-                text_names.append(metric)
-                continue
-            rings = multi_rings if len(instances) > 1 else single_rings
-            for inst, value in instances.items():
-                series = series_map.get((metric, inst))
-                if series is None:
-                    if value is not None:
-                        return None  # dropped: over max_series
-                    series = self._new_series(group, (metric, inst), length)
-                    if series is None:
-                        return None
-                    if len(series.fine) < len(group.times):
-                        series.fine.append(NAN)  # this tick's slot, so it stays aligned
-                rings.append(series.fine)
-            if len(instances) > 1:
-                multi_names.append(metric)
-                multi_keys.extend(instances)
+                texts.append(metric)
             else:
-                single_names.append(metric)
-                single_keys.extend(instances)
-        rings = single_rings + multi_rings
+                numeric.append(metric)
+        layout = FlatLayout(values, numeric)
+        series_map = group.series
+        rings: list[array] = []
+        for key in layout.order:
+            series = series_map.get(key)
+            if series is None:
+                if values[key[0]][key[1]] is not None:
+                    return None  # dropped: over max_series
+                series = self._new_series(group, key, length)
+                if series is None:
+                    return None
+                if len(series.fine) < len(group.times):
+                    series.fine.append(NAN)  # this tick's slot, so it stays aligned
+            rings.append(series.fine)
         if len(rings) != len(series_map):
             return None
         row = struct.Struct(f"{len(rings)}f")
-        return _Plan(
-            len(values), _getter(single_names), tuple(single_keys), _getter(multi_names),
-            tuple(multi_keys), _getter(text_names) if text_names else None, rings,
-            group.version, row, bytearray(row.size * STAGE_ROWS),
-        )
+        return _Plan(len(values), layout, getter(texts) if texts else None, rings,
+                     group.version, row, bytearray(row.size * STAGE_ROWS))
 
     def _unstage(self, group: _Group) -> None:
         """Move the rows staged by the group's plan into its rings.

@@ -137,3 +137,57 @@ def test_rates_are_never_negative_whatever_the_sequence(values: list[int]) -> No
     for i, v in enumerate(values):
         rate = conv.convert(DESCS, {"a.c64": {"i": v}}, float(i))["a.c64"]["i"]
         assert rate is None or rate >= 0
+
+
+def _reference(counters: dict[str, int | None], raw: dict[str, dict[str, int]], mono: float,
+               prev: tuple[float, dict[str, dict[str, int]]] | None) -> dict[str, object]:
+    """The rate rules metric by metric, instance by instance (the specification)."""
+    cooked: dict[str, object] = dict(raw)
+    for name, wrap_bits in counters.items():
+        if name not in raw:
+            continue
+        old_values = prev[1].get(name) if prev is not None and mono > prev[0] else None
+        out: dict[str, float | None] = {}
+        for inst, value in raw[name].items():
+            old = None if old_values is None else old_values.get(inst)
+            delta = None if old is None else counter_delta(old, value, wrap_bits)
+            out[inst] = None if delta is None else delta * (1.0 / (mono - prev[0]))  # type: ignore[index]
+        cooked[name] = out
+    return cooked
+
+
+@given(st.lists(
+    st.tuples(
+        st.sets(st.sampled_from(("a.c64", "a.c32", "a.level")), min_size=1),  # metrics
+        st.sets(st.sampled_from(("i", "j", "k")), min_size=1),  # instances of a.c64
+        st.lists(st.integers(min_value=0, max_value=2**32 - 1), min_size=4, max_size=4),
+        st.booleans(),  # repeat the previous layout with new values (the common case)
+        st.sampled_from((1.0, 0.5, 0.0)),  # time step (0: not later, no rate)
+    ),
+    min_size=1, max_size=30,
+))
+def test_flat_path_gives_the_rates_of_the_rules(
+    ticks: list[tuple[set[str], set[str], list[int], bool, float]],
+) -> None:
+    """Whatever the sequence of layouts and values (increases, resets, u32 wraps), the
+    converter's result is the rules' result, value for value."""
+    conv = RateConverter()
+    prev: tuple[float, dict[str, dict[str, int]]] | None = None
+    metrics, insts = {"a.c64"}, {"i"}
+    mono = 0.0
+    for present, instances, values, repeat, step in ticks:
+        if not repeat:
+            metrics, insts = present, instances
+        raw: dict[str, dict[str, int]] = {}
+        for name in sorted(metrics):
+            if name == "a.c64":
+                raw[name] = {inst: values[n] * 2**20 for n, inst in enumerate(sorted(insts))}
+            else:
+                raw[name] = {"": values[3]}
+        mono += step
+        want = _reference(DESCS, raw, mono, prev)
+        got = conv.convert(DESCS, raw, mono)  # type: ignore[arg-type]
+        assert got == want
+        for name in want:
+            assert list(got[name]) == list(want[name])  # type: ignore[arg-type]
+        prev = (mono, raw)
