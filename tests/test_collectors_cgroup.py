@@ -200,6 +200,7 @@ def test_v2_values() -> None:
     assert names[f"{POD}/cri-containerd-{H2}.scope"] == "k8s:bbbbbbbbbbbb"
     assert names[POD] == f"k8s:{POD_UID}"
     assert names["/"] == ""
+    assert raw["cgroup.version"] == dict.fromkeys(names, "v2")
 
 
 def test_v1_tree_converts_units_and_prefers_recursive_blkio() -> None:
@@ -225,6 +226,7 @@ def test_v1_tree_converts_units_and_prefers_recursive_blkio() -> None:
     assert raw["cgroup.pids.current"][cont] == 12
     assert "cgroup.pressure.cpu.some.total" not in raw  # PSI is v2 only
     assert raw["cgroup.container.name"][cont] == "docker:aaaaaaaaaaaa"
+    assert raw["cgroup.version"] == {"/": "v1", "/docker": "v1", cont: "v1"}
 
 
 def test_hybrid_tree_merges_v2_and_v1() -> None:
@@ -240,6 +242,9 @@ def test_hybrid_tree_merges_v2_and_v1() -> None:
     # a cgroup only v1 knows
     assert raw["cgroup.cpu.usage"]["/legacy"] == 7000
     assert raw["cgroup.cpu.user"]["/legacy"] == 3500
+    # which a cgroup filter (v2 paths only) cannot take
+    assert raw["cgroup.version"] == {"/": "v2", "/system.slice": "v2", DOCKER_SCOPE: "v2",
+                                     "/legacy": "v1"}
 
 
 def test_captured_hybrid_tree_of_this_machine() -> None:
@@ -378,3 +383,23 @@ def test_live_cgroup_of_a_busy_child(
     util = cooked["cgroup.cpu.util"][path]
     assert isinstance(util, float) and util > 0.5
     assert util == pytest.approx(expected, abs=0.15)
+
+
+@pytest.mark.live
+def test_live_versions_are_what_a_cgroup_filter_accepts() -> None:
+    """``cgroup.version`` is ``v2`` exactly for the cgroups the BPF modules' cgroup setting
+    takes (the dashboard's container filter offers only those); on this hybrid machine
+    the sandbox's /process_api exists only in v1 hierarchies."""
+    from hostscope.bpfmods.settings import CgroupSetting, SettingsContext
+
+    versions = CgroupCollector(Roots(), rescan_s=0).collect().get("cgroup.version", {})
+    if not versions:
+        pytest.skip("no cgroups mounted")
+    setting = CgroupSetting("cgroup", "CGROUP_ID", "")
+    for path, version in versions.items():
+        try:
+            setting.parse(path, SettingsContext())
+            accepted = "v2"
+        except ValueError:
+            accepted = "v1"
+        assert version == accepted, path

@@ -35,6 +35,11 @@ re-walked every ``rescan_s`` seconds and the known set read in between.
 Names. :func:`container_name` turns a path into what a person recognises (``docker:ab12...``,
 ``k8s:<pod uid>``, ``nginx.service``). Docker containers are named by id only: resolving
 names would need the docker socket, which is root-equivalent access hostscope does not take.
+
+Versions. ``cgroup.version`` says per cgroup whether the v2 hierarchy has it (``v2``) or
+only v1 hierarchies do (``v1``: on hybrid hosts, e.g. containers of a cgroupfs-driven
+docker). Cgroup filters (BPF modules' ``cgroup`` setting, profiles) take v2 paths only, so
+the dashboard offers only ``v2`` cgroups there. Known from the walk: no extra reads.
 """
 
 from __future__ import annotations
@@ -636,6 +641,8 @@ class CgroupCollector(Collector):
         self.hz = hz or os.sysconf("SC_CLK_TCK")
         self._hier: Hierarchies | None = None
         self._paths: list[str] = []
+        #: The paths the last walk found in the v2 hierarchy.
+        self._v2_paths: frozenset[str] = frozenset()
         self._scanned_at: float | None = None
         self._files = CgroupFiles()
 
@@ -664,6 +671,10 @@ class CgroupCollector(Collector):
             i("cgroup.pids.current", COUNT, "tasks (threads) in the cgroup"),
             discrete("cgroup.container.name", NONE,
                      "readable container, pod or systemd unit name of the cgroup",
+                     indom=INDOM, labels=_LABELS, type=ValueType.STRING),
+            discrete("cgroup.version", NONE,
+                     "v2 if the cgroup is in the v2 (unified) hierarchy, which cgroup "
+                     "filters take; v1 if only cgroup v1 hierarchies have it",
                      indom=INDOM, labels=_LABELS, type=ValueType.STRING),
         ]
         for res in ("cpu", "memory", "io"):
@@ -694,11 +705,16 @@ class CgroupCollector(Collector):
         now = time.monotonic()
         if self._scanned_at is None or now - self._scanned_at >= self.rescan_s:
             seen: dict[str, None] = {}
-            for root in self.hierarchies().walk_roots:
+            v2: set[str] = set()
+            hier = self.hierarchies()
+            for root in hier.walk_roots:
                 for path in walk_interesting(root, max_depth=self.max_depth,
                                              limit=self.max_cgroups):
                     seen.setdefault(path, None)
+                    if root == hier.v2:
+                        v2.add(path)
             self._paths = list(seen)[: self.max_cgroups]
+            self._v2_paths = frozenset(v2)
             self._scanned_at = now
             self._files = CgroupFiles()  # absences are re-checked once per walk
         return self._paths
@@ -707,15 +723,20 @@ class CgroupCollector(Collector):
         hier = self.hierarchies()
         raw: Raw = {}
         names: dict[str, int | float | str] = {}
-        for path in self.paths():
+        versions: dict[str, int | float | str] = {}
+        paths = self.paths()
+        v2_paths = self._v2_paths
+        for path in paths:
             values = read_cgroup(hier, path, self.hz, self._files)
             if not values:
                 continue  # removed since the walk
             for name, value in values.items():
                 raw.setdefault(name, {})[path] = value
             names[path] = container_name(path)
+            versions[path] = "v2" if path in v2_paths else "v1"
         if names:
             raw["cgroup.container.name"] = names
+            raw["cgroup.version"] = versions
         return raw
 
 
