@@ -241,6 +241,58 @@ describe('BPF widgets', () => {
     expect(ws.sent.at(-1)).toEqual({ type: 'bpf', name: 'runqlat', enabled: true, settings: {} })
   })
 
+  it('offers only cgroup v2 containers: on a hybrid host, v1-only cgroups cannot be a filter', async () => {
+    withContainers()
+    const u = { label: '', kind: 'none', per_sec: false, base_factor: 1 }
+    const list = restAnswers['/api/v1/metrics'] as { metrics: Descriptor[] }
+    list.metrics.push({ name: 'cgroup.version', type: 'string', semantics: 'discrete', units: u, value_units: u, indom: 'cgroup', help: '' } as Descriptor)
+    // The daemon's cgroup.version: docker with the cgroupfs driver lives in v1 hierarchies only.
+    const versions = [
+      { instance: '/', value: 'v2' },
+      { instance: '/system.slice/nginx.service', value: 'v2' },
+      { instance: '/docker/ab12cd34', value: 'v1' },
+      { instance: '/odd,path/<b>x</b>', value: 'v2' },
+      { instance: '/process_api', value: 'v1' },
+    ]
+    restAnswers['/api/v1/fetch'] = {
+      timestamp: 1,
+      values: [
+        { name: 'cgroup.container.name', instances: [...CONTAINERS, { instance: '/process_api', value: '/process_api' }] },
+        { name: 'cgroup.version', instances: versions },
+      ],
+    }
+    const urls: string[] = []
+    const fetch = globalThis.fetch
+    vi.stubGlobal('fetch', async (url: string) => {
+      urls.push(String(url))
+      return fetch(url)
+    })
+    const { conn } = await connected()
+    const w = mountCard('bpf.runqlat', conn, toggles(conn))
+    await flushPromises()
+    expect(urls).toContain('/api/v1/fetch?names=cgroup.container.name,cgroup.version')
+    const options = w.get('select[aria-label^="Container filter"]').findAll('option')
+    expect(options.map((o) => o.attributes('value'))).toEqual(['', '/odd,path/<b>x</b>', '/system.slice/nginx.service'])
+    // The store reports the versions; the dashboard's container filter still lists every name.
+    expect((await conn.containerCgroups()).find((c) => c.path === '/docker/ab12cd34')).toEqual({ path: '/docker/ab12cd34', name: 'docker:ab12cd34', version: 'v1' })
+    expect(await conn.containerNames()).toContain('docker:ab12cd34')
+  })
+
+  it('offers every container when the daemon does not report cgroup versions (and does not ask for them)', async () => {
+    withContainers()
+    const urls: string[] = []
+    const fetch = globalThis.fetch
+    vi.stubGlobal('fetch', async (url: string) => {
+      urls.push(String(url))
+      return fetch(url)
+    })
+    const { conn } = await connected()
+    const w = mountCard('bpf.runqlat', conn, toggles(conn))
+    await flushPromises()
+    expect(urls).toContain('/api/v1/fetch?names=cgroup.container.name')
+    expect(w.get('select[aria-label^="Container filter"]').findAll('option')).toHaveLength(4)
+  })
+
   it('offers no container filter for modules without a cgroup setting', async () => {
     withContainers()
     const { conn } = await connected()

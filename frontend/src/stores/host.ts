@@ -38,6 +38,13 @@ export const SHORT_RETENTION_S = 120
 const MAX_BACKFILL_S = 3600
 const MAX_BACKOFF_S = 15
 
+/** A cgroup the host has, its readable name and (if the daemon says) its cgroup version. */
+export interface ContainerCgroup {
+  path: string
+  name: string
+  version?: string
+}
+
 /** Metrics a container filter scopes (per-process and per-cgroup). */
 export function isScoped(metric: string): boolean {
   return metric.startsWith('proc.') || metric.startsWith('cgroup.')
@@ -325,27 +332,38 @@ export class HostConnection {
    * The host's containers with their cgroup paths: `cgroup.container.name` is one
    * instance per cgroup path, valued with its readable name (`docker:ab12…`,
    * `nginx.service`, or the path itself). The root cgroup (no name) is left out.
+   * `version` is the daemon's `cgroup.version` of the path: `v2` if the unified hierarchy
+   * has it (cgroup filters take only those), `v1` if only v1 hierarchies do (hybrid
+   * hosts); absent from daemons that do not report it.
    */
-  async containerCgroups(): Promise<{ path: string; name: string }[]> {
+  async containerCgroups(): Promise<ContainerCgroup[]> {
     const found = new Map<string, string>()
+    const versions = new Map<string, string>()
     const metric = 'cgroup.container.name'
+    const versionMetric = 'cgroup.version'
     for (const [k, text] of this.main.text) {
       const [m, instance] = splitKey(k)
       if (m === metric && text) found.set(instance, text)
     }
     if (!this.catalogue.value || this.catalogue.value.has(metric)) {
+      // The version only when the daemon lists it: an unknown name fails the whole fetch.
+      const names = this.catalogue.value?.has(versionMetric) ? `${metric},${versionMetric}` : metric
       try {
-        const ans = await getJson<{ values: { instances: { instance: unknown; value: unknown }[] }[] }>(this.base, `/api/v1/fetch?names=${metric}`)
+        const ans = await getJson<{ values: { name?: unknown; instances: { instance: unknown; value: unknown }[] }[] }>(this.base, `/api/v1/fetch?names=${names}`)
         for (const v of ans.values ?? []) {
+          const into = v.name === versionMetric ? versions : found
           for (const i of v.instances ?? []) {
-            if (typeof i.value === 'string' && i.value && typeof i.instance === 'string') found.set(i.instance, i.value)
+            if (typeof i.value === 'string' && i.value && typeof i.instance === 'string') into.set(i.instance, i.value)
           }
         }
       } catch {
         /* the suggestions are a convenience: the filter still works typed by hand */
       }
     }
-    return [...found].map(([path, name]) => ({ path, name }))
+    return [...found].map(([path, name]) => {
+      const version = versions.get(path)
+      return version ? { path, name, version } : { path, name }
+    })
   }
 
   descriptor(metric: string): Descriptor | undefined {
