@@ -107,6 +107,10 @@ STREAM_PATH = "/api/v1/stream"
 #: in daemon/panels.json), which answers it without command lines (daemon/api.py).
 PROCESSES_PATH = "/api/v1/processes"
 _SAFE_METHODS = ("GET", "HEAD")
+#: Metrics no embed token opens, whatever its scope names: command lines carry secrets
+#: (passwords in arguments), and embed links travel in wikis and runbooks. A scope of
+#: ``proc`` opens every other per-process metric.
+CLOSED_TO_EMBED = frozenset({"proc.psinfo.psargs"})
 
 
 def hash_token(token: str) -> str:
@@ -145,10 +149,13 @@ class Principal:
         """Is metric ``name`` inside this principal's scope?
 
         A scope entry matches itself and the metrics under it (``disk.dev`` opens
-        ``disk.dev.read_bytes``); a panel id opens the metrics its series name.
+        ``disk.dev.read_bytes``); a panel id opens the metrics its series name. No scope
+        opens :data:`CLOSED_TO_EMBED`.
         """
         if self.scope is None:
             return True
+        if name in CLOSED_TO_EMBED:
+            return False
         for entry in self.scope:
             if name == entry or name.startswith(entry + "."):
                 return True

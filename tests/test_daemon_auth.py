@@ -709,6 +709,30 @@ async def test_embed_tokens_read_only_their_metrics(daemon: Daemon) -> None:
     assert status == 200
 
 
+async def test_no_embed_scope_opens_command_lines(daemon: Daemon) -> None:
+    """A scope of ``proc`` (or naming the metric itself) opens every per-process metric
+    but the command line: embed links travel in wikis, command lines carry secrets."""
+    for scope in (["proc"], ["proc.psinfo"], ["proc.psinfo.psargs"]):
+        token = embed_token(daemon, *scope)
+        for path in ("/api/v1/fetch?names=proc.psinfo.psargs",
+                     "/api/v1/history?names=proc.psinfo.psargs&seconds=5",
+                     "/api/v1/instances?name=proc.psinfo.psargs"):
+            status, answer, _ = await daemon.call("GET", path, token)
+            assert (status, answer["error"]["code"]) == (403, "forbidden"), (scope, path)
+            assert "proc.psinfo.psargs" in answer["error"]["message"]
+        status, answer, _ = await daemon.call("GET", "/api/v1/metrics?prefix=proc", token)
+        listed = {m["name"] for m in answer.get("metrics", [])}
+        assert "proc.psinfo.psargs" not in listed, scope
+    token = embed_token(daemon, "proc")
+    assert (await daemon.call("GET", "/api/v1/fetch?names=proc.psinfo.cmd", token))[0] == 200
+    async with connect(daemon.ws, additional_headers=auth_headers(token)) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        await ws.send(json.dumps({"type": "subscribe", "names": ["proc.psinfo.psargs"],
+                                  "backfill": 0}))
+        error = await recv_type(ws, "error")
+        assert error["code"] == "forbidden" and "proc.psinfo.psargs" in error["message"]
+
+
 async def test_the_process_panel_opens_processes_without_command_lines(daemon: Daemon) -> None:
     """An embed token naming proc.top reads /api/v1/processes (the embedded table), each
     row without its command line; every other scope still gets 403 there."""
