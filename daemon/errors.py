@@ -62,6 +62,7 @@ PROFILE_STATUS = {
     "invalid_request": 400,
     "unknown_profile": 404,
     "unknown_container": 404,
+    "unsupported_container": 409,
     "no_such_process": 404,
     "no_such_cgroup": 404,
     "busy": 409,

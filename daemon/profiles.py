@@ -128,13 +128,17 @@ def parse_request(body: Any) -> dict[str, Any]:
             "container": container}
 
 
-def resolve_container(names: Mapping[str, Any], wanted: str) -> str:
+def resolve_container(names: Mapping[str, Any], wanted: str,
+                      versions: Mapping[str, Any] | None = None) -> str:
     """The cgroup path of the container ``wanted`` from the sampler's latest
     ``cgroup.container.name`` values ({cgroup path: readable name}).
 
     A readable name (``docker:ab12...``, ``nginx.service``) or a cgroup path the
     collector reports; several matches (a name below a raw path) resolve to the
-    outermost cgroup, which holds the others.
+    outermost cgroup, which holds the others. Captures filter by cgroup v2 (the
+    profiler matches the unified hierarchy's cgroup ids), so with ``versions`` (the
+    latest ``cgroup.version`` values) a cgroup only v1 hierarchies have is not taken;
+    one that matches nothing else is refused as ``unsupported_container``, saying why.
     """
     found = [path for path, name in names.items()
              if path == wanted or container_matches(name if isinstance(name, str) else None,
@@ -145,6 +149,15 @@ def resolve_container(names: Mapping[str, Any], wanted: str) -> str:
             if known else " (no containers or cgroups sampled yet)"
         raise ProfileApiError("unknown_container",
                               f"no container, unit or cgroup named {wanted[:80]!r}{hint}")
+    if versions is not None:
+        unified = [p for p in found if versions.get(p) != "v1"]
+        if not unified:
+            raise ProfileApiError(
+                "unsupported_container",
+                f"{wanted[:80]!r} is only in cgroup v1 hierarchies on this host, and captures "
+                "filter by cgroup v2 (the unified hierarchy); profile one of its processes "
+                "by pid, or the whole host")
+        found = unified
     return min(found, key=lambda p: (p.count("/"), p))
 
 
@@ -245,7 +258,8 @@ def _error_of(exc: BaseException) -> ProfileApiError:
 class ProfileService:
     """Queue, runner and store of captures for one daemon (see the module docstring).
 
-    ``containers`` returns the sampler's latest ``cgroup.container.name`` values;
+    ``containers`` returns the sampler's latest ``cgroup.container.name`` values and
+    ``versions`` its ``cgroup.version`` values (see :func:`resolve_container`);
     ``pid_exists`` answers whether a PID is alive (checked before queueing, so a typo is
     a 404 now rather than a failed entry later).
     """
@@ -257,6 +271,7 @@ class ProfileService:
         clock: Clock,
         containers: Callable[[], Mapping[str, Any]],
         pid_exists: Callable[[int], bool],
+        versions: Callable[[], Mapping[str, Any]] | None = None,
         keep: int = 20,
         keep_bytes: int = 256 * 1024 * 1024,
         queue: int = 4,
@@ -267,6 +282,7 @@ class ProfileService:
         self._ops = ops
         self._clock = clock
         self._containers = containers
+        self._versions = versions
         self._pid_exists = pid_exists
         self.keep = keep
         self.keep_bytes = keep_bytes
@@ -387,7 +403,9 @@ class ProfileService:
                 raise ProfileApiError("no_such_process", f"no process {request['pid']}")
             private["pid"] = request["pid"]
         if request["container"] is not None:
-            private["cgroup"] = resolve_container(self._containers(), request["container"])
+            private["cgroup"] = resolve_container(
+                self._containers(), request["container"],
+                self._versions() if self._versions is not None else None)
         if self._closing:
             raise ProfileApiError("shutting_down", "the daemon is shutting down")
         capture = Capture(id=new_id(), request=request, private=private,

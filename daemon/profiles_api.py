@@ -40,11 +40,15 @@ def create_service(app: web.Application) -> ProfileService:
     def containers() -> Any:
         return sampler.latest.get("cgroup.container.name", {})
 
+    def versions() -> Any:
+        return sampler.latest.get("cgroup.version", {})
+
     def pid_exists(pid: int) -> bool:
         return Path(proc, str(pid)).is_dir()
 
     return ProfileService(
-        app[PRIVILEGED], clock=app[CLOCK], containers=containers, pid_exists=pid_exists,
+        app[PRIVILEGED], clock=app[CLOCK], containers=containers, versions=versions,
+        pid_exists=pid_exists,
         keep=config.profile_keep, keep_bytes=config.profile_keep_bytes,
         queue=config.profile_queue, grace_s=config.profile_grace)
 

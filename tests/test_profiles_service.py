@@ -194,6 +194,16 @@ def test_resolve_container() -> None:
     with pytest.raises(ProfileApiError, match="known: ") as info:
         resolve_container(names, "nope")
     assert info.value.status == 404
+    # On a hybrid host a cgroup only v1 hierarchies have cannot be filtered by: a name in
+    # both resolves to the v2 cgroup, one only in v1 is refused saying why.
+    versions = {path: "v2" for path in names} | {"/process_api": "v1",
+                                                  "/process_api/x1": "v1"}
+    assert resolve_container(names, "nginx.service", versions) == "/system.slice/nginx.service"
+    with pytest.raises(ProfileApiError, match="only in cgroup v1") as info:
+        resolve_container(names, "/process_api", versions)
+    assert (info.value.code, info.value.status) == ("unsupported_container", 409)
+    both = {"/a/web": "web", "/web": "web"}
+    assert resolve_container(both, "web", {"/a/web": "v2", "/web": "v1"}) == "/a/web"
 
 
 async def test_malformed_and_out_of_range_posts(server: Server) -> None:
