@@ -32,15 +32,21 @@ pace caches are cold at every tick, and both figures are 2-3x the back-to-back o
 
 ``--compare REV`` measures the metrics code of git revision REV (extracted with
 ``git archive`` into a temporary directory) in alternating rounds with the working
-tree, and prints both side by side.
+tree, and prints both side by side. In situ, both run in one process (the revision's
+code imported under another package name), each ticking once a second, in turn and in
+a random order each second: the same load falls on both, which separate runs a minute
+apart on a shared machine cannot promise (their difference was often larger than the
+effect measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -88,86 +94,120 @@ def read_tcp_files(ticks: int) -> float:
     return (cpu_now() - start) / ticks
 
 
-def use_code(code: Path) -> None:
-    """Import ``hostscope.metrics`` from ``code/metrics`` instead of the installed tree."""
+def use_code(code: Path, package: str = "hostscope.metrics") -> None:
+    """Import ``code/metrics`` as ``package`` (by default instead of the installed tree;
+    under another name, several trees can be measured side by side in one process)."""
     import hostscope  # noqa: F401 - the namespace package must exist first
 
     init = code / "metrics" / "__init__.py"
     spec = importlib.util.spec_from_file_location(
-        "hostscope.metrics", init, submodule_search_locations=[str(code / "metrics")])
+        package, init, submodule_search_locations=[str(code / "metrics")])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["hostscope.metrics"] = module
+    sys.modules[package] = module
     spec.loader.exec_module(module)
 
 
-def measure(ticks: int, spaced_s: float = 0.0) -> dict[str, Any]:
-    """One round in this process: figures in microseconds (see the module docstring).
-
-    ``spaced_s`` > 0 runs the ticks on a real schedule, one every ``spaced_s`` seconds,
-    as the daemon does, instead of back to back; half way between two ticks the floor
-    files are read once, so the floor is measured as cold as the ticks."""
-    from hostscope.metrics.defaults import build_sampler
-    from hostscope.metrics.history import History
-    from hostscope.metrics.sources import Roots
-
-    sampler = build_sampler(Roots(), history=History())
+def build(package: str) -> Any:
+    """A sampler of the system set (no processes) with a history, from ``package``."""
+    defaults = importlib.import_module(f"{package}.defaults")
+    history = importlib.import_module(f"{package}.history")
+    sources = importlib.import_module(f"{package}.sources")
+    sampler = defaults.build_sampler(sources.Roots(), history=history.History())
     sampler.collectors = [c for c in sampler.collectors if c.name != "process"]
-    spent: dict[str, float] = {}
-    calls: dict[str, int] = {}
+    return sampler
 
-    def timed(name: str, collect: Any) -> Any:
+
+class Probe:
+    """One sampler under measurement: its collectors timed, its ticks recorded."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.spent: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.tick_cpu: list[float] = []
+        self.only_per_second: list[float] = []
+        for _ in range(10):
+            sampler.sample()  # warm up: first reads, classification, the tcpconn check
+        self.every = {c.name: sampler.group_interval_s(c.name) for c in sampler.collectors}
+        for collector in sampler.collectors:
+            self.spent[collector.name] = 0.0
+            self.calls[collector.name] = 0
+            collector.collect = self.timed(collector.name, collector.collect)
+        self.per_second = {name for name, every in self.every.items()
+                           if every <= sampler.interval_s}
+
+    def timed(self, name: str, collect: Any) -> Any:
         def wrapper() -> Any:
             start = cpu_now()
             try:
                 return collect()
             finally:
-                spent[name] += cpu_now() - start
-                calls[name] += 1
+                self.spent[name] += cpu_now() - start
+                self.calls[name] += 1
         return wrapper
 
-    for _ in range(10):
-        sampler.sample()  # warm up: first reads, classification, the tcpconn check
-    every = {c.name: sampler.group_interval_s(c.name) for c in sampler.collectors}
-    for collector in sampler.collectors:
-        spent[collector.name] = 0.0
-        calls[collector.name] = 0
-        collector.collect = timed(collector.name, collector.collect)  # type: ignore[method-assign]
-    per_second = {name for name, interval in every.items() if interval <= sampler.interval_s}
-    tick_cpu: list[float] = []
-    only_per_second: list[float] = []
-    floor_cpu: list[float] = []
-    slot = time.monotonic()
-    for _ in range(ticks):
-        if spaced_s:
-            slot += spaced_s
-            time.sleep(max(0.0, slot - spaced_s / 2 - time.monotonic()))
-            floor_cpu.append(read_floor(1))
-            time.sleep(max(0.0, slot - time.monotonic()))
+    def tick(self) -> None:
         start = cpu_now()
-        tick = sampler.collect()
-        sampler.publish(tick)
+        tick = self.sampler.collect()
+        self.sampler.publish(tick)
         cost = cpu_now() - start
-        tick_cpu.append(cost)
-        if set(tick.groups) <= per_second:
-            only_per_second.append(cost)
-    total = statistics.fmean(tick_cpu)
-    collect_total = sum(spent.values()) / ticks
-    return {
-        "series": sampler.history.series_count if sampler.history else 0,
-        "collectors": {
-            name: {
-                "every_s": every[name],
-                "per_call_us": spent[name] / max(1, calls[name]) * 1e6,
-                "per_tick_us": spent[name] / ticks * 1e6,
-            }
-            for name in spent
-        },
-        "pipeline_us": (total - collect_total) * 1e6,
-        "per_second_us": statistics.fmean(only_per_second) * 1e6 if only_per_second else None,
-        "amortised_us": total * 1e6,
-        "floor_us": statistics.fmean(floor_cpu) * 1e6 if floor_cpu else None,
-    }
+        self.tick_cpu.append(cost)
+        if set(tick.groups) <= self.per_second:
+            self.only_per_second.append(cost)
+
+    def result(self, floor_cpu: list[float]) -> dict[str, Any]:
+        ticks = len(self.tick_cpu)
+        total = statistics.fmean(self.tick_cpu)
+        collect_total = sum(self.spent.values()) / ticks
+        history = self.sampler.history
+        return {
+            "series": history.series_count if history else 0,
+            "collectors": {
+                name: {
+                    "every_s": self.every[name],
+                    "per_call_us": spent / max(1, self.calls[name]) * 1e6,
+                    "per_tick_us": spent / ticks * 1e6,
+                }
+                for name, spent in self.spent.items()
+            },
+            "pipeline_us": (total - collect_total) * 1e6,
+            "per_second_us": (statistics.fmean(self.only_per_second) * 1e6
+                              if self.only_per_second else None),
+            "amortised_us": total * 1e6,
+            "floor_us": statistics.fmean(floor_cpu) * 1e6 if floor_cpu else None,
+        }
+
+
+def measure(ticks: int, spaced_s: float = 0.0,
+            packages: tuple[str, ...] = ("hostscope.metrics",)) -> list[dict[str, Any]]:
+    """One round in this process: figures in microseconds (see the module docstring),
+    one result per package.
+
+    ``spaced_s`` > 0 runs the ticks on a real schedule, each sampler ticking once every
+    ``spaced_s`` seconds as the daemon does, instead of back to back. Several packages
+    (variants of the code) tick in turn, evenly spread over each period and in a new
+    random order each period, so that they are measured side by side under the same
+    load; once a period, between ticks, the floor files are read, so the floor is
+    measured as cold as the ticks."""
+    probes = [Probe(build(package)) for package in packages]
+    floor_cpu: list[float] = []
+    order = list(probes)
+    slot = time.monotonic()
+    step = spaced_s / (len(probes) + 1)
+    for _ in range(ticks):
+        if not spaced_s:
+            for probe in probes:
+                probe.tick()
+            continue
+        random.shuffle(order)
+        for k, probe in enumerate(order):
+            time.sleep(max(0.0, slot + (k + 1) * step - time.monotonic()))
+            probe.tick()
+        time.sleep(max(0.0, slot + spaced_s - time.monotonic()))
+        floor_cpu.append(read_floor(1))
+        slot += spaced_s
+    return [probe.result(floor_cpu) for probe in probes]
 
 
 def bench_history_memory() -> tuple[int, int, float]:
@@ -204,11 +244,12 @@ def tcp_sockets() -> int | None:
         return None
 
 
-def run_round(code: Path | None, ticks: int, spaced_s: float = 0.0) -> dict[str, Any]:
-    """One measurement in a fresh interpreter, importing the metrics code from ``code``."""
+def run_round(codes: list[Path | None], ticks: int, spaced_s: float = 0.0) -> list[dict[str, Any]]:
+    """One measurement in a fresh interpreter: the metrics code of each of ``codes``
+    (None: the working tree), side by side in that one process."""
     cmd = [sys.executable, __file__, "--worker", "--ticks", str(ticks), "--spaced", str(spaced_s)]
-    if code is not None:
-        cmd += ["--code", str(code)]
+    for code in codes:
+        cmd += ["--code", str(code) if code is not None else ""]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)
 
@@ -292,13 +333,18 @@ def main() -> None:
                         "daemon does (0: skip)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--spaced", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--code", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        if args.code is not None:
-            use_code(args.code)
-        print(json.dumps(measure(args.ticks, args.spaced)))
+        packages: list[str] = []
+        for n, code in enumerate(args.code or [""]):
+            if not code:
+                packages.append("hostscope.metrics")  # the working tree, as installed
+                continue
+            packages.append(f"hostscope.bench_variant_{n}")
+            use_code(Path(code), packages[-1])
+        print(json.dumps(measure(args.ticks, args.spaced, tuple(packages))))
         return
 
     with tempfile.TemporaryDirectory(prefix="hostscope-bench-") as tmp:
@@ -313,21 +359,23 @@ def main() -> None:
         floors = [read_floor(args.ticks)]
         for _ in range(args.rounds):
             for label, code in variants:  # alternate, so drifting load hits both alike
-                collected[label].append(run_round(code, args.ticks))
+                collected[label].append(run_round([code], args.ticks)[0])
             floors.append(read_floor(args.ticks))
-    floor = min(floors)
-    report([(label, best(collected[label])) for label, _ in variants], floor, args.ticks,
-           args.rounds)
-    if args.in_situ > 0:
-        # The same set once a second, as the daemon runs it: caches are cold at each tick
-        # (other work ran in between), which costs 2-3x the back-to-back figures above
-        # on the development VM. One round per variant, side by side in time.
-        ticks = max(10, round(args.in_situ / max(1, len(variants))))
-        situ = [(label, run_round(code, ticks, 1.0)) for label, code in variants]
-        situ_floor = min(r["floor_us"] for _, r in situ) / 1e6
-        print()
-        report(situ, situ_floor, ticks, 1,
-               title="in situ, one tick a second (floor read once a second too)")
+        floor = min(floors)
+        report([(label, best(collected[label])) for label, _ in variants], floor, args.ticks,
+               args.rounds)
+        if args.in_situ > 0:  # (inside the with: the extracted revision is still there)
+            # The same set once a second, as the daemon runs it: caches are cold at each
+            # tick (other work ran in between), which costs 2-3x the back-to-back figures
+            # above on the development VM. All variants in one process, each ticking once
+            # a second, in turn: side by side under the same load.
+            ticks = max(10, round(args.in_situ))
+            results = run_round([code for _, code in variants], ticks, 1.0)
+            situ = [(label, result) for (label, _), result in zip(variants, results, strict=True)]
+            situ_floor = min(r["floor_us"] for _, r in situ) / 1e6
+            print()
+            report(situ, situ_floor, ticks, 1,
+                   title="in situ, one tick a second (floor read once a second too)")
     sockets = tcp_sockets()
     if sockets is not None:
         print(f"  (tcpconn walks the TCP hash: {sockets} TCP sockets here now; each adds "
