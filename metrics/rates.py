@@ -53,13 +53,17 @@ class RateConverter:
     collection has no rate this time, exactly like a new instance. Raw dicts handed
     to :meth:`convert` are kept by reference as the next interval's base, so
     collectors must not mutate a dict after returning it (none do: each collection
-    builds fresh dicts or hands out again one it never changes). Not thread-safe:
-    one sampler thread owns it.
+    builds fresh dicts or hands out again one it never changes); the converter itself
+    replaces, in the raw dict it is given, instance dicts equal to the previous
+    collection's by those (see :meth:`convert`). Not thread-safe: one sampler thread
+    owns it.
     """
 
     def __init__(self) -> None:
         # group -> (monotonic time of previous collection, its raw values)
         self._prev: dict[str, tuple[float, Raw]] = {}
+        # group -> counter -> (instance dict, its rates when unchanged: all 0.0)
+        self._zeros: dict[str, dict[str, tuple[Mapping[str, object], dict[str, float]]]] = {}
 
     @staticmethod
     def counters_of(descs: Mapping[str, MetricDesc]) -> dict[str, int | None]:
@@ -73,20 +77,38 @@ class RateConverter:
 
         ``counters`` maps each counter metric to its wrap width (:meth:`counters_of`);
         other metrics pass through unchanged (the same dict objects).
+
+        A metric whose instances and values equal the previous collection's keeps the
+        previous collection's dict: ``raw`` gets it in place of the equal one (which is
+        freed at once, while its memory is still in cache), and a counter's rates are
+        then all 0.0, one dict reused while it lasts. Many values do not change from
+        one second to the next (error and drop counters, swap, huge pages, idle
+        devices); each kept dict is a dict, its keys and its values that are neither
+        allocated nor, a second later and long out of cache, freed.
         """
         prev = self._prev.get(group)
         self._prev[group] = (mono, raw)
-        # Non-counters pass through as the same dict objects: one C-level copy of the
-        # mapping, then a pass over the counters only (a Python-level pass over every
-        # metric cost a tenth more).
-        cooked: Cooked = raw.copy()  # type: ignore[assignment]
         if prev is None or mono <= prev[0]:
+            cooked: Cooked = raw.copy()  # type: ignore[assignment]
             for name in counters:
                 instances = raw.get(name)
                 if instances is not None:
                     cooked[name] = dict.fromkeys(instances)
             return cooked
         prev_raw = prev[1]
+        if prev_raw is not raw:
+            prev_get = prev_raw.get
+            for name, instances in raw.items():
+                old = prev_get(name)
+                if old == instances and old is not None:
+                    raw[name] = old  # type: ignore[assignment]
+        # Non-counters pass through as the same dict objects: one C-level copy of the
+        # mapping, then a pass over the counters only (a Python-level pass over every
+        # metric cost a tenth more).
+        cooked = raw.copy()  # type: ignore[assignment]
+        zeros = self._zeros.get(group)
+        if zeros is None:
+            zeros = self._zeros[group] = {}
         inv_dt = 1.0 / (mono - prev[0])
         for name, wrap_bits in counters.items():
             instances = raw.get(name)
@@ -95,6 +117,12 @@ class RateConverter:
             prev_values = prev_raw.get(name)
             if prev_values is None:
                 cooked[name] = dict.fromkeys(instances)
+                continue
+            if instances is prev_values:
+                zero = zeros.get(name)
+                if zero is None or zero[0] is not instances:
+                    zero = zeros[name] = (instances, dict.fromkeys(instances, 0.0))
+                cooked[name] = zero[1]  # type: ignore[assignment]
                 continue
             out: dict[str, float | str | None] = {}
             for inst, value in instances.items():

@@ -191,3 +191,20 @@ def test_flat_path_gives_the_rates_of_the_rules(
         for name in want:
             assert list(got[name]) == list(want[name])  # type: ignore[arg-type]
         prev = (mono, raw)
+
+
+def test_unchanged_metrics_keep_the_previous_dicts_and_rate_zero() -> None:
+    conv = RateConverter()
+    first = {"a.c64": {"i": 5, "j": 7}, "a.level": {"i": 1.5}}
+    conv.convert(DESCS, first, 0.0)
+    second = {"a.c64": {"i": 5, "j": 7}, "a.level": {"i": 1.5}}
+    out = conv.convert(DESCS, second, 1.0)
+    assert out == {"a.c64": {"i": 0.0, "j": 0.0}, "a.level": {"i": 1.5}}
+    # the equal dicts were replaced by the previous collection's (freed while in cache)
+    assert second["a.c64"] is first["a.c64"] and out["a.level"] is first["a.level"]
+    third = {"a.c64": {"i": 5, "j": 7}, "a.level": {"i": 2.5}}
+    again = conv.convert(DESCS, third, 2.0)
+    assert again["a.c64"] is out["a.c64"]  # one dict of zeros while nothing changes
+    assert again["a.level"] == {"i": 2.5}
+    fourth = {"a.c64": {"i": 6, "j": 7}, "a.level": {"i": 2.5}}
+    assert conv.convert(DESCS, fourth, 3.0)["a.c64"] == {"i": 1.0, "j": 0.0}
