@@ -403,6 +403,8 @@ class NetworkCollector(Collector):
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
         self.attr_refresh_every = max(1, attr_refresh_every)
         self._attrs: dict[str, _IfaceAttrs] = {}
+        # interface -> its operstate and flags files, read through kept descriptors
+        self._state_files: dict[str, tuple[KeptFile, KeptFile]] = {}
         # The up/mtu/speed dicts of the last collection, handed out again while no
         # attribute and no interface changed (never mutated once returned).
         self._attr_raw: tuple[dict[str, int | float | str], ...] = ({}, {}, {})
@@ -489,6 +491,9 @@ class NetworkCollector(Collector):
     def close(self) -> None:
         for kept in (self._dev, self._snmp_file, self._netstat_file, self._sockstat):
             kept.close()
+        for files in self._state_files.values():
+            for kept in files:
+                kept.close()
 
     def _interface_attrs(self, ifaces: Mapping[str, object], raw: Raw) -> None:
         now = self._collections
@@ -507,6 +512,9 @@ class NetworkCollector(Collector):
                 attrs[name] = cached
             self._attrs = attrs
             self._refresh_due = min((c.up_at for c in attrs.values()), default=now) + every
+            for gone in self._state_files.keys() - attrs.keys():
+                for kept in self._state_files.pop(gone):
+                    kept.close()
         if changed:
             up: dict[str, int | float | str] = {}
             mtu: dict[str, int | float | str] = {}
@@ -525,13 +533,23 @@ class NetworkCollector(Collector):
 
     def _read_attrs(self, name: str, cached: _IfaceAttrs | None, now: int) -> _IfaceAttrs | None:
         path = Path(self._sys_net, name)
-        operstate = read_optional(path / "operstate")
-        if operstate is None:
+        files = self._state_files.get(name)
+        if files is None:
+            # operstate (and flags) are read every few samples: through kept
+            # descriptors, as a sysfs open walks the class symlink into the device tree
+            # (~30 us a file here). A descriptor of an interface that went away fails
+            # (ENODEV) and is dropped; the files of one gone from /proc/net/dev are closed.
+            files = self._state_files[name] = (KeptFile(path / "operstate"),
+                                               KeptFile(path / "flags"))
+        data = files[0].read_optional()
+        if data is None:
             return None
-        operstate = operstate.strip()
+        operstate = data.decode("utf-8", "replace").strip()
         up = 1 if operstate == "up" else 0
         if operstate == "unknown":
-            flags = _to_int(read_optional(path / "flags"), 16)
+            flags_data = files[1].read_optional()
+            flags = _to_int(None if flags_data is None else flags_data.decode("ascii", "replace"),
+                            16)
             up = 1 if flags is not None and flags & _IFF_UP else 0
         if (
             cached is not None
