@@ -117,6 +117,9 @@ class _Plan:
     stage: bytearray
     rows: int = 0
     first: int = 0
+    #: Whether the last row had a None (then the next is converted first: an idle
+    #: disk's await is None tick after tick, and a failed pack costs an exception).
+    nones: bool = False
 
     def values_of(self, values: Cooked) -> list[float | None] | None:
         """The collection's values in ring order, or None if it is laid out otherwise."""
@@ -136,13 +139,19 @@ class _Plan:
     def stage_row(self, flat: list[float | None], slot: int) -> bool:
         """Stage one row (False: a value is neither a number nor None)."""
         offset = self.rows * self.row.size
-        try:
-            self.row.pack_into(self.stage, offset, *flat)
-        except struct.error:
+        packed = False
+        if not self.nones:
+            try:
+                self.row.pack_into(self.stage, offset, *flat)
+                packed = True
+            except struct.error:
+                pass
+        if not packed:
             try:  # no value yet (None) is NaN in the rings
                 self.row.pack_into(self.stage, offset, *map(_NONE_AS_NAN, flat, flat))
             except (struct.error, TypeError):
                 return False
+            self.nones = None in flat
         if not self.rows:
             self.first = slot
         self.rows += 1

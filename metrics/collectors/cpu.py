@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from itertools import repeat
+from operator import mul
 
 from ..collector import Collector, Cooked, CookedView, Derivation, Raw, ratio
 from ..model import (
@@ -77,30 +79,41 @@ _ALL_UTIL = (
 def parse_stat(text: str, hz: int) -> dict[str, object]:
     """Parse /proc/stat into totals, per-CPU times (ms) and scheduler counters.
 
-    Each line is split into at most 12 fields: the ``intr`` line carries one count per
-    interrupt source (hundreds of them, thousands on big hosts) of which only the
-    total, the first, is used. A line whose numbers are cut or garbled is skipped (never
-    raises): the other lines are still good.
+    A line's key is split off first; cpu lines are split into at most 11 more fields
+    and the others into two: the ``intr`` line carries one count per interrupt source
+    (hundreds of them, thousands on big hosts) of which only the total, the first, is
+    used. A line whose numbers are cut or garbled is skipped (never raises): the other
+    lines are still good. Where USER_HZ divides 1000 (100, 250, 1000 Hz) ticks become
+    ms by an integer product, exact where the float one is for any real count.
     """
+    factor = 1000 // hz if 1000 % hz == 0 else 0
     scale = 1000.0 / hz
     out: dict[str, object] = {"percpu": {}}
     percpu: dict[str, list[int]] = out["percpu"]  # type: ignore[assignment]
+    scalars = _STAT_SCALARS
     for line in text.split("\n"):
-        parts = line.split(None, 11)
-        if not parts:
-            continue
-        key = parts[0]
+        head = line.split(None, 1)
+        if len(head) != 2:
+            if head and head[0].startswith("cpu"):
+                head.append("")  # a cpu line without numbers: zeros, as before
+            else:
+                continue
+        key, rest = head
         try:
             if key.startswith("cpu"):
-                ms = [int(int(v) * scale) for v in parts[1:11]]
+                values = rest.split(None, 10)[:10]
+                if factor:
+                    ms = list(map(mul, map(int, values), repeat(factor)))
+                else:
+                    ms = [int(int(v) * scale) for v in values]
                 if len(ms) < 10:
                     ms += [0] * (10 - len(ms))
                 if key == "cpu":
                     out["all"] = ms
                 else:
                     percpu[key] = ms
-            elif key in _STAT_SCALARS and len(parts) > 1:
-                out[key] = int(parts[1])
+            elif key in scalars:
+                out[key] = int(rest.split(None, 1)[0])
         except ValueError:
             continue
     return out
