@@ -49,11 +49,26 @@ function cgroup2Root() {
 }
 
 /** Run-queue events the daemon counted over the last `seconds` (summed bucket rates). */
-async function runqEvents(seconds) {
+async function runqEvents(seconds, after = 0) {
   const r = await fetch(`${BASE}/api/v1/history?names=bpf.runq.latency&seconds=${seconds}`, { headers: AUTH })
   assert.equal(r.status, 200)
   const h = await r.json()
-  return h.series.reduce((sum, s) => sum + s.values.reduce((a, v) => a + (v ?? 0), 0), 0)
+  // Only samples taken after `after` (wall seconds): a rate spans the interval before its
+  // sample, which may reach back before a restart of the module.
+  const keep = h.t.map((t) => t > after)
+  return h.series.reduce((sum, s) => sum + s.values.reduce((a, v, i) => a + (keep[i] ? (v ?? 0) : 0), 0), 0)
+}
+
+/** Wait until the history holds `n` samples of bpf.runq.latency taken after `after`. */
+async function runqSamplesAfter(after, n) {
+  const until = Date.now() + 20000
+  for (;;) {
+    const r = await fetch(`${BASE}/api/v1/history?names=bpf.runq.latency&seconds=30`, { headers: AUTH })
+    const h = await r.json()
+    if (h.t.filter((t) => t > after).length >= n) return
+    assert.ok(Date.now() < until, `fewer than ${n} runqlat samples after ${after}`)
+    await new Promise((r) => setTimeout(r, 250))
+  }
 }
 
 /** A REST client's toggle (another viewer, as far as the daemon is concerned). */
@@ -274,9 +289,12 @@ describe('BPF widgets', { skip }, () => {
       await panel.locator('.chip.filter', { hasText: `filter: ${path}` }).waitFor({ timeout: 15000 })
       assert.equal(await panel.getByRole('status').innerText(), 'on')
 
-      // Filtered to an empty cgroup, the busy host's run-queue waits are not counted...
-      await new Promise((r) => setTimeout(r, 2000))
-      assert.equal(await runqEvents(1.5), 0, 'runqlat counted tasks outside its cgroup')
+      // Filtered to an empty cgroup, the busy host's run-queue waits are not counted
+      // (in samples whose whole interval the filtered module ran: one interval after
+      // it was on; CI once counted the interval of the switch, the unfiltered run's end)...
+      const filteredFrom = Date.now() / 1000 + 1.0
+      await runqSamplesAfter(filteredFrom, 2)
+      assert.equal(await runqEvents(30, filteredFrom), 0, 'runqlat counted tasks outside its cgroup')
       // ...and waits inside it are, painting the heat map.
       await pingPong(4, dir)
       assert.ok((await runqEvents(4)) > 100, 'runqlat counted nothing of the workload in its cgroup')
