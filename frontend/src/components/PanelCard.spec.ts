@@ -26,6 +26,12 @@ function mountCard(id: string, c: HostConnection, editable = false) {
 }
 
 describe('PanelCard states', () => {
+  // Mounting every panel mounts the BPF and process panels, which ask the daemon for
+  // their state: answer as a daemon without those APIs (no stray requests to the test
+  // page's origin, which nothing serves).
+  beforeEach(() => vi.stubGlobal('fetch', async () => new Response(JSON.stringify({ error: { code: 'not_found', message: 'no such resource' } }), { status: 404 })))
+  afterEach(() => vi.unstubAllGlobals())
+
   it('says a metric is absent on this host, with the daemon’s reason for PSI', () => {
     const w = mountCard('cpu.pressure', conn(['kernel.all.load'], { psi: { available: false, reason: 'kernel built without CONFIG_PSI' } }))
     expect(w.text()).toContain('Not available: kernel built without CONFIG_PSI.')
