@@ -259,6 +259,8 @@ class Sampler:
         self._derived_names: dict[str, frozenset[str]] = {}
         self._counters: dict[str, dict[str, int | None]] = {}
         self._declared: dict[str, frozenset[str]] = {}
+        # group -> metric names of its last collection that passed the declared check
+        self._checked: dict[str, tuple[str, ...]] = {}
         self._group_time: dict[str, float] = {}
         self._every: dict[str, int] = {}
         self.seq = 0
@@ -391,9 +393,15 @@ class Sampler:
                 return tick
             try:
                 mono = self.clock.mono()
-                declared = self._declared[name]
-                if not declared.issuperset(raw):
-                    raise RuntimeError(f"undeclared metrics {sorted(set(raw) - declared)}")
+                # The same names as last time (a tuple compared by identity of its
+                # interned strings) need no lookup in the declared set, whose table
+                # is out of cache a second later.
+                names = tuple(raw)
+                if names != self._checked.get(name):
+                    declared = self._declared[name]
+                    if not declared.issuperset(raw):
+                        raise RuntimeError(f"undeclared metrics {sorted(set(raw) - declared)}")
+                    self._checked[name] = names
                 cooked = self._rates.convert(self._counters[name], raw, mono, group=name)
                 if self._derivations[name]:
                     self._derive(collector, cooked, status)

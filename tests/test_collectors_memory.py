@@ -18,7 +18,7 @@ from hostscope.metrics.collectors.memory import (
     parse_vmstat,
     vmstat_route,
 )
-from hostscope.metrics.model import MetricRegistry, Semantics
+from hostscope.metrics.model import SINGULAR, MetricRegistry, Semantics
 from hostscope.metrics.sampler import Sampler
 from hostscope.metrics.sources import Roots
 from tests.support import FIXTURES, FakeClock, copy_fixture, fixture_roots
@@ -280,3 +280,13 @@ def test_picker_gives_the_same_from_bytes_and_text_and_sums_on_the_fast_path() -
     # cut short in bytes, like text: the partial last line is not trusted
     cut = text.encode()[: text.index("pgpgout") + 9]
     assert "pgpgout" not in picker.pick(cut) and "pgpgin" in picker.pick(cut)
+
+
+def test_derive_all_equals_the_derivations_one_by_one() -> None:
+    for case in (("live", "t0"), ("crafted-old",)):
+        collector = MemoryCollector(fixture_roots("memory", *case))
+        cooked = dict(collector.collect())
+        want = {d.desc.name: dict(d.compute(cooked)) for d in collector.derivations()}
+        assert collector.derive_all(cooked) == want
+    assert collector.derive_all({}) == {"mem.util.used": {SINGULAR: None},
+                                        "mem.util.swapused": {SINGULAR: None}}
