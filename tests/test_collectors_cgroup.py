@@ -15,6 +15,7 @@ import pytest
 from hostscope.metrics.collectors.cgroup import (
     UNLIMITED_V1,
     CgroupCollector,
+    CgroupFiles,
     container_name,
     container_of,
     find_hierarchies,
@@ -403,3 +404,41 @@ def test_live_versions_are_what_a_cgroup_filter_accepts() -> None:
         except ValueError:
             accepted = "v1"
         assert version == accepted, path
+
+
+def test_kept_descriptors_reread_reopen_and_close(tmp_path: Path) -> None:
+    import os
+
+    import hostscope.metrics.collectors.cgroup as cgroup_module
+
+    group = tmp_path / "a.service"
+    group.mkdir()
+    (group / "memory.current").write_text("100\n")
+    (group / "pids.current").write_text("3\n")
+    files = CgroupFiles(keep=True)
+    assert files.int(str(group), "memory.current") == 100
+    assert files.int(str(group), "memory.max") is None  # absent: remembered, not kept
+    assert files.missing == {str(group): {"memory.max"}}
+    (group / "memory.current").write_text("250\n")  # rewritten: the kept descriptor
+    assert files.int(str(group), "memory.current") == 250  # reads it from the start
+    # A kept descriptor that fails (on cgroupfs: the cgroup was removed, ENODEV) is
+    # closed and the path opened again at once (a cgroup recreated under the path).
+    directory = os.open(tmp_path, os.O_RDONLY)
+    os.dup2(directory, files._kept[str(group)]["memory.current"])  # reads fail: EISDIR
+    os.close(directory)
+    assert files.int(str(group), "memory.current") == 250
+    assert files.int(str(group), "pids.current") == 3
+    assert files._nkept == 2
+    files.forget(str(group))
+    assert files._nkept == 0 and not files.missing
+    with pytest.MonkeyPatch.context() as patch:  # beyond the budget: opened per read
+        patch.setattr(cgroup_module, "KEPT_FDS", 1)
+        small = CgroupFiles(keep=True)
+        assert small.int(str(group), "memory.current") == 250
+        assert small.int(str(group), "pids.current") == 3
+        assert small._nkept == 1
+        small.close()
+        assert small._nkept == 0
+        assert small.int(str(group), "pids.current") == 3  # a read after close opens again
+    # a captured tree keeps nothing open: a removed file is gone at once
+    assert CgroupCollector(Roots.under(tmp_path))._files._budget == 0
