@@ -61,7 +61,7 @@ from typing import Any
 
 from ..collector import Collector, Raw
 from ..model import COUNT, KBYTES, NONE, MetricDesc, ValueType, discrete, instant
-from ..sources import Roots, read_text, translate
+from ..sources import KeptFile, Roots, translate
 
 #: Kernel pseudo filesystems: never reported.
 PSEUDO_FS = frozenset({
@@ -190,6 +190,7 @@ class FilesysCollector(Collector):
         self.skipped: dict[str, str] = {}
         self._mounts_text: str | None = None
         self._selected: list[Mount] = []
+        self._mounts = KeptFile(roots.proc / "self" / "mounts")
 
     def descriptors(self) -> list[MetricDesc]:
         kw: dict[str, Any] = {"indom": "filesys", "labels": ("mountpoint",)}
@@ -215,7 +216,7 @@ class FilesysCollector(Collector):
 
     def mounts(self) -> list[Mount]:
         """The mounts reported now (the mount table is re-parsed only when it changed)."""
-        text = read_text(self.roots.proc / "self" / "mounts")
+        text = self._mounts.read().decode("utf-8", "replace")
         if text != self._mounts_text:
             self._selected = select_mounts(
                 parse_mounts(text), include_network=self.include_network,
@@ -260,6 +261,9 @@ class FilesysCollector(Collector):
             devices[path] = mount.device
         self.skipped = skipped
         return raw
+
+    def close(self) -> None:
+        self._mounts.close()
 
 
 def _skip_reason(exc: OSError, path: str) -> str:

@@ -35,7 +35,7 @@ from ..model import (
     discrete,
     instant,
 )
-from ..sources import Roots, list_dir, read_optional
+from ..sources import KeptFile, Roots, list_dir, read_optional
 from .memory import TokenPicker
 
 #: MHz expressed as PCP does for hinv.cpu.clock: counts per microsecond.
@@ -66,6 +66,13 @@ class HostCollector(Collector):
         self._boot: dict[str, str] = {}
         self._model: str | None = None
         self._memtotal = TokenPicker(lambda token: ("MemTotal",) if token == "MemTotal:" else ())
+        # procfs files read at each collection, through kept descriptors (an open costs
+        # more than the read); /etc files are opened each time, as a package upgrade
+        # replaces them by a rename that a kept descriptor would not see.
+        self._hostname = KeptFile(self._sysctl / "hostname")
+        self._meminfo = KeptFile(roots.proc / "meminfo")
+        self._cpuinfo = KeptFile(roots.proc / "cpuinfo")
+        self._uptime = KeptFile(roots.proc / "uptime")
 
     def descriptors(self) -> list[MetricDesc]:
         return [
@@ -89,7 +96,7 @@ class HostCollector(Collector):
             self._read_boot_strings()
         for name, value in self._boot.items():
             raw[name] = {SINGULAR: value}
-        hostname = _stripped(read_optional(self._sysctl / "hostname"))
+        hostname = _stripped(_text(self._hostname.read_optional()))
         if hostname:
             raw["kernel.uname.nodename"] = {SINGULAR: hostname}
         machine_id = _stripped(read_optional(self.roots.etc / "machine-id"))
@@ -99,13 +106,13 @@ class HostCollector(Collector):
         if distro:
             raw["kernel.uname.distro"] = {SINGULAR: distro}
 
-        meminfo = read_optional(self.roots.proc / "meminfo")
+        meminfo = self._meminfo.read_optional()
         if meminfo is not None:
             memtotal = self._memtotal.pick(meminfo).get("MemTotal")
             if memtotal is not None:
                 raw["hinv.physmem"] = {SINGULAR: memtotal // 1024}
 
-        cpuinfo = read_optional(self.roots.proc / "cpuinfo")
+        cpuinfo = _text(self._cpuinfo.read_optional())
         clocks: dict[str, float] = {}
         if cpuinfo is not None:
             info = parse_cpuinfo(cpuinfo)
@@ -119,12 +126,16 @@ class HostCollector(Collector):
         if self._model:
             raw["hinv.cpu.model"] = {SINGULAR: self._model}
 
-        uptime = read_optional(self.roots.proc / "uptime")
+        uptime = _text(self._uptime.read_optional())
         if uptime:
             # an empty or garbled read gives no value this time, not a failed collector
             with suppress(IndexError, ValueError):
                 raw["kernel.all.uptime"] = {SINGULAR: parse_uptime(uptime)}
         return raw
+
+    def close(self) -> None:
+        for kept in (self._hostname, self._meminfo, self._cpuinfo, self._uptime):
+            kept.close()
 
     def _read_boot_strings(self) -> None:
         for name, leaf in _BOOT_STRINGS:
@@ -149,6 +160,10 @@ class HostCollector(Collector):
             if khz and khz.isdigit():
                 out[entry] = int(khz) / 1000.0
         return out
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def _stripped(text: str | None) -> str | None:
