@@ -256,10 +256,11 @@ def _open_url(address: Any, scheme: str, token: str) -> str:
 async def run_server(config: Config, *, auth: Auth | None = None,
                      ssl_context: ssl.SSLContext | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit status."""
-    from . import memory
+    from . import memory, rlimits
     from .app import create_app  # the app pulls in aiohttp's web stack: only for serve
 
     memory.limit_arenas()  # before the sampler, helper and executor threads start
+    rlimits.raise_nofile()  # before the collectors and the helper size their budgets
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []

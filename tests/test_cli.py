@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,3 +221,31 @@ def test_sample_into_a_closed_pipe_is_quiet() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(30) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_serve_raises_its_soft_open_files_limit_to_the_hard_one() -> None:
+    """Started from a shell's 1,024 (hard 4,096 here), the daemon raises its soft limit
+    to the hard one: the collectors' kept descriptors and the clients' sockets share it."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is missing")
+    script = Path(sys.executable).parent / "hostscope"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
+    env = {**os.environ, TOKEN_ENV: "rlimit-test-token-0123456789abcdef"}
+    proc = subprocess.Popen(
+        [prlimit, "--nofile=1024:4096", *command, "serve", "--port", "0", "--no-privsep",
+         "--interval", "0.5"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening" in line:
+                break
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        row = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+        assert row.split()[3:5] == ["4096", "4096"], (row, lines)
+        assert any("open files limit raised" in ln for ln in lines), lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
