@@ -20,7 +20,8 @@ or netlink dump is included). It prints:
 * the amortised total: the mean over all ticks, slower collectors included;
 * the floor: the CPU time of merely opening, reading and closing the files the
   per-second collectors read (no parsing at all), and the ratio of the per-second
-  total to it;
+  total to it; and the same files read through descriptors kept open (``pread`` at
+  offset 0), as the collectors read them since issue #2's third round;
 * history memory per series after an hour at 1 Hz.
 
 This machine is shared and noisy: each run is repeated ``--rounds`` times in fresh
@@ -80,6 +81,24 @@ def read_floor(ticks: int) -> float:
                 pass
             os.close(fd)
     return (cpu_now() - start) / ticks
+
+
+class KeptFloor:
+    """The same files read from descriptors kept open (``pread`` at offset 0 until the
+    end), as the collectors read them: what reading costs without the opens."""
+
+    def __init__(self) -> None:
+        self.fds = [os.open(Path("/proc") / f, os.O_RDONLY) for f in SYSTEM_FILES
+                    if (Path("/proc") / f).exists()]
+
+    def __call__(self, ticks: int) -> float:
+        start = cpu_now()
+        for _ in range(ticks):
+            for fd in self.fds:
+                size = len(os.pread(fd, 65536, 0))
+                while chunk := os.pread(fd, 65536, size):
+                    size += len(chunk)
+        return (cpu_now() - start) / ticks
 
 
 def read_tcp_files(ticks: int) -> float:
@@ -156,7 +175,7 @@ class Probe:
         if set(tick.groups) <= self.per_second:
             self.only_per_second.append(cost)
 
-    def result(self, floor_cpu: list[float]) -> dict[str, Any]:
+    def result(self, floor_cpu: list[float], kept_cpu: list[float]) -> dict[str, Any]:
         ticks = len(self.tick_cpu)
         total = statistics.fmean(self.tick_cpu)
         collect_total = sum(self.spent.values()) / ticks
@@ -176,6 +195,7 @@ class Probe:
                               if self.only_per_second else None),
             "amortised_us": total * 1e6,
             "floor_us": statistics.fmean(floor_cpu) * 1e6 if floor_cpu else None,
+            "kept_floor_us": statistics.fmean(kept_cpu) * 1e6 if kept_cpu else None,
         }
 
 
@@ -188,13 +208,16 @@ def measure(ticks: int, spaced_s: float = 0.0,
     ``spaced_s`` seconds as the daemon does, instead of back to back. Several packages
     (variants of the code) tick in turn, evenly spread over each period and in a new
     random order each period, so that they are measured side by side under the same
-    load; once a period, between ticks, the floor files are read, so the floor is
-    measured as cold as the ticks."""
+    load; once a period, between ticks, the floor files are read (opened each time,
+    and through kept descriptors, in slots of their own), so the floors are measured
+    as cold as the ticks."""
     probes = [Probe(build(package)) for package in packages]
     floor_cpu: list[float] = []
+    kept_cpu: list[float] = []
+    kept_floor = KeptFloor()
     order = list(probes)
     slot = time.monotonic()
-    step = spaced_s / (len(probes) + 1)
+    step = spaced_s / (len(probes) + 2)
     for _ in range(ticks):
         if not spaced_s:
             for probe in probes:
@@ -204,10 +227,12 @@ def measure(ticks: int, spaced_s: float = 0.0,
         for k, probe in enumerate(order):
             time.sleep(max(0.0, slot + (k + 1) * step - time.monotonic()))
             probe.tick()
-        time.sleep(max(0.0, slot + spaced_s - time.monotonic()))
+        time.sleep(max(0.0, slot + (len(probes) + 1) * step - time.monotonic()))
         floor_cpu.append(read_floor(1))
+        time.sleep(max(0.0, slot + spaced_s - time.monotonic()))
+        kept_cpu.append(kept_floor(1))
         slot += spaced_s
-    return [probe.result(floor_cpu) for probe in probes]
+    return [probe.result(floor_cpu, kept_cpu) for probe in probes]
 
 
 def bench_history_memory() -> tuple[int, int, float]:
@@ -275,6 +300,7 @@ def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "per_second_us": low([r["per_second_us"] for r in rounds]),
         "amortised_us": low([r["amortised_us"] for r in rounds]),
         "floor_us": low([r.get("floor_us") for r in rounds]),
+        "kept_floor_us": low([r.get("kept_floor_us") for r in rounds]),
     }
 
 
@@ -283,7 +309,8 @@ def fmt(value: float | None, width: int = 8) -> str:
 
 
 def report(results: list[tuple[str, dict[str, Any]]], floor: float, ticks: int,
-           rounds: int, title: str = "back to back") -> None:
+           rounds: int, title: str = "back to back", *,
+           kept_floor: float | None = None) -> None:
     cell = 26
     print(f"system metric set at 1 Hz, {title}: {results[-1][1]['series']} series, "
           f"{ticks} ticks, best of {rounds} rounds; CPU time in µs")
@@ -316,6 +343,9 @@ def report(results: list[tuple[str, dict[str, Any]]], floor: float, ticks: int,
     print("    (mean of all ticks, slower collectors at their cadence)")
     line("FLOOR", [fmt(floor_us) for _ in results])
     print("    (open/read/close of the files the 1 s collectors read, no parsing)")
+    if kept_floor is not None:
+        line("FLOOR, descriptors kept", [fmt(kept_floor * 1e6) for _ in results])
+        print("    (the same files read by pread on descriptors kept open, as collected now)")
     line("per-second set / floor",
          [f"{(r['per_second_us'] or 0) / floor_us:.1f}x" for _, r in results])
     line("amortised total / floor", [f"{r['amortised_us'] / floor_us:.1f}x" for _, r in results])
@@ -357,13 +387,16 @@ def main() -> None:
         variants.append(("working tree" if args.compare else "", None))
         collected: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
         floors = [read_floor(args.ticks)]
+        kept_floor = KeptFloor()
+        kept_floors = [kept_floor(args.ticks)]
         for _ in range(args.rounds):
             for label, code in variants:  # alternate, so drifting load hits both alike
                 collected[label].append(run_round([code], args.ticks)[0])
             floors.append(read_floor(args.ticks))
+            kept_floors.append(kept_floor(args.ticks))
         floor = min(floors)
         report([(label, best(collected[label])) for label, _ in variants], floor, args.ticks,
-               args.rounds)
+               args.rounds, kept_floor=min(kept_floors))
         if args.in_situ > 0:  # (inside the with: the extracted revision is still there)
             # The same set once a second, as the daemon runs it: caches are cold at each
             # tick (other work ran in between), which costs 2-3x the back-to-back figures
@@ -375,7 +408,8 @@ def main() -> None:
             situ_floor = min(r["floor_us"] for _, r in situ) / 1e6
             print()
             report(situ, situ_floor, ticks, 1,
-                   title="in situ, one tick a second (floor read once a second too)")
+                   title="in situ, one tick a second (floor read once a second too)",
+                   kept_floor=situ[0][1]["kept_floor_us"] / 1e6)
     sockets = tcp_sockets()
     if sockets is not None:
         print(f"  (tcpconn walks the TCP hash: {sockets} TCP sockets here now; each adds "
