@@ -33,8 +33,9 @@ def default_collectors(
         FilesysCollector(roots),  # every 5 s; tmpfs and network filesystems off by default
         NetworkCollector(roots),
         # Per-state TCP counts make the kernel walk the whole TCP hash table (one netlink
-        # walk, ~0.27 ms even when idle), so they have their own 5 s cadence; the network
-        # collector's per-second sockstat and CurrEstab counts cover the gaps.
+        # walk, 0.3-1.9 ms even when idle: docs/metrics.md), so they have their own 5 s
+        # cadence; the network collector's per-second sockstat and CurrEstab counts cover
+        # the gaps.
         TcpConnCollector(roots),
         HostCollector(roots),  # every 10 s: identity and inventory change rarely
         ProcessCollector(roots, interval_s=process_interval_s, io_reader=io_reader),

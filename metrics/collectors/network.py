@@ -537,8 +537,9 @@ class NetworkCollector(Collector):
         if files is None:
             # operstate (and flags) are read every few samples: through kept
             # descriptors, as a sysfs open walks the class symlink into the device tree
-            # (~30 us a file here). A descriptor of an interface that went away fails
-            # (ENODEV) and is dropped; the files of one gone from /proc/net/dev are closed.
+            # (2.7 us opened, read and closed against 0.5 us read again, hot, here). A
+            # descriptor of an interface that went away fails (ENODEV) and is dropped;
+            # the files of one gone from /proc/net/dev are closed.
             files = self._state_files[name] = (KeptFile(path / "operstate"),
                                                KeptFile(path / "flags"))
         data = files[0].read_optional()
@@ -872,17 +873,20 @@ class TcpConnCollector(Collector):
     collection. ``dump_states`` (no arguments -> counts by state number, both
     families) is injectable so that the fallback can be tested.
 
-    Cadence. Counting by state costs one walk of the TCP hash table, ~0.27 ms on an
-    idle host plus about 0.65 us per socket, so it runs every ``interval_s`` = 5 s by
-    default (0.05 ms per second amortised; a proxy with 100,000 sockets pays some
-    65 ms per walk). What that costs in resolution, and what stays per second: the
-    network collector publishes every second, from counters the kernel keeps anyway,
+    Cadence. Counting by state costs one walk of the TCP hash table, for any states
+    asked for but LISTEN alone: ~0.27 ms on an idle host when first measured, 1.1-1.9 ms on the
+    same VM since (about 4 ns a bucket; docs/metrics.md), plus about 0.25-0.65 us per
+    socket, so it runs every ``interval_s`` = 5 s by default (0.05-0.4 ms per second
+    amortised; a proxy with 100,000 sockets pays some 30-65 ms per walk). What that
+    costs in resolution, and what stays per second: the network collector publishes
+    every second, from counters the kernel keeps anyway,
     ``network.tcp.currestab`` (ESTABLISHED + CLOSE_WAIT exactly, both families) and
     ``network.sockstat.tcp.tw`` (TIME_WAIT plus orphaned FIN_WAIT2 sockets, which the
     kernel also keeps as timewait minisockets: equal to ``time_wait`` unless closers
     are waiting for their peer's FIN). Neither separates ESTABLISHED from CLOSE_WAIT
     or FIN_WAIT2 from TIME_WAIT, so the exact per-state split is this collector's, at
-    its cadence; pass ``interval_s=1`` for it every second (0.27 ms per second).
+    its cadence; pass ``interval_s=1`` for it every second (the whole walk every
+    second).
     """
 
     name = "tcpconn"
