@@ -442,3 +442,9 @@ def test_kept_descriptors_reread_reopen_and_close(tmp_path: Path) -> None:
         assert small.int(str(group), "pids.current") == 3  # a read after close opens again
     # a captured tree keeps nothing open: a removed file is gone at once
     assert CgroupCollector(Roots.under(tmp_path))._files._budget == 0
+    # the budget is an eighth of the soft open files limit (a shell's 1,024: 128)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cgroup_module.resource, "getrlimit", lambda _: (1024, 4096))
+        assert CgroupFiles(keep=True)._budget == 128
+        patch.setattr(cgroup_module.resource, "getrlimit", lambda _: (65536, 65536))
+        assert CgroupFiles(keep=True)._budget == cgroup_module.KEPT_FDS

@@ -45,6 +45,7 @@ the dashboard offers only ``v2`` cgroups there. Known from the walk: no extra re
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -432,9 +433,16 @@ def walk_interesting(root: Path, *, max_depth: int = 10, limit: int = 500) -> It
 _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 #: cgroup files are small; io.stat grows ~80 bytes per device.
 _READ_BUF = 65536
-#: Descriptors a collector keeps open at most (~9 files per cgroup, up to 500 cgroups);
-#: files beyond it are opened for each read.
+#: Descriptors a collector keeps open at most (~9 files per cgroup, up to 500 cgroups),
+#: and never more than an eighth of the soft RLIMIT_NOFILE (the process collector takes
+#: half, client sockets come out of the rest); files beyond it are opened for each read.
 KEPT_FDS = 1024
+
+
+def kept_budget() -> int:
+    """Descriptors the cgroup files may keep open under the current soft limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return KEPT_FDS if soft == resource.RLIM_INFINITY else min(KEPT_FDS, soft // 8)
 
 
 class CgroupFiles:
@@ -448,7 +456,7 @@ class CgroupFiles:
     service) is read in full again at once.
 
     Opening a cgroup file costs more than reading it (~3 us against ~1 us here, more
-    with a cold cache), so descriptors are kept open, up to :data:`KEPT_FDS`, and read
+    with a cold cache), so descriptors are kept open, up to :func:`kept_budget`, and read
     again by ``pread`` at offset 0 (cgroupfs regenerates a file read from its start).
     A kept descriptor of a removed cgroup fails (ENODEV): it is closed and the path
     opened afresh once, so a cgroup recreated under the same path is still read at once.
@@ -464,7 +472,7 @@ class CgroupFiles:
         self.missing: dict[str, set[str]] = {}
         self._kept: dict[str, dict[str, int]] = {}  # directory -> file name -> descriptor
         self._nkept = 0
-        self._budget = KEPT_FDS if keep else 0
+        self._budget = kept_budget() if keep else 0
         self._lock = threading.Lock()
 
     def text(self, directory: str, name: str) -> str | None:
