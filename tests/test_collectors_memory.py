@@ -19,7 +19,7 @@ from hostscope.metrics.collectors.memory import (
     vmstat_route,
 )
 from hostscope.metrics.model import SINGULAR, MetricRegistry, Semantics
-from hostscope.metrics.sampler import Sampler
+from hostscope.metrics.sampler import Sampler, SystemClock
 from hostscope.metrics.sources import Roots
 from tests.support import FIXTURES, FakeClock, copy_fixture, fixture_roots
 
@@ -232,7 +232,20 @@ def _vmstat_pgfault() -> int:
 
 @pytest.mark.live
 def test_live_pgfault_rate_counts_a_known_workload_and_matches_vmstat() -> None:
-    sampler = Sampler([MemoryCollector(Roots())], registry=MetricRegistry())
+    class Recording(SystemClock):
+        """The rate's interval runs from the end of one collection to the end of the
+        next (when the sampler reads the clock for rates), not from tick start to tick
+        start: on a loaded machine the two differed by more than 5 %."""
+
+        def __init__(self) -> None:
+            self.readings: list[float] = []
+
+        def mono(self) -> float:
+            self.readings.append(super().mono())
+            return self.readings[-1]
+
+    clock = Recording()
+    sampler = Sampler([MemoryCollector(Roots())], registry=MetricRegistry(), clock=clock)
     outer_start = _vmstat_pgfault()
     first = sampler.sample()
     pages = 16384
@@ -245,7 +258,9 @@ def test_live_pgfault_rate_counts_a_known_workload_and_matches_vmstat() -> None:
     outer_end = _vmstat_pgfault()
     rate = second.groups["memory"].cooked["mem.vmstat.pgfault"][""]
     assert isinstance(rate, float)
-    faults = rate * (second.mono - first.mono)
+    # readings: tick 1 starts, memory collected, tick 2 starts, memory collected
+    assert clock.readings[0] == first.mono and clock.readings[2] == second.mono
+    faults = rate * (clock.readings[3] - clock.readings[1])
     # At least the faults we caused, at most all faults an outside reader saw around them.
     assert faults >= pages * 0.95
     assert faults <= (outer_end - outer_start) * 1.05
