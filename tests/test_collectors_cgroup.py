@@ -382,7 +382,9 @@ def test_live_cgroup_of_a_busy_child(
     expected = (cpu1 - cpu0) / (time.monotonic() - clock_start)
     assert path in cooked["cgroup.container.name"]  # a direct child of the root is emitted
     util = cooked["cgroup.cpu.util"][path]
-    assert isinstance(util, float) and util > 0.5
+    # Compared with what psutil saw the child use over the same second, not with a fixed
+    # share: on a loaded machine the busy child gets well under half a CPU.
+    assert isinstance(util, float) and util > 0.02
     assert util == pytest.approx(expected, abs=0.15)
 
 
