@@ -9,10 +9,12 @@ elsewhere, failing under CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -183,21 +185,35 @@ def check_sample_count(samples: int, cpu: tuple[float, float], hz: int) -> None:
 
 
 class Workload:
-    """A child process that printed "ready"; killed on exit."""
+    """A child process that printed "ready"; killed on exit with everything it started.
+
+    It runs in a process group of its own, killed whole: a workload behind a wrapper
+    (``unshare --fork`` makes the real one PID 1 of a new namespace) outlived the
+    wrapper's kill and spun for hours, loading every later test and benchmark."""
 
     def __init__(self, argv: list[str], **kwargs: Any) -> None:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     text=True, **kwargs)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        assert "ready" in line, f"{argv[0]} did not start: {line!r}"
+                                     text=True, start_new_session=True, **kwargs)
+        try:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            assert "ready" in line, f"{argv[0]} did not start: {line!r}"
+        except BaseException:
+            self.kill()
+            raise
         self.pid = self.proc.pid
 
     def __enter__(self) -> Workload:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.kill()
+        self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        # A JIT runtime's map (node --perf-basic-prof) outlives it otherwise.
+        Path(f"/tmp/perf-{self.proc.pid}.map").unlink(missing_ok=True)
 
 
 def capture(profiler: Profiler, request: ProfileRequest, timeout: float = 120) -> dict:
@@ -581,7 +597,7 @@ def test_container_perf_map_read_in_its_namespaces(profiler: Profiler,
         pytest.fail("unshare (util-linux) is missing")
     # PID 1 of the new namespace mounts its own /tmp, then becomes node.
     script = 'mount -t tmpfs tmpfs /tmp && exec "$0" --perf-basic-prof --no-turbo-inlining -e "$1"'
-    with Workload([unshare, "--fork", "--pid", "--mount", "--mount-proc",
+    with Workload([unshare, "--fork", "--kill-child", "--pid", "--mount", "--mount-proc",
                    "sh", "-c", script, node, NODE_JS], cwd=tmp_path) as w:
         children = Path(f"/proc/{w.pid}/task/{w.pid}/children").read_text().split()
         assert len(children) == 1
