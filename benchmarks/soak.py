@@ -156,6 +156,18 @@ class Gauge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
+    def cpu_series(self, start: float, end: float, step_s: float) -> list[float]:
+        """CPU % of one core in consecutive windows of ``step_s`` between two monotonic
+        times: a cost that levels off, or one that keeps climbing."""
+        out: list[float] = []
+        t = start
+        while t + step_s <= end + 1e-9:
+            figures = self.window(t, t + step_s)
+            if "cpu_pct" in figures:
+                out.append(figures["cpu_pct"])
+            t += step_s
+        return out
+
     def window(self, start: float, end: float) -> dict[str, float]:
         """CPU % of one core and RSS figures between two monotonic times."""
         idx = [i for i, t in enumerate(self.times) if start <= t <= end]
@@ -432,6 +444,7 @@ async def soak(daemon: Daemon, *, seconds: float, clients: int, rest_rate: float
                  "counts": dict(sorted(tally.counts.items())),
                  "rest": percentiles(tally.rest_ms)},
         "rss_series_mb": [round(r, 1) for r in gauge.rss],
+        "cpu_series_pct": gauge.cpu_series(t2, t3, step_s=30.0),
     }
 
 
@@ -452,6 +465,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"load CPU, first / second half: {halves} % of a core")
     print(f"REST latency {load['rest']}")
     print(f"counts {load['counts']}")
+    cpu = result.get("cpu_series_pct") or []
+    print(f"load CPU over time (% of a core, every 30 s): {' '.join(map(str, cpu))}")
     series = result["rss_series_mb"]
     step = max(1, len(series) // 20)
     print(f"rss over time (MB, every ~{step} s): {' '.join(map(str, series[::step]))}")
