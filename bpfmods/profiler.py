@@ -42,7 +42,7 @@ from .host import HostProbe
 from .modules import OffCpuTime, clean_text, resolve_plan
 from .runtime import BpfLoadError, ProbeSpec, load
 from .settings import CgroupSetting, SettingsContext, cflags
-from .symbols import UNKNOWN, Frame, ProcessSymbols, Symbolizer
+from .symbols import UNKNOWN, Frame, ProcessSymbols, SymbolCacheLimits, Symbolizer
 
 log = logging.getLogger("hostscope.profiler")
 
@@ -434,6 +434,7 @@ class Profiler:
         methods: Sequence[str] = METHODS,
         perf_binary: str | None = None,
         symbolizer: Symbolizer | None = None,
+        symbol_cache: SymbolCacheLimits | None = None,
         count_entries: int = 65536,
         stack_entries: int = 16384,
         tmp_dir: str | None = None,
@@ -447,7 +448,7 @@ class Profiler:
         self.wall = wall
         self.methods = tuple(methods)
         self.perf_binary = perf_binary if perf_binary is not None else shutil.which("perf")
-        self.symbolizer = symbolizer or Symbolizer(roots)
+        self.symbolizer = symbolizer or Symbolizer(roots, limits=symbol_cache)
         self.count_entries = count_entries
         self.stack_entries = stack_entries
         self.tmp_dir = tmp_dir

@@ -374,19 +374,38 @@ def parse_nspid(status: str) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SymbolCacheLimits:
+    """Bounds of a :class:`Symbolizer`'s caches (the daemon's ``symbol_cache_*`` keys).
+
+    Each cache is an LRU bounded by files and by the symbols they hold together (names
+    included, ~150-200 bytes of memory each); the least recently used file goes first,
+    but the newest always stays, even alone over the symbol bound.
+    """
+
+    #: Parsed ELF files (programs, libraries) kept between lookups and profiles ...
+    elf_files: int = 256
+    #: ... and the function symbols they may hold together.
+    elf_symbols: int = 2_000_000
+    #: Parsed JIT perf maps (/tmp/perf-PID.map) kept ...
+    perf_maps: int = 32
+    #: ... and the symbols they may hold together.
+    perf_map_symbols: int = 2_000_000
+
+
 class Symbolizer:
     """Resolves addresses of many processes with bounded, shared caches. Not thread-safe:
     one profile at a time uses it (the profiler runs one capture at a time)."""
 
-    def __init__(self, roots: Roots | None = None, *, max_elf_files: int = 256,
-                 max_elf_symbols: int = 2_000_000, max_perf_maps: int = 32,
-                 max_perf_map_symbols: int = 2_000_000) -> None:
+    def __init__(self, roots: Roots | None = None, *,
+                 limits: SymbolCacheLimits | None = None) -> None:
         self.roots = roots or Roots()
+        self.limits = limits = limits or SymbolCacheLimits()
         self._kernel: SymbolTable | None = None
-        self._elf: _Lru[tuple[int, int, int, int], ElfSymbols] = _Lru(max_elf_files,
-                                                                     max_elf_symbols)
+        self._elf: _Lru[tuple[int, int, int, int], ElfSymbols] = _Lru(limits.elf_files,
+                                                                     limits.elf_symbols)
         self._perf_maps: _Lru[tuple[int, int, int, int], SymbolTable] = _Lru(
-            max_perf_maps, max_perf_map_symbols)
+            limits.perf_maps, limits.perf_map_symbols)
         self.cxxfilt = shutil.which("c++filt")
         self.max_demangled = 100_000
         self._demangled: dict[str, str] = {}

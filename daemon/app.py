@@ -104,7 +104,8 @@ def create_app(
     clock = clock or (sampler.clock if sampler is not None else SystemClock())
     detachers: list[Detacher] = []
     if privileged is None:
-        privileged = InProcessOps(detachers.append, roots=config.roots(), bpf=config.bpf)
+        privileged = InProcessOps(detachers.append, roots=config.roots(), bpf=config.bpf,
+                                  symbol_cache=config.symbol_cache())
     if sampler is None:
         sampler = Sampler(
             [*default_collectors(config.roots(), process_interval_s=config.process_interval,

@@ -15,9 +15,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostscope.metrics.sources import Roots
+
+if TYPE_CHECKING:
+    from hostscope.bpfmods.symbols import SymbolCacheLimits
 
 DEFAULT_PORT = 7470
 #: Environment variable holding one operator token (systemd units, CI, tests).
@@ -105,6 +108,14 @@ class Config:
     #: Seconds past its duration a capture may take (symbolising) before it is cancelled
     #: and marked failed, so a hung privileged side never wedges the queue.
     profile_grace: float = 30.0
+    #: Symbol caches of the profiler (in the helper with privsep): parsed ELF files
+    #: (programs, libraries) kept between profiles, and the symbols they hold together
+    #: (~150-200 bytes each, names included); least recently used files go first ...
+    symbol_cache_elf_files: int = 256
+    symbol_cache_elf_symbols: int = 2_000_000
+    #: ... and the same for JIT perf maps (/tmp/perf-PID.map of Node, the JVM, Python).
+    symbol_cache_perf_maps: int = 32
+    symbol_cache_perf_map_symbols: int = 2_000_000
     #: Privilege separation (docs/privilege.md): privileged work (BPF, profiles, other
     #: users' /proc/PID/io) runs in a helper process and this network-facing process
     #: drops every capability. false: all in this process, for development.
@@ -127,6 +138,15 @@ class Config:
 
     def roots(self) -> Roots:
         return Roots(proc=Path(self.proc_root), sys=Path(self.sys_root), etc=Path(self.etc_root))
+
+    def symbol_cache(self) -> SymbolCacheLimits:
+        """Bounds of the profiler's symbol caches (``symbol_cache_*``)."""
+        from hostscope.bpfmods.symbols import SymbolCacheLimits
+
+        return SymbolCacheLimits(
+            elf_files=self.symbol_cache_elf_files, elf_symbols=self.symbol_cache_elf_symbols,
+            perf_maps=self.symbol_cache_perf_maps,
+            perf_map_symbols=self.symbol_cache_perf_map_symbols)
 
     def auth_configured(self, env: Mapping[str, str]) -> bool:
         """Were tokens configured, rather than left to the one generated at start?"""
@@ -185,7 +205,15 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "profile_keep_bytes": (1024 * 1024, 64 * 1024**3, False),
     "profile_queue": (0, 100, False),
     "profile_grace": (1.0, 600.0, False),
+    "symbol_cache_elf_files": (16, 100_000, False),
+    "symbol_cache_elf_symbols": (10_000, 100_000_000, False),
+    "symbol_cache_perf_maps": (1, 10_000, False),
+    "symbol_cache_perf_map_symbols": (10_000, 100_000_000, False),
 }
+#: Keys fixed on the privileged helper's command line (daemon/helper.py validates them
+#: with this table too).
+SYMBOL_CACHE_KEYS = ("symbol_cache_elf_files", "symbol_cache_elf_symbols",
+                     "symbol_cache_perf_maps", "symbol_cache_perf_map_symbols")
 
 
 # Entries of the browser-facing allowlists. frame_ancestors goes into the CSP header as
@@ -324,8 +352,10 @@ def _check(name: str, value: Any, source: str) -> Any:
     if name in _RANGES:
         lo, hi, exclusive = _RANGES[name]
         if value > hi or value < lo or (exclusive and value == lo):
-            bound = f"> {lo:g}" if exclusive else f">= {lo:g}"
-            raise ConfigError(f"{where} must be {bound} and <= {hi:g}, got {value!r}")
+            # Integer keys with integer bounds (100000000, not 1e+08: the value to write).
+            form = "d" if kind == "int" else "g"
+            bound = f"> {lo:{form}}" if exclusive else f">= {lo:{form}}"
+            raise ConfigError(f"{where} must be {bound} and <= {hi:{form}}, got {value!r}")
     return value
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,9 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hostscope.bpfmods.symbols import SymbolCacheLimits
 from hostscope.metrics.sources import Roots, SourceUnavailable, read_bytes, translate
 
 from . import caps, rpc
+from .config import SYMBOL_CACHE_KEYS, Config, ConfigError, from_mapping
 
 log = logging.getLogger("hostscope.helper")
 
@@ -61,19 +64,24 @@ class HelperService:
     I/O counters.
     """
 
-    def __init__(self, roots: Roots, bpf: bool) -> None:
+    def __init__(self, roots: Roots, bpf: bool,
+                 symbol_cache: SymbolCacheLimits | None = None) -> None:
         from .privileged import InProcessOps
 
         self.roots = roots
         self._detachers: list[Any] = []
-        self.ops = InProcessOps(self._detachers.append, roots=roots, bpf=bpf)
+        self.ops = InProcessOps(self._detachers.append, roots=roots, bpf=bpf,
+                                symbol_cache=symbol_cache)
         #: (pid, start) -> kept descriptor of /proc/PID/io (see proc_io).
         self._io_fds: dict[tuple[int, int], int] = {}
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._io_fd_budget = 16384 if soft == resource.RLIM_INFINITY else min(soft // 2, 16384)
 
     def ping(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "capabilities": sorted(self.ops.capabilities())}
+        """Who answers, with what privileges, and the settings its command line fixed
+        (the same in every helper the spawner starts)."""
+        return {"pid": os.getpid(), "capabilities": sorted(self.ops.capabilities()),
+                "symbol_cache": dataclasses.asdict(self.ops.symbol_cache)}
 
     def capabilities(self) -> list[str]:
         return sorted(self.ops.capabilities())
@@ -280,6 +288,13 @@ def _roots(args: argparse.Namespace) -> Roots:
     return Roots(proc=Path(args.proc_root), sys=Path(args.sys_root), etc=Path(args.etc_root))
 
 
+def _symbol_cache(args: argparse.Namespace) -> SymbolCacheLimits:
+    return SymbolCacheLimits(
+        elf_files=args.symbol_cache_elf_files, elf_symbols=args.symbol_cache_elf_symbols,
+        perf_maps=args.symbol_cache_perf_maps,
+        perf_map_symbols=args.symbol_cache_perf_map_symbols)
+
+
 def run_helper(args: argparse.Namespace) -> int:
     """Main of the helper process proper."""
     _die_with_parent(args.parent)
@@ -292,7 +307,8 @@ def run_helper(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sock.shutdown(socket.SHUT_RDWR))
     from hostscope.bpfmods.modules import all_modules
 
-    service = HelperService(_roots(args), bpf=not args.no_bpf)
+    service = HelperService(_roots(args), bpf=not args.no_bpf,
+                            symbol_cache=_symbol_cache(args))
     ops = rpc.build_ops(rpc.ModuleFacts.of(all_modules()))
     log.info("helper serving", extra={"pid": os.getpid(),
                                       "capabilities": ",".join(sorted(service.capabilities()))})
@@ -310,6 +326,8 @@ def helper_argv(args: argparse.Namespace, fd: int) -> list[str]:
             "--parent", str(os.getpid()), "--proc-root", args.proc_root,
             "--sys-root", args.sys_root, "--etc-root", args.etc_root,
             "--log-level", args.log_level, "--log-format", args.log_format]
+    for key in SYMBOL_CACHE_KEYS:  # the spawner's own, checked by main() at its start
+        argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     if args.no_bpf:
         argv.append("--no-bpf")
     return argv
@@ -383,11 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-bpf", action="store_true")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")
+    for key in SYMBOL_CACHE_KEYS:
+        parser.add_argument("--" + key.replace("_", "-"), type=int,
+                            default=Config.__dataclass_fields__[key].default)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # the daemon's config checked these; an argv from elsewhere is checked here
+        from_mapping({key: getattr(args, key) for key in SYMBOL_CACHE_KEYS},
+                     "helper command line")
+    except ConfigError as exc:
+        parser.error(str(exc))
     from .logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)

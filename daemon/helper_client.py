@@ -34,13 +34,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hostscope.bpfmods.manager import BpfError, InvalidSettingsError, UnknownModuleError
 from hostscope.bpfmods.modules import BpfModule, all_modules
 from hostscope.bpfmods.settings import SettingsContext, SettingsError, validate
+from hostscope.bpfmods.symbols import SymbolCacheLimits
 from hostscope.metrics.collector import Collector, Derivation, Raw
 from hostscope.metrics.model import MetricDesc
 from hostscope.metrics.sources import Roots
@@ -111,11 +112,17 @@ class HelperSettings:
     bpf: bool = True
     log_level: str = "info"
     log_format: str = "text"
+    symbol_cache: SymbolCacheLimits = field(default_factory=SymbolCacheLimits)
 
     def argv(self) -> list[str]:
+        limits = self.symbol_cache
         argv = ["--proc-root", str(self.roots.proc), "--sys-root", str(self.roots.sys),
                 "--etc-root", str(self.roots.etc), "--log-level", self.log_level,
-                "--log-format", self.log_format]
+                "--log-format", self.log_format,
+                "--symbol-cache-elf-files", str(limits.elf_files),
+                "--symbol-cache-elf-symbols", str(limits.elf_symbols),
+                "--symbol-cache-perf-maps", str(limits.perf_maps),
+                "--symbol-cache-perf-map-symbols", str(limits.perf_map_symbols)]
         return [*argv, "--no-bpf"] if not self.bpf else argv
 
 
@@ -713,7 +720,8 @@ def start_privileged(config: Config) -> HelperOps:
         if os.geteuid() != 0:
             switch_to = None  # already that user
     ops = HelperOps(HelperSettings(roots=config.roots(), bpf=config.bpf,
-                                   log_level=config.log_level, log_format=config.log_format))
+                                   log_level=config.log_level, log_format=config.log_format,
+                                   symbol_cache=config.symbol_cache()))
     ops.start(drop_privileges=lambda: drop_daemon_privileges(switch_to))
     log.info("privileges dropped", extra={"helper_pid": ops.pid, "uid": os.getuid()})
     if os.getuid() == 0:

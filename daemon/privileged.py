@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from hostscope.bpfmods.collectors import bpf_collectors
 from hostscope.bpfmods.host import HostProbe
 from hostscope.bpfmods.manager import BpfManager, ModuleUnavailableError
+from hostscope.bpfmods.symbols import SymbolCacheLimits
 from hostscope.metrics.collector import Collector
 from hostscope.metrics.collectors.process import IoReader
 from hostscope.metrics.sources import Roots, read_optional
@@ -171,6 +172,7 @@ class InProcessOps:
         bpf: bool = True,
         host: HostProbe | None = None,
         self_status: Path = Path("/proc/self/status"),
+        symbol_cache: SymbolCacheLimits | None = None,
     ) -> None:
         # The daemon's own status, not the monitored host's (roots may point elsewhere).
         self._self_status = self_status
@@ -180,6 +182,8 @@ class InProcessOps:
         self.bpf_manager = BpfManager(host or shared_host_probe(roots or Roots()))
         self._bpf_disabled = None if bpf else BPF_DISABLED
         self._roots = roots or Roots()
+        #: Bounds of the profiler's symbol caches (config keys ``symbol_cache_*``).
+        self.symbol_cache = symbol_cache or SymbolCacheLimits()
         self._profiler: Any = None
         self._profiler_lock = threading.Lock()
 
@@ -256,7 +260,8 @@ class InProcessOps:
             if self._profiler is None:
                 from hostscope.bpfmods.profiler import Profiler
 
-                self._profiler = Profiler(self._roots, self.bpf_manager.host)
+                self._profiler = Profiler(self._roots, self.bpf_manager.host,
+                                          symbol_cache=self.symbol_cache)
             return self._profiler
 
     def profile_readiness(self) -> dict[str, Any]:

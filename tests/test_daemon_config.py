@@ -190,3 +190,59 @@ def test_bad_allowlist_entries_are_refused_naming_key_and_value(
 def test_none_must_stand_alone_in_frame_ancestors() -> None:
     with pytest.raises(ConfigError, match="'none' must be the only entry"):
         build_config(None, {"frame_ancestors": ["'none'", "https://wiki.example"]})
+
+
+# -- the profiler's symbol caches ------------------------------------------------------
+
+SYMBOL_CACHE_RANGES = {
+    "symbol_cache_elf_files": (16, 100_000),
+    "symbol_cache_elf_symbols": (10_000, 100_000_000),
+    "symbol_cache_perf_maps": (1, 10_000),
+    "symbol_cache_perf_map_symbols": (10_000, 100_000_000),
+}
+
+
+def test_symbol_cache_defaults_are_the_symbolizers_own() -> None:
+    from hostscope.bpfmods.symbols import SymbolCacheLimits, Symbolizer
+
+    assert Config().symbol_cache() == SymbolCacheLimits() == Symbolizer().limits
+    assert SymbolCacheLimits() == SymbolCacheLimits(
+        elf_files=256, elf_symbols=2_000_000, perf_maps=32, perf_map_symbols=2_000_000)
+
+
+def test_symbol_cache_keys_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "symbol_cache_elf_files = 16\nsymbol_cache_elf_symbols = 10000\n"
+                 "symbol_cache_perf_maps = 10000\nsymbol_cache_perf_map_symbols = 100000000\n")
+    limits = build_config(path).symbol_cache()
+    assert (limits.elf_files, limits.elf_symbols, limits.perf_maps,
+            limits.perf_map_symbols) == (16, 10_000, 10_000, 100_000_000)
+
+
+@pytest.mark.parametrize(("key", "bad", "message"), [
+    *[(key, lo - 1, f"must be >= {lo} and <= {hi}, got {lo - 1}")
+      for key, (lo, hi) in SYMBOL_CACHE_RANGES.items()],
+    *[(key, hi + 1, f"must be >= {lo} and <= {hi}, got {hi + 1}")
+      for key, (lo, hi) in SYMBOL_CACHE_RANGES.items()],
+    ("symbol_cache_elf_files", 256.0, "must be an integer, got float"),
+    ("symbol_cache_elf_symbols", "2M", "must be an integer, got str"),
+    ("symbol_cache_perf_maps", True, "must be an integer, got bool"),
+    ("symbol_cache_perf_map_symbols", -1, "must be >= 10000"),
+])
+def test_symbol_cache_limits_are_validated_naming_the_key(
+    tmp_path: Path, key: str, bad: object, message: str,
+) -> None:
+    path = write(tmp_path, f"{key} = {json.dumps(bad)}\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(path)
+    assert f"config file {path}: key {key!r} {message}" in str(info.value)
+
+
+def test_integer_keys_have_integer_bounds_printed_as_written(tmp_path: Path) -> None:
+    from hostscope.daemon import config as config_module
+
+    for key, (lo, hi, _) in config_module._RANGES.items():
+        if Config.__dataclass_fields__[key].type == "int":
+            assert isinstance(lo, int) and isinstance(hi, int), key
+    path = write(tmp_path, "max_history_values = 10\n")
+    with pytest.raises(ConfigError, match=r"must be >= 1000 and <= 1000000000, got 10$"):
+        build_config(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
+from hostscope.bpfmods.symbols import SymbolCacheLimits
 from hostscope.daemon import caps
 from hostscope.daemon.helper_client import (
     HelperOps,
@@ -225,6 +227,45 @@ def test_a_viewer_leaving_during_a_restart_is_not_brought_back(ops: HelperOps) -
     runqlat = {s["name"]: s for s in ops.bpf_status()}["runqlat"]
     assert runqlat["state"] == "off" and runqlat["users"] == []
     assert ops.held_modules() == []
+
+
+SMALL_CACHES = SymbolCacheLimits(elf_files=17, elf_symbols=12_345, perf_maps=3,
+                                 perf_map_symbols=54_321)
+
+
+def test_symbol_cache_limits_reach_the_helper_and_its_restarted_successor() -> None:
+    """Fixed on the spawner's command line, passed on to every helper it starts: the
+    helper's ping answers what its InProcessOps builds the Symbolizer with."""
+    helper = HelperOps(HelperSettings(Roots(), bpf=False, symbol_cache=SMALL_CACHES))
+    helper.start()
+    try:
+        first = helper.pid
+        answer = helper.call("ping")
+        assert answer["pid"] == first
+        assert answer["symbol_cache"] == dataclasses.asdict(SMALL_CACHES)
+        assert first is not None
+        cmdline = Path(f"/proc/{first}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--symbol-cache-perf-maps") + 1] == b"3"
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: helper.info()["restarts"] == 1 and helper.info()["state"] == "running",
+                 10, "helper restarted")
+        again = helper.call("ping")
+        assert again["pid"] not in (None, first)
+        assert again["symbol_cache"] == dataclasses.asdict(SMALL_CACHES)
+    finally:
+        helper.close()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--symbol-cache-elf-files", "15"),
+                                             ("--symbol-cache-perf-map-symbols", "0")])
+def test_the_helper_refuses_symbol_cache_limits_out_of_range(flag: str, value: str) -> None:
+    key = flag.removeprefix("--").replace("-", "_")
+    for role in ([], ["--spawner"]):
+        done = subprocess.run([sys.executable, "-m", "hostscope.daemon.helper", *role,
+                               "--fd", "0", flag, value], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL, check=False)
+        assert done.returncode == 2, done
+        assert f"helper command line: key {key!r} must be >= " in done.stderr, done.stderr
 
 
 def _require_profiling(ops: HelperOps) -> None:

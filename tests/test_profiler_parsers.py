@@ -22,6 +22,7 @@ from hostscope.bpfmods.profiler import (
     parse_perf_script,
 )
 from hostscope.bpfmods.symbols import (
+    SymbolCacheLimits,
     Symbolizer,
     parse_kallsyms,
     parse_nspid,
@@ -276,7 +277,7 @@ def test_symbolizer_names_libc_in_this_process() -> None:
 
 @pytest.mark.live
 def test_symbolizer_caches_are_bounded(tmp_path: Path) -> None:
-    sym = Symbolizer(Roots(), max_elf_files=2)
+    sym = Symbolizer(Roots(), limits=SymbolCacheLimits(elf_files=2))
     proc = sym.process(os.getpid())
     files = [m for m in proc.maps if m.executable and m.file_backed]
     seen = set()
@@ -288,6 +289,40 @@ def test_symbolizer_caches_are_bounded(tmp_path: Path) -> None:
     stats = sym.stats()["elf"]
     assert stats["entries"] <= 2
     assert stats["evictions"] >= len(seen) - 2
+
+
+def test_perf_map_cache_evicts_least_recently_used_and_keeps_the_newest(
+    tmp_path: Path,
+) -> None:
+    """The bounds of SymbolCacheLimits (config keys symbol_cache_perf_maps and
+    symbol_cache_perf_map_symbols), as docs/robustness.md states them."""
+    sizes = {101: 4000, 102: 4000, 103: 4000, 104: 30_000}
+    for pid, n in sizes.items():
+        tmp = tmp_path / str(pid) / "root" / "tmp"
+        tmp.mkdir(parents=True)
+        (tmp_path / str(pid) / "status").write_text(f"Name:\tnode\nNSpid:\t{pid}\n")
+        (tmp / f"perf-{pid}.map").write_text(
+            "".join(f"{0x1000 + i * 16:x} 10 fn{pid}_{i}\n" for i in range(n)))
+    sym = Symbolizer(Roots(proc=tmp_path), limits=SymbolCacheLimits(
+        perf_maps=3, perf_map_symbols=10_000))
+
+    def resolve(pid: int) -> None:
+        assert sym.user_frame(sym.process(pid), 0x1000) == (f"fn{pid}_0", "jit",
+                                                            f"perf-{pid}.map")
+
+    resolve(101)
+    resolve(102)
+    assert sym.stats()["perf_maps"]["symbols"] == 8000
+    resolve(103)  # 12,000 symbols > 10,000: the least recently used (101) goes
+    stats = sym.stats()["perf_maps"]
+    assert (stats["entries"], stats["symbols"], stats["evictions"]) == (2, 8000, 1)
+    resolve(102)  # a hit
+    resolve(104)  # alone over the bound: everything else goes, the newest stays
+    stats = sym.stats()["perf_maps"]
+    assert (stats["entries"], stats["symbols"], stats["evictions"]) == (1, 30_000, 3)
+    assert stats["hits"] == 1
+    resolve(101)  # parsed again when needed
+    assert sym.stats()["perf_maps"]["entries"] == 1
 
 
 @pytest.mark.live

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostscope.daemon import auth as auth_mod
 from hostscope.daemon.config import Config, ConfigError, build_config
-from hostscope.daemon.keys import AUTH, PENDING_LOGINS, SAMPLER
+from hostscope.daemon.keys import AUTH, PENDING_LOGINS, PRIVILEGED, SAMPLER
 from hostscope.daemon.logs import KeyValueFormatter, RepeatFilter
 
 from .support import VIEWER_TOKEN, auth_config, auth_headers
@@ -83,6 +83,29 @@ def test_defaults_are_finite_and_history_series_reaches_the_history() -> None:
     app = create_app(Config(history_series=123, bpf=False))
     history = app[SAMPLER].history
     assert history is not None and history.max_series == 123
+
+
+def test_symbol_cache_keys_reach_the_symbolizer_in_process() -> None:
+    """privsep = false: the app's InProcessOps builds the profiler's Symbolizer with the
+    configured bounds (tests/test_privsep_helper.py checks the helper's)."""
+    from hostscope.bpfmods.symbols import SymbolCacheLimits
+    from hostscope.daemon.app import create_app
+    from hostscope.daemon.privileged import InProcessOps
+
+    config = Config(bpf=False, privsep=False, symbol_cache_elf_files=17,
+                    symbol_cache_elf_symbols=12_345, symbol_cache_perf_maps=3,
+                    symbol_cache_perf_map_symbols=54_321)
+    ops = create_app(config)[PRIVILEGED]
+    assert isinstance(ops, InProcessOps)
+    try:
+        symbolizer = ops._get_profiler().symbolizer
+        assert symbolizer.limits == SymbolCacheLimits(17, 12_345, 3, 54_321)
+        # ... and the LRUs enforce them.
+        assert (symbolizer._elf.max_entries, symbolizer._elf.max_weight) == (17, 12_345)
+        assert (symbolizer._perf_maps.max_entries,
+                symbolizer._perf_maps.max_weight) == (3, 54_321)
+    finally:
+        ops.close()
 
 
 # -- websocket clients ----------------------------------------------------------------
