@@ -1,8 +1,9 @@
 """Property tests over the daemon's inputs: query strings of every GET route, JSON bodies
-of every POST route, websocket messages (random JSON, wrong types, huge, binary, invalid
-UTF-8) and the configuration file. The answer is always a 2xx/4xx JSON (never a 500), the
-websocket answers or closes with a protocol code and the daemon keeps serving, and the
-config loader returns a Config or raises ConfigError.
+of every POST route, ids and query strings of every DELETE route, websocket messages
+(random JSON, wrong types, huge, binary, invalid UTF-8) and the configuration file. The
+answer is always a 2xx/4xx JSON (never a 500), the websocket answers or closes with a
+protocol code and the daemon keeps serving, and the config loader returns a Config or
+raises ConfigError.
 
 The daemon runs for real on loopback in a thread of its own (hypothesis drives
 synchronous clients: http.client and websockets' sync client). Routes are read from the
@@ -15,6 +16,7 @@ import asyncio
 import functools
 import http.client
 import json
+import os
 import random
 import re
 import threading
@@ -217,6 +219,53 @@ def test_post_routes_never_fail_on_any_body(server: Server) -> None:
         check_answer(status, answer, elapsed, f"POST {path[:200]} {data[:100]!r}")
 
     run()
+
+
+#: Characters of a capture id (daemon/profiles.py: secrets.token_urlsafe(16), 22 long).
+ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+def test_delete_routes_never_fail_on_any_id_or_query(server: Server) -> None:
+    templates = routes(server, "DELETE")
+    assert "/api/v1/profiles/{id}" in templates
+    # Ids of captures that exist, in every state a DELETE can meet (one starting or
+    # running, two queued behind it, then cancelled; where profiling is unavailable they
+    # fail at once), ids of the right form that do not exist, and anything else.
+    for _ in range(3):
+        server.request("POST", "/api/v1/profiles", json.dumps(
+            {"kind": "cpu", "duration": 5, "pid": os.getpid()}).encode(),
+            {"Content-Type": "application/json"})
+    status, body, _ = server.request("GET", "/api/v1/profiles")
+    assert status == 200, body[:300]
+    known = [p["id"] for p in json.loads(body)["profiles"]] or ["A" * 22]
+    ids = st.one_of(values, st.sampled_from(known),
+                    st.text(alphabet=ID_ALPHABET, min_size=22, max_size=22),
+                    st.text(alphabet=ID_ALPHABET, max_size=40))
+    origins = st.sampled_from([None, "null", "", f"http://127.0.0.1:{server.port}",
+                               "https://evil.example"])
+
+    @FUZZ
+    @given(st.sampled_from(templates), st.lists(ids, min_size=2, max_size=2),
+           st.lists(st.tuples(st.sampled_from([*QUERY_KEYS, "format", "id", "force"]),
+                              values), max_size=6),
+           st.one_of(st.none(), json_bodies.map(lambda b: json.dumps(b).encode()),
+                     st.binary(max_size=100)),
+           origins)
+    def run(template: str, parts: list[str], query: list[tuple[str, str]],
+            data: bytes | None, origin: str | None) -> None:
+        path = fill(template, parts)
+        qs = urllib.parse.urlencode(query)
+        target = f"{path}?{qs}" if qs else path
+        status, answer, elapsed = server.request(
+            "DELETE", target, data, {"Origin": origin} if origin is not None else None)
+        check_answer(status, answer, elapsed, f"DELETE {target[:200]} origin={origin!r}",
+                     len(target))
+
+    try:
+        run()
+    finally:  # nothing left capturing for the tests after this one
+        for capture in known:
+            server.request("DELETE", f"/api/v1/profiles/{capture}")
 
 
 def test_big_and_odd_requests_are_refused_cleanly(server: Server) -> None:
