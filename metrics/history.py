@@ -456,44 +456,15 @@ class History:
         self, metrics: Iterable[str], seconds: float, *, now: float | None = None,
         instances: Mapping[str, set[str]] | None = None,
     ) -> list[HistorySlice]:
-        """History of the named metrics over the last ``seconds``.
+        """History of the named metrics over the last ``seconds`` (before ``now``, or
+        before each group's newest timestamp when ``now`` is None).
 
         Returns one slice per group that holds any of them. A range longer than the
         fine tier is served from the coarse tier (per-minute means) where the group
         has one. ``instances`` optionally restricts the instances per metric.
         """
-        wanted = set(metrics)
-        out: list[HistorySlice] = []
-        for group in self._groups.values():
-            self._unstage(group)
-            keys = [
-                k for k in group.series
-                if k[0] in wanted and (instances is None or k[0] not in instances
-                                       or k[1] in instances[k[0]])
-            ]
-            if not keys:
-                continue
-            use_coarse = (
-                group.coarse and seconds > group.capacity * group.interval_s and group.coarse_times
-            )
-            if use_coarse:
-                cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
-                step = self.coarse_step_s
-            else:
-                cap, head, times = group.capacity, group.head, group.times
-                step = group.interval_s
-            ts = _ring_ordered(times, cap, head)
-            end = now if now is not None else (ts[-1] if ts else 0.0)
-            start = end - seconds
-            first = bisect.bisect_right(ts, start)
-            series: dict[SeriesKey, list[float | None]] = {}
-            for key in sorted(keys):
-                s = group.series[key]
-                ring = s.coarse if use_coarse else s.fine
-                vals = _ring_ordered(ring, cap, head)[first:]
-                series[key] = [None if math.isnan(v) else v for v in vals]
-            out.append(HistorySlice(group.name, step, ts[first:], series))
-        return out
+        return self._read(metrics, instances, tier_s=seconds, back_s=seconds,
+                          start=None if now is None else now - seconds, end=math.inf)
 
     def query_range(
         self, metrics: Iterable[str], start: float, end: float, *,
@@ -509,6 +480,15 @@ class History:
         every window of one read comes from the same tier.
         """
         span = end - start if tier_s is None else tier_s
+        return self._read(metrics, instances, tier_s=span, back_s=span, start=start, end=end)
+
+    def _read(
+        self, metrics: Iterable[str], instances: Mapping[str, set[str]] | None, *,
+        tier_s: float, start: float | None, end: float, back_s: float,
+    ) -> list[HistorySlice]:
+        """Slices at timestamps in ``(start, end]`` (``start`` None: each group's newest
+        timestamp minus ``back_s``), from the tier a read spanning ``tier_s`` uses,
+        copying only that part of each ring."""
         wanted = set(metrics)
         out: list[HistorySlice] = []
         for group in self._groups.values():
@@ -521,7 +501,8 @@ class History:
             if not keys:
                 continue
             use_coarse = (
-                group.coarse and span > group.capacity * group.interval_s and group.coarse_times
+                group.coarse and tier_s > group.capacity * group.interval_s
+                and group.coarse_times
             )
             if use_coarse:
                 cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
@@ -530,20 +511,16 @@ class History:
                 cap, head, times = group.capacity, group.head, group.times
                 step = group.interval_s
             ts = _ring_ordered(times, cap, head)
-            first = bisect.bisect_right(ts, start)
+            low = start if start is not None else (ts[-1] if ts else 0.0) - back_s
+            first = bisect.bisect_right(ts, low)
             last = bisect.bisect_right(ts, end)
             series: dict[SeriesKey, list[float | None]] = {}
-            if first < last:
-                for key in sorted(keys):
-                    s = group.series[key]
-                    vals = _ring_range(s.coarse if use_coarse else s.fine, cap, head,
-                                       first, last)
-                    series[key] = [None if math.isnan(v) else v for v in vals]
-            else:
-                series = {key: [] for key in sorted(keys)}
+            for key in sorted(keys):
+                s = group.series[key]
+                vals = _ring_range(s.coarse if use_coarse else s.fine, cap, head, first, last)
+                series[key] = [None if math.isnan(v) else v for v in vals]
             out.append(HistorySlice(group.name, step, ts[first:last], series))
         return out
-
 
     def oldest(self, metrics: Iterable[str], tier_s: float) -> float | None:
         """The oldest timestamp held for any of ``metrics`` in the tier a read spanning

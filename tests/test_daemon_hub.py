@@ -255,6 +255,19 @@ def test_unregister_releases_layouts() -> None:
     assert hub._interned == {} and hub._layout_cache == {}
 
 
+class Stepping:
+    """A clock that moves one interval per tick, as a daemon's ticks are spaced (real
+    time would put a test's ticks microseconds apart)."""
+
+    n = 0
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.n
+
+    def mono(self) -> float:
+        return 1000.0 + self.n
+
+
 async def backfill(hub: Hub, layout: Layout, seconds: float
                    ) -> tuple[list[tuple[list[float], list[list[float | None]]]], float | None]:
     """Every chunk of a backfill, and its newest timestamp (what the stream tracks)."""
@@ -352,16 +365,6 @@ async def test_backfill_reads_window_by_window_as_it_is_consumed(
     read an hour of every metric each time). The windows join up exactly: every
     timestamp once, groups of other cadences merged, the same as one read."""
     sampler, table, hub = make(proc_interval=2.0)
-
-    class Stepping:  # one interval per tick, as a daemon's ticks are spaced
-        n = 0
-
-        def wall(self) -> float:
-            return 1_700_000_000.0 + self.n
-
-        def mono(self) -> float:
-            return 1000.0 + self.n
-
     clock = sampler.clock = Stepping()
     for i in range(40):
         table.table[f"{1000 + i}:1"] = ("web-1", float(i))
@@ -432,16 +435,6 @@ async def test_a_stalled_backfill_holds_a_window_however_long_the_history() -> N
         sampler, table, hub = make(proc_interval=1.0)
         for i in range(50):
             table.table[f"{1000 + i}:1"] = ("web-1", float(i))
-
-        class Stepping:
-            n = 0
-
-            def wall(self) -> float:
-                return 1_700_000_000.0 + self.n
-
-            def mono(self) -> float:
-                return 1000.0 + self.n
-
         clock = sampler.clock = Stepping()
         for _ in range(ticks):
             tick(sampler, hub)

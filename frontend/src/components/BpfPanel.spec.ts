@@ -82,6 +82,17 @@ function mountCard(id: string, conn: HostConnection, t: BpfToggles | null, stubH
   })
 }
 
+/** The URLs the page fetches from now on (the stubbed daemon still answers them). */
+function recordFetches(): string[] {
+  const urls: string[] = []
+  const fetch = globalThis.fetch
+  vi.stubGlobal('fetch', async (url: string) => {
+    urls.push(String(url))
+    return fetch(url)
+  })
+  return urls
+}
+
 describe('the module switch over the websocket', () => {
   it('holds a module with a bpf message, shows starting, the daemon’s refusal, then on', async () => {
     const { conn, ws } = await connected()
@@ -261,12 +272,7 @@ describe('BPF widgets', () => {
         { name: 'cgroup.version', instances: versions },
       ],
     }
-    const urls: string[] = []
-    const fetch = globalThis.fetch
-    vi.stubGlobal('fetch', async (url: string) => {
-      urls.push(String(url))
-      return fetch(url)
-    })
+    const urls = recordFetches()
     const { conn } = await connected()
     const w = mountCard('bpf.runqlat', conn, toggles(conn))
     await flushPromises()
@@ -280,12 +286,7 @@ describe('BPF widgets', () => {
 
   it('offers every container when the daemon does not report cgroup versions (and does not ask for them)', async () => {
     withContainers()
-    const urls: string[] = []
-    const fetch = globalThis.fetch
-    vi.stubGlobal('fetch', async (url: string) => {
-      urls.push(String(url))
-      return fetch(url)
-    })
+    const urls = recordFetches()
     const { conn } = await connected()
     const w = mountCard('bpf.runqlat', conn, toggles(conn))
     await flushPromises()
