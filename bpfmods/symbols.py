@@ -42,6 +42,8 @@ from hostscope.metrics.sources import (
     translate,
 )
 
+from .symbol_limits import SymbolCacheLimits
+
 #: A resolved frame: (name, kind, module). kind: "user" | "kernel" | "jit" | "unknown".
 Frame = tuple[str, str, str | None]
 
@@ -372,25 +374,6 @@ def parse_nspid(status: str) -> int | None:
             fields = line.split()[1:]
             return int(fields[-1]) if fields else None
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class SymbolCacheLimits:
-    """Bounds of a :class:`Symbolizer`'s caches (the daemon's ``symbol_cache_*`` keys).
-
-    Each cache is an LRU bounded by files and by the symbols they hold together (names
-    included, ~150-200 bytes of memory each); the least recently used file goes first,
-    but the newest always stays, even alone over the symbol bound.
-    """
-
-    #: Parsed ELF files (programs, libraries) kept between lookups and profiles ...
-    elf_files: int = 256
-    #: ... and the function symbols they may hold together.
-    elf_symbols: int = 2_000_000
-    #: Parsed JIT perf maps (/tmp/perf-PID.map) kept ...
-    perf_maps: int = 32
-    #: ... and the symbols they may hold together.
-    perf_map_symbols: int = 2_000_000
 
 
 class Symbolizer:

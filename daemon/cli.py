@@ -226,10 +226,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
-    """A server context from ``tls_cert``/``tls_key`` (TLS 1.2 or newer), or None."""
+    """A server context from ``tls_cert``/``tls_key`` (TLS 1.2 or newer), or None.
+
+    A plain ``PROTOCOL_TLS_SERVER`` context: Python's defaults for it are the secure ones
+    (no SSLv2/3, no compression, the server's cipher order), and unlike
+    ``create_default_context(Purpose.CLIENT_AUTH)`` it loads no CA store, which is only for
+    verifying client certificates; hostscope asks for none (tokens are its auth), and the
+    store would keep ~1 MB of parsed certificates resident.
+    """
     if config.tls_cert is None or config.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hostscope.metrics.sources import Roots
 
 if TYPE_CHECKING:
-    from hostscope.bpfmods.symbols import SymbolCacheLimits
+    from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 
 DEFAULT_PORT = 7470
 #: Environment variable holding one operator token (systemd units, CI, tests).
@@ -141,7 +141,7 @@ class Config:
 
     def symbol_cache(self) -> SymbolCacheLimits:
         """Bounds of the profiler's symbol caches (``symbol_cache_*``)."""
-        from hostscope.bpfmods.symbols import SymbolCacheLimits
+        from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 
         return SymbolCacheLimits(
             elf_files=self.symbol_cache_elf_files, elf_symbols=self.symbol_cache_elf_symbols,

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hostscope.bpfmods.symbols import SymbolCacheLimits
+from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 from hostscope.metrics.sources import Roots, SourceUnavailable, read_bytes, translate
 
 from . import caps, rpc

@@ -41,7 +41,7 @@ from typing import Any
 from hostscope.bpfmods.manager import BpfError, InvalidSettingsError, UnknownModuleError
 from hostscope.bpfmods.modules import BpfModule, all_modules
 from hostscope.bpfmods.settings import SettingsContext, SettingsError, validate
-from hostscope.bpfmods.symbols import SymbolCacheLimits
+from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 from hostscope.metrics.collector import Collector, Derivation, Raw
 from hostscope.metrics.model import MetricDesc
 from hostscope.metrics.sources import Roots

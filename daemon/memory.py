@@ -1,4 +1,4 @@
-"""Resident memory the daemon does not need to keep: glibc allocator settings.
+"""Resident memory the daemon does not need to keep: imports and glibc allocator settings.
 
 Python objects live in CPython's own arenas, but everything bigger than 512 bytes (large
 dicts and lists, file contents read by collectors, buffers of C extensions) comes from
@@ -14,13 +14,19 @@ at 1 Hz no two threads contend for the allocator.
 
 Measured on the development VM (`hostscope serve`, one client): about 0.7 MB for the
 arena cap and 0.5 MB for the trim. Both are no-ops where the C library is not glibc.
+
+* :func:`lean_imports` wraps the ``hostscope`` command's first import of aiohttp, whose
+  package builds things at import time that the daemon never uses (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+from collections.abc import Iterator
 
 log = logging.getLogger("hostscope.daemon")
 
@@ -59,3 +65,43 @@ def release_free_memory() -> bool:
     released = bool(libc.malloc_trim(0))
     log.debug("malloc_trim", extra={"released": released})
     return released
+
+
+#: Environment set while aiohttp is first imported (see :func:`lean_imports`).
+LEAN_IMPORT_ENV = {
+    # OpenSSL's default CA file, read by ``set_default_verify_paths``: an empty one.
+    "SSL_CERT_FILE": os.devnull,
+    # frozenlist's documented switch to its pure-Python FrozenList.
+    "FROZENLIST_NO_EXTENSIONS": "1",
+}
+
+
+@contextlib.contextmanager
+def lean_imports() -> Iterator[None]:
+    """Import aiohttp without the two things it builds at import that the daemon never uses.
+
+    * ``aiohttp.connector`` makes two *client* SSL contexts when imported, and each loads
+      the system CA bundle (Debian's: ~140 certificates parsed into OpenSSL objects),
+      ~2 MB resident for good. The daemon makes no outbound TLS connection and asks no
+      client certificate (its server context, ``cli.tls_context``, loads no CA store), so
+      for the duration of the import OpenSSL's default CA file is an empty one: those two
+      contexts then hold no certificates.
+    * frozenlist (aiohttp's signal and middleware lists) ships its list as a C++
+      extension, which maps libstdc++ into the process (~1.1 MB of its pages resident);
+      its pure-Python twin is the same type for our purposes and is only touched at
+      startup and shutdown.
+
+    The environment is restored afterwards, so nothing else (the privileged helper, perf,
+    any later TLS client) sees the change. Without effect if aiohttp is already imported.
+    Measured (`benchmarks/bench_daemon.py`, one client, VmRSS): 44.0 -> ~40.7 MB together.
+    """
+    saved = {key: os.environ.get(key) for key in LEAN_IMPORT_ENV}
+    os.environ.update(LEAN_IMPORT_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

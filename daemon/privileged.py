@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from hostscope.bpfmods.collectors import bpf_collectors
 from hostscope.bpfmods.host import HostProbe
 from hostscope.bpfmods.manager import BpfManager, ModuleUnavailableError
-from hostscope.bpfmods.symbols import SymbolCacheLimits
+from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 from hostscope.metrics.collector import Collector
 from hostscope.metrics.collectors.process import IoReader
 from hostscope.metrics.sources import Roots, read_optional

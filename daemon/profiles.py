@@ -31,14 +31,16 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hostscope.metrics.collectors.cgroup import container_matches
 from hostscope.metrics.sampler import Clock
 
-from . import flame
 from .errors import ProfileApiError
 from .privileged import PrivilegedOps
+
+if TYPE_CHECKING:
+    from . import flame
 
 log = logging.getLogger("hostscope.daemon")
 
@@ -623,6 +625,8 @@ class ProfileService:
         capture.profile = profile
         capture.meta = meta
         capture.outputs[("json", None, None, None)] = json_body
+        from . import flame  # imported by the first capture: the daemon may never profile
+
         capture.size = flame.estimate_bytes(profile) + len(json_body)
         started = data.get("started_at")
         if _number(started):
@@ -656,6 +660,8 @@ class ProfileService:
 
 def digest(data: Mapping[str, Any]) -> tuple[flame.Profile, dict[str, Any], str]:
     """Parse fetched ProfileData and pre-build the full-capture JSON view (blocking)."""
+    from . import flame  # imported by the first capture: the daemon may never profile
+
     cpu0 = time.thread_time()
     profile = flame.parse_profile(data)
     notes = [n for n in data.get("notes", ()) if isinstance(n, str)]
@@ -682,6 +688,8 @@ def digest(data: Mapping[str, Any]) -> tuple[flame.Profile, dict[str, Any], str]
 def tree_body(profile: flame.Profile, start: float | None, end: float | None,
               base: flame.Profile | None, base_id: str | None) -> str:
     """The ``format=json`` answer minus the summary (added per request: it changes)."""
+    from . import flame  # imported by the first capture: the daemon may never profile
+
     tree = flame.build_tree(profile, start=start, end=end, base=base)
     rng = None if start is None and end is None else {"start": start, "end": end}
     return flame.dumps({

@@ -13,14 +13,16 @@ import functools
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import flame
 from .errors import ApiError, BadParameter, ProfileApiError, parse_json_body
 from .keys import CLOCK, CONFIG, PRIVILEGED, PROFILES, SAMPLER, SECURITY
 from .profiles import Capture, ProfileService, tree_body
+
+if TYPE_CHECKING:
+    from . import flame
 
 #: format -> (content type, file extension)
 FORMATS = {
@@ -130,6 +132,8 @@ async def get_handler(request: web.Request) -> web.Response:
         return web.json_response(_summary(service, capture))
     if fmt not in FORMATS:
         raise BadParameter(f"'format' must be one of {', '.join(FORMATS)}, got {fmt[:40]!r}")
+    from . import flame  # imported by the first capture: the daemon may never profile
+
     profile = _done(capture, "the capture")
     start, end = _seconds_param(request, "start"), _seconds_param(request, "end")
     span = flame.timeline_seconds(profile)
@@ -172,6 +176,8 @@ async def get_handler(request: web.Request) -> web.Response:
 
 def _render(fmt: str, profile: flame.Profile, capture: Capture, *, start: float | None,
             end: float | None, base: flame.Profile | None, base_id: str | None) -> str:
+    from . import flame
+
     kind = "CPU" if profile.kind == "cpu" else "off-CPU"
     title = f"{kind} {capture.id[:8]}"
     if capture.request.get("pid") is not None:

@@ -858,6 +858,9 @@ async def test_tls_end_to_end(ca: trustme.CA, tmp_path: Path, static_dir: Path) 
                          tls_key=str(key_file))
     server_ctx = tls_context(config)
     assert server_ctx is not None and server_ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    # No CA store: it would only verify client certificates, which hostscope never asks for.
+    assert server_ctx.cert_store_stats()["x509_ca"] == 0
+    assert server_ctx.verify_mode == ssl.CERT_NONE
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     async with running(config, ssl_context=server_ctx, client_ssl=client_ctx) as d:

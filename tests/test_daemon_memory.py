@@ -1,10 +1,14 @@
-"""daemon/memory.py on the real allocator: the arena cap is accepted and a trim gives
-freed heap pages back, measured with /proc/self/status in a fresh interpreter."""
+"""daemon/memory.py on the real allocator and the real aiohttp, each in a fresh interpreter:
+the arena cap is accepted and a trim gives freed heap pages back (/proc/self/status); the
+``hostscope`` command imports aiohttp without a CA store or libstdc++, and leaves the
+environment as it found it."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import ssl
 import subprocess
 import sys
 
@@ -43,3 +47,49 @@ def test_trim_returns_freed_heap_pages_to_the_system() -> None:
     assert got["released"] is True
     # ~40 MB were freed with 1 in 64 blocks still alive: most of it comes back.
     assert got["before"] - got["after"] > 20_000, got
+
+
+# What the `hostscope` command's lean import leaves behind: aiohttp's client contexts
+# without certificates (a private attribute, read only to prove the point), frozenlist's
+# pure-Python list, no libstdc++ mapped, the environment untouched, and a client context
+# made afterwards still trusting the system's CAs.
+LEAN_SCRIPT = r"""
+import json, os, ssl, sys
+os.environ["SSL_CERT_FILE"] = sys.argv[1]  # a user's own setting survives
+from hostscope.daemon.memory import lean_imports
+with lean_imports():
+    import aiohttp.connector, aiohttp.web, frozenlist
+maps = open("/proc/self/maps").read()
+later = ssl.create_default_context()
+print(json.dumps({
+    "client_cas": aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
+    "pure_frozenlist": frozenlist.NO_EXTENSIONS,
+    "libstdcxx": "libstdc++" in maps,
+    "env": os.environ.get("SSL_CERT_FILE"),
+    "frozen_env": os.environ.get("FROZENLIST_NO_EXTENSIONS"),
+    "later_cas": later.cert_store_stats()["x509_ca"],
+}))
+"""
+
+
+def test_lean_imports_skip_the_ca_store_and_restore_the_environment() -> None:
+    bundle = ssl.get_default_verify_paths().openssl_cafile
+    if not bundle or not os.path.exists(bundle):
+        pytest.skip(f"no system CA bundle at {bundle!r} to compare with")
+    out = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, bundle], capture_output=True,
+                         text=True, check=True, timeout=60,
+                         env={k: v for k, v in os.environ.items()
+                              if k != "FROZENLIST_NO_EXTENSIONS"}).stdout
+    got = json.loads(out)
+    assert got["client_cas"] == 0
+    assert got["pure_frozenlist"] is True and got["libstdcxx"] is False
+    assert got["env"] == bundle and got["frozen_env"] is None
+    assert got["later_cas"] > 0  # the bundle is real: only aiohttp's import skipped it
+
+
+def test_the_hostscope_command_is_the_lean_entry_point() -> None:
+    """The console script (and ``python -m hostscope.daemon``) go through entry.main."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hostscope"]
+    assert script.value == "hostscope.daemon.entry:main"
