@@ -500,20 +500,9 @@ class History:
             ]
             if not keys:
                 continue
-            use_coarse = (
-                group.coarse and tier_s > group.capacity * group.interval_s
-                and group.coarse_times
-            )
-            if use_coarse:
-                cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
-                step = self.coarse_step_s
-            else:
-                cap, head, times = group.capacity, group.head, group.times
-                step = group.interval_s
-            ts = _ring_ordered(times, cap, head)
-            low = start if start is not None else (ts[-1] if ts else 0.0) - back_s
-            first = bisect.bisect_right(ts, low)
-            last = bisect.bisect_right(ts, end)
+            use_coarse, step, ts, first, last = self._span(group, tier_s, start, end, back_s)
+            cap, head = ((self.coarse_capacity, group.coarse_head) if use_coarse
+                         else (group.capacity, group.head))
             series: dict[SeriesKey, list[float | None]] = {}
             for key in sorted(keys):
                 s = group.series[key]
@@ -521,6 +510,44 @@ class History:
                 series[key] = [None if math.isnan(v) else v for v in vals]
             out.append(HistorySlice(group.name, step, ts[first:last], series))
         return out
+
+    def _span(
+        self, group: _Group, tier_s: float, start: float | None, end: float, back_s: float,
+    ) -> tuple[bool, float, list[float], int, int]:
+        """(coarse tier?, its step, its timestamps oldest first, first and last index of
+        the range) of a read spanning ``tier_s`` at timestamps in ``(start, end]``."""
+        use_coarse = bool(
+            group.coarse and tier_s > group.capacity * group.interval_s and group.coarse_times
+        )
+        if use_coarse:
+            cap, head, times = self.coarse_capacity, group.coarse_head, group.coarse_times
+            step = self.coarse_step_s
+        else:
+            cap, head, times = group.capacity, group.head, group.times
+            step = group.interval_s
+        ts = _ring_ordered(times, cap, head)
+        low = start if start is not None else (ts[-1] if ts else 0.0) - back_s
+        return use_coarse, step, ts, bisect.bisect_right(ts, low), bisect.bisect_right(ts, end)
+
+    def timeline(
+        self, metrics: Iterable[str], start: float, end: float, *, tier_s: float | None = None,
+    ) -> tuple[list[float], float | None]:
+        """(every timestamp in ``(start, end]`` of the groups holding any of ``metrics``,
+        sorted; the finest step among them, None if none holds any) in the tier
+        :meth:`query_range` would read: the time axis of a long answer that is then read
+        series by series (the daemon's REST history), without copying any values."""
+        wanted = set(metrics)
+        span = end - start if tier_s is None else tier_s
+        stamps: set[float] = set()
+        step: float | None = None
+        for group in self._groups.values():
+            if not any(k[0] in wanted for k in group.series):
+                continue
+            self._unstage(group)
+            _, group_step, ts, first, last = self._span(group, span, start, end, span)
+            stamps.update(ts[first:last])
+            step = group_step if step is None else min(step, group_step)
+        return sorted(stamps), step
 
     def oldest(self, metrics: Iterable[str], tier_s: float) -> float | None:
         """The oldest timestamp held for any of ``metrics`` in the tier a read spanning

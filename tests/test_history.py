@@ -131,6 +131,29 @@ def test_groups_without_coarse_tier_and_instance_filter() -> None:
     assert h.query(["p.cpu"], 86400)[0].step_s == 2.0  # no coarse tier: fine data
 
 
+def test_timeline_is_the_union_of_the_groups_timestamps_in_the_tier_read() -> None:
+    h = History(retention_s=20, coarse_step_s=60, coarse_retention_s=3600)
+    h.add_group("fast", 1.0)
+    h.add_group("slow", 5.0)
+    h.add_group("proc", 2.0, coarse=False)
+    for t in range(200):
+        h.append("fast", float(t), {"m.a": {"": 1.0}})
+        if t % 5 == 0:
+            h.append("slow", float(t) + 0.5, {"s.a": {"": 2.0}})
+        if t % 2 == 0:
+            h.append("proc", float(t), {"p.cpu": {"1:10": 0.5}})
+    stamps, step = h.timeline(["m.a", "s.a"], 189.0, 199.0)
+    assert stamps == sorted([float(t) for t in range(190, 200)] + [190.5, 195.5])
+    assert step == 1.0
+    assert stamps == sorted(t for s in h.query_range(["m.a", "s.a"], 189.0, 199.0)
+                            for t in s.timestamps)
+    # A read past the fine window uses the coarse tier where a group has one.
+    coarse, step = h.timeline(["m.a", "p.cpu"], 0.0, 199.0, tier_s=3600)
+    assert step == 2.0  # the proc group has no coarse tier: its fine points, step 2 s
+    assert {60.0, 120.0} <= set(coarse)  # (0, 199]: the minute means after 0
+    assert h.timeline(["nothing"], 0.0, 199.0) == ([], None)
+
+
 def test_invalid_configuration_is_rejected() -> None:
     with pytest.raises(ValueError):
         History(retention_s=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import json
 import logging
 import time
@@ -299,6 +300,80 @@ async def test_history_answers_are_bounded(small: Daemon) -> None:
     assert isinstance(error, dict) and error["code"] == "too_many_values"
     assert "max_history_values" in error["message"]
     assert ncpu >= 1
+
+
+async def test_big_history_answers_are_streamed_batch_by_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long /api/v1/history answer is read, encoded and written a batch at a time with
+    the event loop free in between, and equals the answer built whole from history."""
+    from hostscope.daemon import api
+
+    from .test_daemon_stream import prefilled_sampler
+
+    monkeypatch.setattr(api, "HISTORY_BATCH_CELLS", 3000)
+    sampler = prefilled_sampler(600, INTERVAL)
+    runner, daemon = await run_daemon(auth_config(interval=INTERVAL), sampler)
+    turns = 0
+    stop = asyncio.Event()
+
+    async def other_work() -> None:  # what every other client needs: loop turns
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    history = sampler.history
+    assert history is not None
+    seen_at_batch: list[int] = []
+    read_range = history.query_range
+
+    def query_range(*args: object, **kwargs: object) -> object:
+        seen_at_batch.append(turns)
+        return read_range(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(history, "query_range", query_range)
+    names = ["kernel", "mem", "disk", "network.interface"]
+    try:
+        worker = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        url = f"http://127.0.0.1:{daemon.port}/api/v1/history?names={','.join(names)}&seconds=60"
+        async with aiohttp.ClientSession(headers=auth_headers()) as session, \
+                session.get(url) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json"
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            body = json.loads(await resp.read())
+        stop.set()
+        await worker
+        stamps, series = body["t"], body["series"]
+        values = len(stamps) * len(series)
+        assert len(stamps) >= 500 and len(series) > 20
+        assert values // 3000 >= 5, (len(stamps), len(series))
+        # One read per batch, and other work ran between every two of them.
+        assert len(seen_at_batch) >= values // 3000, seen_at_batch
+        assert all(b > a for a, b in itertools.pairwise(seen_at_batch)), seen_at_batch
+        monkeypatch.undo()
+        # The same answer read whole (what the handler built before it streamed).
+        resolved = [d.name for d in sampler.registry.resolve(names)]
+        reference: dict[tuple[str, str], list[float | None]] = {}
+        position = {t: i for i, t in enumerate(stamps)}
+        for piece in history.query_range(resolved, stamps[-1] - 60, stamps[-1], tier_s=60):
+            for key, vals in piece.series.items():
+                column: list[float | None] = [None] * len(stamps)
+                for t, v in zip(piece.timestamps, vals, strict=True):
+                    column[position[round(t, 3)]] = v  # the answer's stamps are in ms
+                reference[key] = column
+        got = {(s["name"], s["instance"]): s["values"] for s in series}
+        order = {name: i for i, name in enumerate(resolved)}
+        assert list(got) == sorted(got, key=lambda k: (order[k[0]], k[1]))
+        for key, column in reference.items():
+            if key not in got:  # a series that appeared after the answer was cut
+                assert all(v is None for v in column), key
+                continue
+            assert got[key] == [None if v is None else float(f"{v:.6g}") for v in column], key
+        assert body["step"] == pytest.approx(INTERVAL)
+    finally:
+        stop.set()
+        await runner.cleanup()
 
 
 # -- logs -------------------------------------------------------------------------------
