@@ -51,17 +51,13 @@ from aiohttp import web
 
 from hostscope.metrics.sampler import Clock
 
-from .config import TOKEN_ENV, Config, ConfigError
+from .config import OPERATOR, ROLES, TOKEN_ENV, VIEWER, Config, ConfigError
 from .errors import ApiError, parse_json_body
 
 log = logging.getLogger("hostscope.daemon")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-VIEWER = "viewer"
-OPERATOR = "operator"
-#: Roles in increasing power; a role satisfies every role before it.
-ROLES = (VIEWER, OPERATOR)
 HASH_PREFIX = "sha256:"
 #: A configured plain token shorter than this is refused: guessable in a few days of
 #: rate-limited attempts is not a secret.

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 
 DEFAULT_PORT = 7470
+VIEWER = "viewer"
+OPERATOR = "operator"
+#: Token roles (token files, ``tokens``, ``hostscope token new --role``) in increasing
+#: power; a role satisfies every role before it. Enforced by :mod:`.auth`.
+ROLES = (VIEWER, OPERATOR)
 #: Environment variable holding one operator token (systemd units, CI, tests).
 TOKEN_ENV = "HOSTSCOPE_TOKEN"
 #: Keys that existed once, with what replaces them: a stale config file gets a pointed

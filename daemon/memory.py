@@ -15,8 +15,8 @@ at 1 Hz no two threads contend for the allocator.
 Measured on the development VM (`hostscope serve`, one client): about 0.7 MB for the
 arena cap and 0.5 MB for the trim. Both are no-ops where the C library is not glibc.
 
-* :func:`lean_imports` wraps the ``hostscope`` command's first import of aiohttp, whose
-  package builds things at import time that the daemon never uses (see there).
+* :func:`lean_imports` wraps ``hostscope serve``'s import of the web stack, which loads
+  and builds things at import time that the daemon never uses (see there).
 """
 
 from __future__ import annotations
@@ -78,22 +78,27 @@ LEAN_IMPORT_ENV = {
 
 @contextlib.contextmanager
 def lean_imports() -> Iterator[None]:
-    """Import aiohttp without the two things it builds at import that the daemon never uses.
+    """Import the web stack (aiohttp) without what it builds or loads that the daemon
+    never uses; ``hostscope serve`` imports it in this context.
 
     * ``aiohttp.connector`` makes two *client* SSL contexts when imported, and each loads
       the system CA bundle (Debian's: ~140 certificates parsed into OpenSSL objects),
       ~2 MB resident for good. The daemon makes no outbound TLS connection and asks no
-      client certificate (its server context, ``cli.tls_context``, loads no CA store), so
-      for the duration of the import OpenSSL's default CA file is an empty one: those two
-      contexts then hold no certificates.
+      client certificate (its server context, ``serve.tls_context``, loads no CA store),
+      so for the import OpenSSL's default CA file is an empty one.
     * frozenlist (aiohttp's signal and middleware lists) ships its list as a C++
       extension, which maps libstdc++ into the process (~1.1 MB of its pages resident);
-      its pure-Python twin is the same type for our purposes and is only touched at
-      startup and shutdown.
+      its pure-Python twin behaves the same and is touched at startup and shutdown only.
 
     The environment is restored afterwards, so nothing else (the privileged helper, perf,
-    any later TLS client) sees the change. Without effect if aiohttp is already imported.
-    Measured (`benchmarks/bench_daemon.py`, one client, VmRSS): 44.0 -> ~40.7 MB together.
+    a TLS client made later) sees the change. Without effect on modules already imported.
+
+    Not done: keeping ``ssl`` out of a plain-HTTP daemon (another ~1.8 MB). aiohttp,
+    asyncio, ``http.client`` and ``urllib.request`` import it optionally, but what they
+    define then lacks its TLS parts for good (``urllib.request.HTTPSHandler``), and
+    prometheus_client, imported by the first ``/metrics`` scrape, needs those.
+
+    Measured (`benchmarks/bench_daemon.py --compare`, one client, VmRSS): 44.2 -> 40.6 MB.
     """
     saved = {key: os.environ.get(key) for key in LEAN_IMPORT_ENV}
     os.environ.update(LEAN_IMPORT_ENV)

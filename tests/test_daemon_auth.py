@@ -42,11 +42,11 @@ from hostscope.daemon.auth import (
     load_or_create_secret,
     load_token_file,
 )
-from hostscope.daemon.cli import tls_context
 from hostscope.daemon.config import Config, ConfigError
 from hostscope.daemon.errors import ApiError
 from hostscope.daemon.keys import AUTH, PRIVILEGED, TICKER
 from hostscope.daemon.privileged import InProcessOps, PrivilegedOps
+from hostscope.daemon.serve import tls_context
 
 from .support import (
     OPERATOR_TOKEN,

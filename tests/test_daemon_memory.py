@@ -11,6 +11,7 @@ import platform
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,10 +50,10 @@ def test_trim_returns_freed_heap_pages_to_the_system() -> None:
     assert got["before"] - got["after"] > 20_000, got
 
 
-# What the `hostscope` command's lean import leaves behind: aiohttp's client contexts
-# without certificates (a private attribute, read only to prove the point), frozenlist's
-# pure-Python list, no libstdc++ mapped, the environment untouched, and a client context
-# made afterwards still trusting the system's CAs.
+# What `hostscope serve`'s lean import of the web stack leaves behind: aiohttp's client
+# contexts without certificates (a private attribute, read only to prove the point),
+# frozenlist's pure-Python list, no libstdc++ mapped, the environment untouched, and a
+# client context made afterwards still trusting the system's CAs.
 LEAN_SCRIPT = r"""
 import json, os, ssl, sys
 os.environ["SSL_CERT_FILE"] = sys.argv[1]  # a user's own setting survives
@@ -60,14 +61,13 @@ from hostscope.daemon.memory import lean_imports
 with lean_imports():
     import aiohttp.connector, aiohttp.web, frozenlist
 maps = open("/proc/self/maps").read()
-later = ssl.create_default_context()
 print(json.dumps({
     "client_cas": aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
     "pure_frozenlist": frozenlist.NO_EXTENSIONS,
     "libstdcxx": "libstdc++" in maps,
     "env": os.environ.get("SSL_CERT_FILE"),
     "frozen_env": os.environ.get("FROZENLIST_NO_EXTENSIONS"),
-    "later_cas": later.cert_store_stats()["x509_ca"],
+    "later_cas": ssl.create_default_context().cert_store_stats()["x509_ca"],
 }))
 """
 
@@ -87,9 +87,30 @@ def test_lean_imports_skip_the_ca_store_and_restore_the_environment() -> None:
     assert got["later_cas"] > 0  # the bundle is real: only aiohttp's import skipped it
 
 
-def test_the_hostscope_command_is_the_lean_entry_point() -> None:
-    """The console script (and ``python -m hostscope.daemon``) go through entry.main."""
-    from importlib.metadata import entry_points
+async def test_serve_streams_and_scrapes_without_libstdcxx_or_a_ca_store() -> None:
+    """The real command: the websocket and /metrics work; no libstdc++ is mapped; and the
+    other commands do not load the web stack at all."""
+    import aiohttp
+    from websockets.asyncio.client import connect
 
-    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "hostscope"]
-    assert script.value == "hostscope.daemon.entry:main"
+    from .support import auth_headers
+    from .test_daemon_shutdown import read_rest, start_serve
+
+    proc, url, lines = await start_serve()
+    try:
+        assert "libstdc++" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        ws_url = url.replace("http://", "ws://") + "api/v1/stream"
+        async with connect(ws_url, additional_headers=auth_headers()) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+        async with aiohttp.ClientSession(headers=auth_headers()) as session, \
+                session.get(url + "metrics") as resp:
+            assert resp.status == 200 and "hostscope_" in await resp.text()
+    finally:
+        proc.terminate()
+        await read_rest(proc, lines)
+        assert await proc.wait() == 0, "".join(lines)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hostscope.daemon.cli; "
+         "print(sorted(m for m in ('aiohttp', 'asyncio', 'ssl') if m in sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"
