@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -354,13 +355,20 @@ async def test_big_history_answers_are_streamed_batch_by_batch(
         monkeypatch.undo()
         # The same answer read whole (what the handler built before it streamed).
         resolved = [d.name for d in sampler.registry.resolve(names)]
+        # The exact timestamps the answer carries in milliseconds: the first of them
+        # after the answer's first, up to its last (ticks taken since come after it).
+        held, _ = history.timeline(resolved, stamps[0] - 1.0, stamps[-1] + 1.0, tier_s=60)
+        first = next(i for i, t in enumerate(held) if round(t, 3) == stamps[0])
+        exact = held[first:first + len(stamps)]
+        assert [round(t, 3) for t in exact] == stamps
         reference: dict[tuple[str, str], list[float | None]] = {}
-        position = {t: i for i, t in enumerate(stamps)}
-        for piece in history.query_range(resolved, stamps[-1] - 60, stamps[-1], tier_s=60):
+        position = {t: i for i, t in enumerate(exact)}
+        for piece in history.query_range(resolved, math.nextafter(exact[0], -math.inf),
+                                         exact[-1], tier_s=60):
             for key, vals in piece.series.items():
                 column: list[float | None] = [None] * len(stamps)
                 for t, v in zip(piece.timestamps, vals, strict=True):
-                    column[position[round(t, 3)]] = v  # the answer's stamps are in ms
+                    column[position[t]] = v
                 reference[key] = column
         got = {(s["name"], s["instance"]): s["values"] for s in series}
         order = {name: i for i, name in enumerate(resolved)}
