@@ -37,16 +37,22 @@ IN_CI = os.environ.get("CI") == "true"
 
 #: Ping-pong through two pipes between a process and its child: a context-switch storm.
 #: Prints the child's pid, waits for a line on stdin, runs N round trips, prints "done",
-#: then waits for stdin to close so tests can read its /proc files before it exits.
+#: then waits for stdin to close so tests can read its /proc files before it exits. Each
+#: side closes the pipe ends it does not use, so a parent killed mid-storm leaves its
+#: child an end of file, not a read that never returns (orphans piled up otherwise).
 STORM = r"""
 import os, sys
 n = int(sys.argv[1])
 r1, w1 = os.pipe(); r2, w2 = os.pipe()
 child = os.fork()
 if child == 0:
+    os.close(w1); os.close(r2)
     for _ in range(n):
-        os.read(r1, 1); os.write(w2, b"x")
+        if not os.read(r1, 1):
+            break
+        os.write(w2, b"x")
     os._exit(0)
+os.close(r1); os.close(w2)
 print(child, flush=True)
 sys.stdin.readline()
 for _ in range(n):
