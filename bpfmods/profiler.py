@@ -438,10 +438,17 @@ class Profiler:
         count_entries: int = 65536,
         stack_entries: int = 16384,
         tmp_dir: str | None = None,
+        bpf_disabled: str | None = None,
     ) -> None:
+        """``bpf_disabled``: why BPF must not be used here (the daemon's ``bpf = false``);
+        the BPF method is then dropped from ``methods``, and readiness and "unavailable"
+        errors say why first."""
+        if bpf_disabled is not None:
+            methods = tuple(m for m in methods if m != "bpf") or ("perf",)
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {methods}")
+        self.bpf_disabled = bpf_disabled
         self.roots = roots
         self.host = host
         self.clock = clock
@@ -481,7 +488,7 @@ class Profiler:
 
     def _method_for(self, kind: str) -> tuple[str | None, str | None]:
         """(method, None) or (None, why no method can capture ``kind`` here)."""
-        reasons = []
+        reasons = [] if self.bpf_disabled is None else [f"bpf: {self.bpf_disabled}"]
         for method in self.methods:
             if method == "bpf":
                 problem = self._bpf_problem()

@@ -159,9 +159,10 @@ class InProcessOps:
 
     Owns the daemon's one :class:`BpfManager`. With ``bpf=False`` the manager still
     describes the modules (so clients can show what exists) but loads nothing, imports
-    no bcc and asks nothing of BTF. With ``bpf=True`` the same holds until a client asks:
-    listing resolves BTF facts in a child process (no memory kept here), the first
-    enable imports bcc (~60 MB resident for good).
+    no bcc and asks nothing of BTF; profiles then use perf only (no off-CPU profiles).
+    With ``bpf=True`` the same holds until a client asks: listing resolves BTF facts in
+    a child process (no memory kept here), the first enable imports bcc (~60 MB resident
+    for good).
     """
 
     def __init__(
@@ -260,8 +261,11 @@ class InProcessOps:
             if self._profiler is None:
                 from hostscope.bpfmods.profiler import Profiler
 
+                # bpf = false: no BPF program at all, so CPU profiles use perf and
+                # off-CPU profiles (BPF only) are unavailable, saying why.
                 self._profiler = Profiler(self._roots, self.bpf_manager.host,
-                                          symbol_cache=self.symbol_cache)
+                                          symbol_cache=self.symbol_cache,
+                                          bpf_disabled=self._bpf_disabled)
             return self._profiler
 
     def profile_readiness(self) -> dict[str, Any]:

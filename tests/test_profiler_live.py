@@ -437,6 +437,38 @@ def test_perf_fallback_when_forced(host: HostProbe, programs: dict[str, Path]) -
     assert max(slots) - min(slots) > 20
 
 
+def test_bpf_false_profiles_with_perf_and_loads_no_bpf_program(
+        host: HostProbe, programs: dict[str, Path]) -> None:
+    """The daemon's ``bpf = false``: CPU profiles use perf, off-CPU ones are unavailable
+    with the config named as the reason, and no BPF program is ever loaded."""
+    require_perf_tool()
+    from hostscope.daemon.privileged import InProcessOps
+
+    ops = InProcessOps(lambda _detach: None, bpf=False, host=host)
+    try:
+        ready = ops.profile_readiness()
+        assert ready["cpu"] == {"available": True, "method": "perf", "reason": None}
+        assert not ready["offcpu"]["available"]
+        assert "bpf = false" in ready["offcpu"]["reason"]
+        with pytest.raises(ProfileError) as refused:
+            ops.profile_start({"kind": "offcpu", "duration_s": 2})
+        assert refused.value.code == "unavailable" and "bpf = false" in str(refused.value)
+        with Workload([str(programs["busyloop"])]) as w:
+            cid = ops.profile_start({"kind": "cpu", "duration_s": 2, "frequency_hz": 49,
+                                     "pid": w.pid})
+            deadline = time.monotonic() + 120
+            while (state := ops.profile_poll(cid))["state"] in ("running", "symbolizing"):
+                assert own_program_ids() == []
+                assert time.monotonic() < deadline, "capture did not finish"
+                time.sleep(0.1)
+        assert state["state"] == "done", state
+        data = ops.profile_fetch(cid)
+    finally:
+        ops.close()
+    assert data["method"] == "perf" and data["total"] > 0
+    assert own_program_ids() == []
+
+
 # -- JIT perf maps, containers -------------------------------------------------------------
 
 
