@@ -296,6 +296,9 @@ class ProfileService:
         self._queue: deque[Capture] = deque()
         self._current: Capture | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Cancellations in flight, by capture id: a DELETE arriving meanwhile waits for
+        #: the first one instead of cancelling again on the privileged side.
+        self._cancelling: dict[str, asyncio.Future[None]] = {}
         self._readiness: tuple[float, dict[str, Any]] | None = None
         self._closing = False
         # Threads of their own: a hung privileged call must not starve the BPF toggles'
@@ -438,9 +441,25 @@ class ProfileService:
         return capture
 
     async def cancel(self, capture_id: str) -> Capture:
+        """Cancel a queued or running capture. Idempotent while it is being cancelled:
+        concurrent DELETEs all answer with the cancelled capture, and only the first
+        reaches the privileged side."""
         capture = self.get(capture_id)
+        pending = self._cancelling.get(capture.id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return capture
         if capture.final:
             raise ProfileApiError("not_running", f"the capture is already {capture.state}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._cancelling[capture.id] = done
+        try:
+            return await self._cancel(capture)
+        finally:
+            del self._cancelling[capture.id]
+            done.set_result(None)
+
+    async def _cancel(self, capture: Capture) -> Capture:
         if capture in self._queue:
             self._queue.remove(capture)
         elif capture.capture_id is not None:

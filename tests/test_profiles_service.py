@@ -60,6 +60,7 @@ class ScriptedOps(InProcessOps):
         self.hang = threading.Event()
         self.release = threading.Event()
         self.available = True
+        self.cancel_delay_s = 0.0  # a privileged side slow to stop its perf events
         self._n = 0
         self._lock = threading.Lock()
 
@@ -96,6 +97,7 @@ class ScriptedOps(InProcessOps):
 
     def profile_cancel(self, capture_id: str) -> None:
         self.cancelled.append(capture_id)
+        time.sleep(self.cancel_delay_s)
         if capture_id in self.running:
             request, t0, _ = self.running[capture_id]
             self.running[capture_id] = (request, t0, "cancelled")
@@ -324,6 +326,17 @@ async def test_cancel_running(server: Server) -> None:
     # The slot is free: the next starts at once.
     status, nxt = await server.call("POST", "/api/v1/profiles", {"kind": "offcpu"})
     assert status == 202 and nxt["state"] == "running"
+
+
+async def test_concurrent_cancels_cancel_once(server: Server) -> None:
+    _, summary = await server.call("POST", "/api/v1/profiles", {"kind": "cpu", "duration": 60})
+    server.ops.cancel_delay_s = 0.3  # every DELETE arrives while the first is in flight
+    answers = await asyncio.gather(*(
+        server.call("DELETE", f"/api/v1/profiles/{summary['id']}") for _ in range(5)))
+    assert all(status == 200 and body["state"] == "cancelled" for status, body in answers)
+    assert server.ops.cancelled == ["c1"]  # the privileged side was asked once
+    status, again = await server.call("DELETE", f"/api/v1/profiles/{summary['id']}")
+    assert status == 409 and again["error"]["code"] == "not_running"
 
 
 async def test_diff_against_a_base(server: Server) -> None:
