@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hostscope.metrics.history import align
 from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.processes import MAX_LIMIT, SORT_METRICS, top_processes
 
@@ -171,36 +172,27 @@ async def history_handler(request: web.Request) -> web.StreamResponse:
     await response.write(
         f'{{"step":{encode.number(step or sampler.interval_s)},'
         f'"t":[{",".join(encode.timestamp(t) for t in stamps)}],"series":['.encode())
-    position = {t: i for i, t in enumerate(stamps)}
     per_batch = max(1, HISTORY_BATCH_CELLS // max(1, len(stamps)))
     first = True
     for at in range(0, len(keys), per_batch):
+        assert history is not None and now is not None  # keys are empty otherwise
         batch = keys[at:at + per_batch]
         wanted: dict[str, set[str]] = {}
         for name, inst in batch:
             wanted.setdefault(name, set()).add(inst)
-        found: dict[tuple[str, str], list[float | None]] = {}
-        if history is not None and now is not None:
-            for piece in history.query_range(list(wanted), now - seconds, now,
-                                             instances=wanted, tier_s=seconds):
-                where = [position.get(t) for t in piece.timestamps]
-                for key, values in piece.series.items():
-                    column: list[float | None] = [None] * len(stamps)
-                    for pos, value in zip(where, values, strict=True):
-                        if pos is not None:
-                            column[pos] = value
-                    found[key] = column
-        rows = []
-        for key in batch:
-            column = found.get(key)
-            if column is None:  # evicted while the answer was being written
-                continue
-            rows.append(f'{{"name":{encode.string(key[0])},"instance":{encode.string(key[1])},'
-                        f'"values":[{encode.numbers(column)}]}}')
+        slices = history.query_range(list(wanted), now - seconds, now, instances=wanted,
+                                     tier_s=seconds)
+        held_now = {key for piece in slices for key in piece.series}
+        _, columns = align(slices, batch, stamps)
+        rows = [  # a series evicted while the answer was being written is left out
+            f'{{"name":{encode.string(key[0])},"instance":{encode.string(key[1])},'
+            f'"values":[{encode.numbers(column)}]}}'
+            for key, column in zip(batch, columns, strict=True) if key in held_now
+        ]
         if rows:
             await response.write((("" if first else ",") + ",".join(rows)).encode())
             first = False
-        del found, rows
+        del slices, columns, rows
         await asyncio.sleep(0)
     await response.write(b"]}")
     await response.write_eof()

@@ -206,7 +206,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # version) never loads it.
     with memory.lean_imports():
         from . import serve
-    return serve.main(config)
+    try:
+        return serve.main(config)
+    except ConfigError as exc:
+        return _fail(str(exc))
 
 
 # -- sample --------------------------------------------------------------------------

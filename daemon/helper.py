@@ -288,13 +288,6 @@ def _roots(args: argparse.Namespace) -> Roots:
     return Roots(proc=Path(args.proc_root), sys=Path(args.sys_root), etc=Path(args.etc_root))
 
 
-def _symbol_cache(args: argparse.Namespace) -> SymbolCacheLimits:
-    return SymbolCacheLimits(
-        elf_files=args.symbol_cache_elf_files, elf_symbols=args.symbol_cache_elf_symbols,
-        perf_maps=args.symbol_cache_perf_maps,
-        perf_map_symbols=args.symbol_cache_perf_map_symbols)
-
-
 def run_helper(args: argparse.Namespace) -> int:
     """Main of the helper process proper."""
     _die_with_parent(args.parent)
@@ -308,7 +301,8 @@ def run_helper(args: argparse.Namespace) -> int:
     from hostscope.bpfmods.modules import all_modules
 
     service = HelperService(_roots(args), bpf=not args.no_bpf,
-                            symbol_cache=_symbol_cache(args))
+                            symbol_cache=Config(**{key: getattr(args, key)
+                                                   for key in SYMBOL_CACHE_KEYS}).symbol_cache())
     ops = rpc.build_ops(rpc.ModuleFacts.of(all_modules()))
     log.info("helper serving", extra={"pid": os.getpid(),
                                       "capabilities": ",".join(sorted(service.capabilities()))})

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from hostscope.metrics.collectors.cgroup import container_matches
+from hostscope.metrics.history import align
 from hostscope.metrics.model import UnknownMetricError
 from hostscope.metrics.sampler import Sampler, Tick
 
@@ -536,28 +537,7 @@ class Hub:
         instances = {name: set(insts) for name, insts in part}
         slices = history.query_range(list(instances), start, end, instances=instances,
                                      tier_s=span_s)
-        column_of: dict[tuple[str, str], int] = {}
-        for name, insts in part:
-            for inst in insts:
-                column_of[(name, inst)] = len(column_of)
-        stamps = sorted({t for s in slices for t in s.timestamps})
-        columns: list[list[float | None]] = [[None] * len(stamps) for _ in column_of]
-        position = {t: i for i, t in enumerate(stamps)}
-        for piece in slices:
-            where = [position.get(t) for t in piece.timestamps]
-            aligned = where == list(range(len(stamps)))
-            for key, values in piece.series.items():
-                col = column_of.get(key)
-                if col is None:
-                    continue
-                if aligned:
-                    columns[col] = values
-                    continue
-                target = columns[col]
-                for pos, value in zip(where, values, strict=True):
-                    if pos is not None:
-                        target[pos] = value
-        return stamps, columns
+        return align(slices, [(name, inst) for name, insts in part for inst in insts])
 
     @staticmethod
     def encode_backfill(

@@ -27,14 +27,10 @@ log = logging.getLogger("hostscope.daemon")
 
 
 def main(config: Config) -> int:
-    """Serve ``config`` until SIGTERM/SIGINT; the process exit status."""
-    try:
-        auth = build_auth(config, os.environ)
-        ssl_context = tls_context(config)
-    except ConfigError as exc:
-        from .cli import _fail
-
-        return _fail(str(exc))
+    """Serve ``config`` until SIGTERM/SIGINT; the process exit status. A token or TLS
+    file that cannot be used raises :class:`ConfigError` before anything is started."""
+    auth = build_auth(config, os.environ)
+    ssl_context = tls_context(config)
     setup_logging(config.log_level, config.log_format, repeats=config.log_repeats)
     return asyncio.run(run_server(config, auth=auth, ssl_context=ssl_context))
 

@@ -568,6 +568,40 @@ class History:
         return found
 
 
+def align(
+    slices: Iterable[HistorySlice], keys: Iterable[SeriesKey],
+    stamps: list[float] | None = None,
+) -> tuple[list[float], list[list[float | None]]]:
+    """(time axis, one column per key in ``keys`` order) from slices of several groups.
+
+    The axis is ``stamps``, or the union of the slices' timestamps (every collector
+    collected in a tick shares the tick's timestamp, so groups merge on them). A column
+    is None where its group has no point, all None for a key in no slice; points off a
+    given axis are dropped. A slice already on the axis hands its lists over as they are.
+    """
+    slices = list(slices)
+    if stamps is None:
+        stamps = sorted({t for s in slices for t in s.timestamps})
+    column_of = {key: i for i, key in enumerate(keys)}
+    columns: list[list[float | None]] = [[None] * len(stamps) for _ in column_of]
+    position = {t: i for i, t in enumerate(stamps)}
+    for piece in slices:
+        aligned = piece.timestamps == stamps
+        where = None if aligned else [position.get(t) for t in piece.timestamps]
+        for key, values in piece.series.items():
+            col = column_of.get(key)
+            if col is None:
+                continue
+            if where is None:
+                columns[col] = values
+                continue
+            target = columns[col]
+            for pos, value in zip(where, values, strict=True):
+                if pos is not None:
+                    target[pos] = value
+    return stamps, columns
+
+
 def _ring_range(ring: array, capacity: int, head: int, first: int, last: int) -> list[float]:
     """Elements ``first`` to ``last`` (exclusive) of a ring in oldest-first order, copying
     only those (two array slices at most where the range wraps)."""

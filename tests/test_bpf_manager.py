@@ -31,9 +31,10 @@ from hostscope.bpfmods.runtime import own_program_ids
 from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Sampler
 
+from .support import IN_CI
+
 pytestmark = pytest.mark.root
 
-IN_CI = os.environ.get("CI") == "true"
 
 #: Ping-pong through two pipes between a process and its child: a context-switch storm.
 #: Prints the child's pid, waits for a line on stdin, runs N round trips, prints "done",

@@ -15,6 +15,8 @@ import pytest
 from hostscope.daemon.config import TOKEN_ENV
 from hostscope.daemon.version import VERSION
 
+from .support import missing
+
 
 def hostscope(*args: str, timeout: float = 30,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -228,7 +230,7 @@ def test_serve_raises_its_soft_open_files_limit_to_the_hard_one() -> None:
     to the hard one: the collectors' kept descriptors and the clients' sockets share it."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
-        pytest.skip("prlimit (util-linux) is missing")
+        missing("prlimit (util-linux) is missing")
     script = Path(sys.executable).parent / "hostscope"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "hostscope.daemon"]
     env = {**os.environ, TOKEN_ENV: "rlimit-test-token-0123456789abcdef"}

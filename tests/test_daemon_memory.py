@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from .support import missing
+
 # Objects over 512 bytes come from malloc. Keeping every 64th alive pins the heap's top,
 # so glibc cannot give the freed memory back by itself (what a long-lived daemon's heap
 # looks like after startup garbage): only malloc_trim returns the pages in between.
@@ -75,7 +77,7 @@ print(json.dumps({
 def test_lean_imports_skip_the_ca_store_and_restore_the_environment() -> None:
     bundle = ssl.get_default_verify_paths().openssl_cafile
     if not bundle or not os.path.exists(bundle):
-        pytest.skip(f"no system CA bundle at {bundle!r} to compare with")
+        missing(f"no system CA bundle at {bundle!r} to compare with")
     out = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, bundle], capture_output=True,
                          text=True, check=True, timeout=60,
                          env={k: v for k, v in os.environ.items()

@@ -6,7 +6,6 @@ BPF modules for real: ``hostscope serve`` under ``setpriv`` with the same creden
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -17,13 +16,12 @@ import aiohttp
 import pytest
 
 from hostscope.daemon import caps
-from tests.support import auth_headers, serve_env
+from tests.support import IN_CI, auth_headers, serve_env
 from tests.test_bpf_manager import assert_unloaded, require_bpf
 from tests.test_daemon_shutdown import read_rest
 from tests.test_privsep_helper import children_of, gone, prog_ids_of, status_of
 
 UNIT = Path(__file__).parent.parent / "systemd" / "hostscope.service"
-IN_CI = os.environ.get("CI") == "true"
 
 
 def unit_settings() -> dict[str, list[str]]:

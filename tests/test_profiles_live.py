@@ -28,10 +28,9 @@ from hostscope.daemon.app import create_app
 from hostscope.daemon.keys import PRIVILEGED, PROFILES
 
 from .profile_support import FOLDED_LINE, HOSTILE, SPEEDSCOPE_SCHEMA, check_tree, find
-from .support import auth_config, auth_headers
+from .support import IN_CI, auth_config, auth_headers
 
 pytestmark = pytest.mark.root
-IN_CI = os.environ.get("CI") == "true"
 
 BUSY_C = r"""
 #include <stdlib.h>
