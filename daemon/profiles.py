@@ -298,7 +298,7 @@ class ProfileService:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Cancellations in flight, by capture id: a DELETE arriving meanwhile waits for
         #: the first one instead of cancelling again on the privileged side.
-        self._cancelling: dict[str, asyncio.Future[None]] = {}
+        self._cancelling: dict[str, asyncio.Task[Capture]] = {}
         self._readiness: tuple[float, dict[str, Any]] | None = None
         self._closing = False
         # Threads of their own: a hung privileged call must not starve the BPF toggles'
@@ -445,19 +445,14 @@ class ProfileService:
         concurrent DELETEs all answer with the cancelled capture, and only the first
         reaches the privileged side."""
         capture = self.get(capture_id)
-        pending = self._cancelling.get(capture.id)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return capture
-        if capture.final:
-            raise ProfileApiError("not_running", f"the capture is already {capture.state}")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._cancelling[capture.id] = done
-        try:
-            return await self._cancel(capture)
-        finally:
-            del self._cancelling[capture.id]
-            done.set_result(None)
+        task = self._cancelling.get(capture.id)
+        if task is None:
+            if capture.final:
+                raise ProfileApiError("not_running", f"the capture is already {capture.state}")
+            task = self._cancelling[capture.id] = asyncio.ensure_future(self._cancel(capture))
+            task.add_done_callback(lambda _: self._cancelling.pop(capture.id, None))
+        # Shielded: a client that leaves does not stop the cancellation half way.
+        return await asyncio.shield(task)
 
     async def _cancel(self, capture: Capture) -> Capture:
         if capture in self._queue:
