@@ -280,7 +280,11 @@ def has_frame(name: str) -> Any:
 def test_busy_loop_dominates_its_flame_graph(profiler: Profiler,
                                              programs: dict[str, Path]) -> None:
     assert profiler.readiness()["cpu"] == {"available": True, "method": "bpf", "reason": None}
-    with Workload([str(programs["busyloop"])]) as w:
+    # dd spends its time in the kernel (clearing pages for reads of /dev/zero), so the
+    # host-wide capture has kernel stacks to symbolise however quiet the host is: the
+    # busy loop alone never enters the kernel, and CI once sampled nothing else.
+    kernel_work = ["sh", "-c", "echo ready; exec dd if=/dev/zero of=/dev/null bs=64k"]
+    with Workload([str(programs["busyloop"])]) as w, Workload(kernel_work) as dd:
         cpu = CpuTime(w.pid)
         data = capture(profiler, ProfileRequest("cpu", 3, 99))
         cpu.stop()
@@ -301,6 +305,7 @@ def test_busy_loop_dominates_its_flame_graph(profiler: Profiler,
     slots = {slot for s in data["stacks"] if s["pid"] == w.pid for slot, _ in s["slots"]}
     assert max(slots) - min(slots) > 30
     assert any(f["kind"] == "kernel" for f in data["frames"])
+    assert by_pid(data, dd.pid), "dd was not sampled"
 
 
 def test_pid_filter_and_hostile_name(profiler: Profiler, programs: dict[str, Path]) -> None:
