@@ -76,8 +76,10 @@ int main(void) { write(1, "ready\n", 6); for (;;) hs_cold_wait(); return 0; }
 #: --no-turbo-inlining keeps hotJsLoop a frame of its own once optimised.
 NODE_JS = ("function hotJsLoop(n){let s=0;for(let i=0;i<n;i++)s+=i%7;return s}"
            "console.log('ready');for(;;)hotJsLoop(1e5)")
+#: "ready" comes after hot_py_fn's first call: -X perf writes a function's map entry when
+#: its trampoline is made, at that first call (CI once read the map before it).
 PY_HOT = ("import sys\ndef hot_py_fn(n):\n    s = 0\n    for i in range(n):\n"
-          "        s += i % 7\n    return s\nprint('ready', flush=True)\n"
+          "        s += i % 7\n    return s\nhot_py_fn(1)\nprint('ready', flush=True)\n"
           "while True:\n    hot_py_fn(100000)\n")
 
 #: hotJavaLoop runs ~1 ms per call, so C2 compiles it as a method of its own (not only an
