@@ -204,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     # The web stack is imported here only: the rest of the command line (sample, token,
     # version) never loads it.
-    with memory.lean_imports():
+    with memory.lean_imports(tls=config.tls_cert is not None):
         from . import serve
     try:
         return serve.main(config)

@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 log = logging.getLogger("hostscope.daemon")
@@ -75,36 +77,76 @@ LEAN_IMPORT_ENV = {
     "FROZENLIST_NO_EXTENSIONS": "1",
 }
 
+#: Hidden while a plain-HTTP daemon imports the web stack: the TLS module and OpenSSL's
+#: hash backend, the two ways libcrypto gets loaded (see :func:`lean_imports`).
+OPENSSL_MODULES = ("ssl", "_hashlib")
+#: hashlib's own SHA-256 (3.11: ``_sha256``; 3.12 on: ``_sha2``): the token hashes and
+#: embed signatures need it when ``_hashlib`` is hidden.
+BUILTIN_SHA256 = ("_sha256", "_sha2")
+#: Standard modules that define their HTTPS parts only if ``ssl`` imports
+#: (``http.client.HTTPSConnection``, ``urllib.request.HTTPSHandler``) and that the web
+#: stack imports for its client side, which the daemon never uses. Forgotten after a
+#: hidden-OpenSSL import, so that whoever imports them next gets them whole:
+#: prometheus_client, imported by the first ``/metrics`` scrape, needs ``HTTPSHandler``.
+HTTPS_DEPENDENT = ("urllib.request", "http.client")
+
+
+def _can_hide_openssl() -> bool:
+    """Whether hiding OpenSSL's modules keeps libcrypto out: neither is loaded yet, and
+    hashlib has its own SHA-256 to fall back on."""
+    if any(name in sys.modules for name in OPENSSL_MODULES):
+        return False
+    return any(importlib.util.find_spec(name) is not None for name in BUILTIN_SHA256)
+
 
 @contextlib.contextmanager
-def lean_imports() -> Iterator[None]:
+def lean_imports(*, tls: bool) -> Iterator[None]:
     """Import the web stack (aiohttp) without what it builds or loads that the daemon
     never uses; ``hostscope serve`` imports it in this context.
 
+    * A daemon that serves plain HTTP (the default: loopback) makes no TLS connection,
+      in or out, so ``ssl`` and ``_hashlib`` are hidden: aiohttp, asyncio and hashlib
+      import them optionally and do without, and OpenSSL (libcrypto, libssl: ~5 MB
+      resident, mostly libcrypto's pages touched by its own initialisation) is never
+      loaded. hashlib and hmac use CPython's built-in SHA-256 for the token hashes
+      and embed signatures (a few short strings a request). Afterwards the modules can be
+      imported again: the first ``/metrics`` scrape does (prometheus_client imports
+      ``ssl``), and :data:`HTTPS_DEPENDENT` are forgotten so that it gets them whole.
+      asyncio itself keeps no TLS for good, which is why a daemon with ``tls_cert`` does
+      not hide anything (``tls=True``).
     * ``aiohttp.connector`` makes two *client* SSL contexts when imported, and each loads
       the system CA bundle (Debian's: ~140 certificates parsed into OpenSSL objects),
-      ~2 MB resident for good. The daemon makes no outbound TLS connection and asks no
-      client certificate (its server context, ``serve.tls_context``, loads no CA store),
-      so for the import OpenSSL's default CA file is an empty one.
+      ~2 MB resident for good. This matters to a TLS daemon, which has ``ssl``: it makes
+      no outbound TLS connection and asks no client certificate (its server context,
+      ``serve.tls_context``, loads no CA store), so for the import OpenSSL's default CA
+      file is an empty one.
     * frozenlist (aiohttp's signal and middleware lists) ships its list as a C++
       extension, which maps libstdc++ into the process (~1.1 MB of its pages resident);
       its pure-Python twin behaves the same and is touched at startup and shutdown only.
 
-    The environment is restored afterwards, so nothing else (the privileged helper, perf,
-    a TLS client made later) sees the change. Without effect on modules already imported.
+    The environment and ``sys.modules`` are restored afterwards, so nothing else (the
+    privileged helper, perf, a TLS client made later) sees the change. Without effect on
+    modules already imported.
 
-    Not done: keeping ``ssl`` out of a plain-HTTP daemon (another ~1.8 MB). aiohttp,
-    asyncio, ``http.client`` and ``urllib.request`` import it optionally, but what they
-    define then lacks its TLS parts for good (``urllib.request.HTTPSHandler``), and
-    prometheus_client, imported by the first ``/metrics`` scrape, needs those.
-
-    Measured (`benchmarks/bench_daemon.py --compare`, one client, VmRSS): 44.2 -> 40.6 MB.
+    Measured (`benchmarks/bench_daemon.py --compare`, one client, VmRSS): the CA store and
+    libstdc++ 44.2 -> 40.6 MB; OpenSSL, see docs/daemon.md.
     """
     saved = {key: os.environ.get(key) for key in LEAN_IMPORT_ENV}
+    hidden = () if tls or not _can_hide_openssl() else OPENSSL_MODULES
+    before = set(sys.modules)
     os.environ.update(LEAN_IMPORT_ENV)
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "absent"
     try:
         yield
     finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+        if hidden:
+            for name in HTTPS_DEPENDENT:
+                if name not in before:
+                    sys.modules.pop(name, None)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

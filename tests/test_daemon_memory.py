@@ -5,6 +5,8 @@ environment as it found it."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import platform
@@ -52,7 +54,8 @@ def test_trim_returns_freed_heap_pages_to_the_system() -> None:
     assert got["before"] - got["after"] > 20_000, got
 
 
-# What `hostscope serve`'s lean import of the web stack leaves behind: aiohttp's client
+# What `hostscope serve`'s lean import of the web stack leaves behind in a TLS daemon
+# (which has ``ssl``): aiohttp's client
 # contexts without certificates (a private attribute, read only to prove the point),
 # frozenlist's pure-Python list, no libstdc++ mapped, the environment untouched, and a
 # client context made afterwards still trusting the system's CAs.
@@ -60,7 +63,7 @@ LEAN_SCRIPT = r"""
 import json, os, ssl, sys
 os.environ["SSL_CERT_FILE"] = sys.argv[1]  # a user's own setting survives
 from hostscope.daemon.memory import lean_imports
-with lean_imports():
+with lean_imports(tls=True):
     import aiohttp.connector, aiohttp.web, frozenlist
 maps = open("/proc/self/maps").read()
 print(json.dumps({
@@ -89,9 +92,58 @@ def test_lean_imports_skip_the_ca_store_and_restore_the_environment() -> None:
     assert got["later_cas"] > 0  # the bundle is real: only aiohttp's import skipped it
 
 
-async def test_serve_streams_and_scrapes_without_libstdcxx_or_a_ca_store() -> None:
-    """The real command: the websocket and /metrics work; no libstdc++ is mapped; and the
-    other commands do not load the web stack at all."""
+# A plain-HTTP daemon's lean import: OpenSSL is never loaded, hashlib and hmac work on
+# CPython's own SHA-256, and everything hidden can be imported whole afterwards (what the
+# first /metrics scrape does through prometheus_client).
+PLAIN_SCRIPT = r"""
+import json, sys
+from hostscope.daemon.memory import lean_imports
+with lean_imports(tls=False):
+    import aiohttp.web, hmac, hashlib
+def openssl_mapped():
+    maps = open("/proc/self/maps").read()
+    return "libcrypto" in maps or "libssl" in maps
+got = {
+    "openssl_during": openssl_mapped(),
+    "sha256": hashlib.sha256(b"hostscope").hexdigest(),
+    "hmac": hmac.new(b"k", b"m", hashlib.sha256).hexdigest(),
+    "hidden_left": [m for m in ("ssl", "_hashlib") if m in sys.modules],
+    "forgotten": [m for m in ("urllib.request", "http.client") if m in sys.modules],
+}
+import prometheus_client, ssl, urllib.request
+got.update(https_handler=hasattr(urllib.request, "HTTPSHandler"),
+           later_cas=ssl.create_default_context().cert_store_stats()["x509_ca"] >= 0,
+           openssl_after=openssl_mapped())
+print(json.dumps(got))
+"""
+
+
+def test_plain_lean_import_keeps_openssl_out_and_everything_importable() -> None:
+    out = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    got = json.loads(out)
+    assert got["openssl_during"] is False
+    assert got["sha256"] == hashlib.sha256(b"hostscope").hexdigest()
+    assert got["hmac"] == hmac.new(b"k", b"m", hashlib.sha256).hexdigest()
+    assert got["hidden_left"] == [] and got["forgotten"] == []
+    assert got["https_handler"] is True and got["later_cas"] is True
+    assert got["openssl_after"] is True  # loaded by whoever needs it, later
+
+
+def test_lean_import_hides_nothing_once_openssl_is_loaded() -> None:
+    """An interpreter that has ``ssl`` already gains nothing by hiding it, and its asyncio
+    may hold it: the context leaves the modules alone."""
+    code = ("import ssl, sys\nfrom hostscope.daemon.memory import lean_imports\n"
+            "with lean_imports(tls=False):\n    import ssl as again, asyncio.sslproto\n"
+            "print(again is ssl, asyncio.sslproto.ssl is ssl)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.split() == ["True", "True"]
+
+
+async def test_serve_streams_and_scrapes_without_libstdcxx_or_openssl() -> None:
+    """The real command: the websocket and /metrics work; neither libstdc++ nor OpenSSL is
+    mapped until the first scrape; and the other commands do not load the web stack."""
     import aiohttp
     from websockets.asyncio.client import connect
 
@@ -100,7 +152,8 @@ async def test_serve_streams_and_scrapes_without_libstdcxx_or_a_ca_store() -> No
 
     proc, url, lines = await start_serve()
     try:
-        assert "libstdc++" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libstdc++" not in maps and "libcrypto" not in maps
         ws_url = url.replace("http://", "ws://") + "api/v1/stream"
         async with connect(ws_url, additional_headers=auth_headers()) as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
@@ -116,3 +169,36 @@ async def test_serve_streams_and_scrapes_without_libstdcxx_or_a_ca_store() -> No
          "print(sorted(m for m in ('aiohttp', 'asyncio', 'ssl') if m in sys.modules))"],
         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     assert loaded == "[]"
+
+
+async def test_serve_over_tls_imports_the_web_stack_with_openssl(tmp_path: Path) -> None:
+    """With tls_cert the web stack is imported with ``ssl`` (asyncio would keep no TLS
+    for good otherwise): the real command answers HTTPS and wss."""
+    import aiohttp
+    import trustme
+    from websockets.asyncio.client import connect
+
+    from .support import auth_headers
+    from .test_daemon_shutdown import read_rest, start_serve
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    proc, url, lines = await start_serve("--tls-cert", str(cert_file), "--tls-key",
+                                         str(key_file))
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        async with aiohttp.ClientSession(headers=auth_headers()) as session, \
+                session.get(url + "api/v1/host", ssl=client_ctx) as resp:
+            assert resp.status == 200 and "capabilities" in await resp.json()
+        async with connect(url.replace("https://", "wss://") + "api/v1/stream",
+                           ssl=client_ctx, additional_headers=auth_headers()) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+    finally:
+        proc.terminate()
+        await read_rest(proc, lines)
+        assert await proc.wait() == 0, "".join(lines)

@@ -42,7 +42,7 @@ async def start_serve(*args: str, env: dict[str, str] | None = None,
         if not line:
             raise AssertionError("hostscope serve exited early:\n" + "".join(lines))
         lines.append(line.decode())
-        found = re.search(r'listening"?,? "?url"?[=:] ?"?(http://[^\s"]+)', lines[-1])
+        found = re.search(r'listening"?,? "?url"?[=:] ?"?(https?://[^\s"]+)', lines[-1])
         if found:
             return proc, found.group(1), lines
 
