@@ -255,6 +255,28 @@ def bench_history_memory() -> tuple[int, int, float]:
     return series, history.nbytes(), history.nbytes() / max(1, series)
 
 
+def bench_process_churn(new_per_sample: int = 1, steady: int = 100) -> tuple[int, int, int]:
+    """(series, bytes held, bytes rings throughout would hold) after an hour of the process
+    group at its default 2 s with ``steady`` processes and ``new_per_sample`` new
+    short-lived ones (seen once) per sample: what a host running cron jobs, health checks
+    and shell scripts looks like."""
+    from hostscope.metrics.collectors.process import ProcessCollector
+    from hostscope.metrics.history import History
+
+    history = History()
+    metrics = ProcessCollector.history_metrics
+    history.add_group("process", 2.0, coarse=False, metrics=metrics)
+    t0 = 1_700_000_000.0
+    for i in range(1800):
+        present = [str(n) for n in range(steady)]
+        present += [f"short{i}.{k}" for k in range(new_per_sample)]
+        history.append("process", t0 + 2 * i,
+                       {m: dict.fromkeys(present, float(i)) for m in metrics})
+    series = history.series_count
+    rings = series * 4 * 1800 + 8 * 1800
+    return series, history.nbytes(), rings
+
+
 def tcp_sockets() -> int | None:
     """TCP sockets in this namespace now (the tcpconn walk grows with them)."""
     try:
@@ -418,6 +440,11 @@ def main() -> None:
     n, nbytes, per_series = bench_history_memory()
     print(f"history: {n} series x 1 h at 1 Hz = {nbytes / 1e6:.2f} MB"
           f" ({per_series:.0f} bytes/series fine tier; +5,760 coarse tier after 24 h)")
+    for new in (1, 3):
+        n, nbytes, rings = bench_process_churn(new)
+        print(f"process history, 100 processes + {new} short-lived new one(s) per 2 s sample, "
+              f"1 h: {n} series, {nbytes / 2**20:.1f} MiB ({rings / 2**20:.1f} MiB if every "
+              "series were a ring)")
 
 
 if __name__ == "__main__":

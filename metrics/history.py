@@ -23,6 +23,13 @@ plus about 200 bytes of bookkeeping. The total number of series is capped by
 ``max_series``; series beyond it are not recorded (and counted in ``dropped_series``),
 and series whose instance has been absent for a whole fine window are evicted.
 
+Short-lived instances. A series starts *sparse*: its values by ring slot in a dict
+(~100 bytes a value), and becomes a ring once it holds :func:`sparse_limit` values (a
+twenty-fourth of the ring: ~56 at 2 s for an hour) or a plan writes it every tick. A
+process that lived a few seconds would otherwise cost a whole ring of NaN padding for an
+hour: one new short-lived process per 2 s sample made the process history 39 MiB, now
+~1 MiB (tests/test_history.py; `benchmarks/bench_metrics.py` prints it).
+
 Missing values (no rate yet, instance absent at that tick) are NaN inside the rings and
 None when returned.
 """
@@ -32,10 +39,11 @@ from __future__ import annotations
 import bisect
 import math
 import struct
+import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 
 from .collector import Cooked
 from .layout import FlatLayout, getter
@@ -48,6 +56,9 @@ STAGE_ROWS = 64
 _TEXT = frozenset({str})
 #: None -> NaN, anything else (hashable) unchanged: ``map(_NONE_AS_NAN, xs, xs)``.
 _NONE_AS_NAN = {None: NAN}.get
+#: What one value of a sparse series holds beyond its dict's table (:meth:`History.nbytes`):
+#: a float object and, for a slot over 256, an int object.
+SPARSE_VALUE_BYTES = 24 + 28
 
 
 @dataclass(slots=True)
@@ -60,9 +71,19 @@ class HistorySlice:
     series: dict[SeriesKey, list[float | None]]
 
 
+#: A sparse fine series (see the module docstring): ring slot -> value; absent = no value.
+Sparse = dict[int, float]
+
+
+def sparse_limit(capacity: int) -> int:
+    """Values a sparse series holds before it becomes a ring: a twenty-fourth of the
+    ring's slots, where the dict (~100 bytes a value) passes half of the ring's bytes."""
+    return max(8, capacity // 24)
+
+
 @dataclass(slots=True)
 class _Series:
-    fine: array
+    fine: array | Sparse
     coarse: array
     last_seen: int  # group append count when this series last had a value
 
@@ -256,7 +277,7 @@ class History:
                         self._unstage(group)
                     return
             self._append_each(group, values, idx, growing, count)
-            group.plan = self._plan(group, values, idx if growing else cap)
+            group.plan = self._plan(group, values)
             return
         self._append_each(group, values, idx, growing, count)
 
@@ -265,6 +286,7 @@ class History:
         """Write a collection value by value, creating and evicting series as needed."""
         self._unstage(group)
         cap = group.capacity
+        limit = sparse_limit(cap)
         series_map = group.series
         recorded = group.metrics
         nseen = 0
@@ -276,13 +298,18 @@ class History:
                     continue
                 series = series_map.get((metric, inst))
                 if series is None:
-                    series = self._new_series(group, (metric, inst), idx if growing else cap)
+                    series = self._new_series(group, (metric, inst))
                     if series is None:
                         continue
-                if growing:
-                    series.fine.append(value)  # type: ignore[arg-type]
+                fine = series.fine
+                if fine.__class__ is dict:
+                    fine[idx] = value  # type: ignore[index]
+                    if len(fine) >= limit:
+                        series.fine = _densify(fine, len(group.times))  # type: ignore[arg-type]
+                elif growing:
+                    fine.append(value)  # type: ignore[union-attr]
                 else:
-                    series.fine[idx] = value  # type: ignore[assignment]
+                    fine[idx] = value  # type: ignore[assignment,index]
                 series.last_seen = count
                 nseen += 1
         if nseen == len(series_map):
@@ -291,10 +318,14 @@ class History:
         planned_at = group.planned_at
         for key, series in series_map.items():
             if series.last_seen != count:
-                if growing:
-                    series.fine.append(NAN)
+                fine = series.fine
+                if fine.__class__ is dict:
+                    if not growing:
+                        fine.pop(idx, None)  # type: ignore[union-attr]  # a value an hour old
+                elif growing:
+                    fine.append(NAN)  # type: ignore[union-attr]
                 else:
-                    series.fine[idx] = NAN
+                    fine[idx] = NAN  # type: ignore[index]
                 if count - max(series.last_seen, planned_at) >= cap:
                     stale.append(key)
         for key in stale:
@@ -303,7 +334,7 @@ class History:
         if stale:
             group.version += 1
 
-    def _plan(self, group: _Group, values: Cooked, length: int) -> _Plan | None:
+    def _plan(self, group: _Group, values: Cooked) -> _Plan | None:
         """A plan for collections laid out like ``values`` (just written), if one fits.
 
         It fits when every metric's values are all numbers or None, or all text, and
@@ -330,12 +361,12 @@ class History:
             if series is None:
                 if values[key[0]][key[1]] is not None:
                     return None  # dropped: over max_series
-                series = self._new_series(group, key, length)
+                series = self._new_series(group, key)
                 if series is None:
                     return None
-                if len(series.fine) < len(group.times):
-                    series.fine.append(NAN)  # this tick's slot, so it stays aligned
-            rings.append(series.fine)
+            if series.fine.__class__ is dict:  # written every tick from now on
+                series.fine = _densify(series.fine, len(group.times))  # type: ignore[arg-type]
+            rings.append(series.fine)  # type: ignore[arg-type]
         if len(rings) != len(series_map):
             return None
         row = struct.Struct(f"{len(rings)}f")
@@ -379,16 +410,13 @@ class History:
                         for row, slot, n in runs:
                             dest[slot : slot + n] = column[row : row + n]
 
-    def _new_series(self, group: _Group, key: SeriesKey, length: int) -> _Series | None:
+    def _new_series(self, group: _Group, key: SeriesKey) -> _Series | None:
         if self._nseries >= self.max_series:
             self.dropped_series += 1
             return None
-        # Padded with NaN so every ring in a group stays aligned with the time ring.
-        series = _Series(
-            array("f", [NAN]) * length,
-            array("f", [NAN]) * len(group.coarse_times),
-            group.appended,
-        )
+        # Sparse until it has values enough (see the module docstring); the coarse ring
+        # is padded with NaN so that it stays aligned with the group's coarse times.
+        series = _Series({}, array("f", [NAN]) * len(group.coarse_times), group.appended)
         group.series[key] = series
         group.version += 1
         self._nseries += 1
@@ -417,7 +445,12 @@ class History:
         start = end - n
         for series in group.series.values():
             fine = series.fine
-            points = fine[start:end] if start >= 0 else fine[start:] + fine[:end]
+            if fine.__class__ is dict:
+                slots = (range(start, end) if start >= 0
+                         else chain(range(length + start, length), range(end)))
+                points = list(map(fine.get, slots, repeat(NAN)))  # type: ignore[union-attr]
+            else:
+                points = fine[start:end] if start >= 0 else fine[start:] + fine[:end]  # type: ignore[index,operator]
             total = sum(points)
             if math.isnan(total):  # some points have no value
                 values = [v for v in points if not math.isnan(v)]
@@ -448,7 +481,11 @@ class History:
             total += group.times.itemsize * len(group.times)
             total += group.coarse_times.itemsize * len(group.coarse_times)
             for series in group.series.values():
-                total += series.fine.itemsize * len(series.fine)
+                fine = series.fine
+                if fine.__class__ is dict:
+                    total += sys.getsizeof(fine) + SPARSE_VALUE_BYTES * len(fine)
+                else:
+                    total += fine.itemsize * len(fine)  # type: ignore[union-attr]
                 total += series.coarse.itemsize * len(series.coarse)
         return total
 
@@ -504,9 +541,13 @@ class History:
             cap, head = ((self.coarse_capacity, group.coarse_head) if use_coarse
                          else (group.capacity, group.head))
             series: dict[SeriesKey, list[float | None]] = {}
+            length = len(group.coarse_times if use_coarse else group.times)
             for key in sorted(keys):
                 s = group.series[key]
-                vals = _ring_range(s.coarse if use_coarse else s.fine, cap, head, first, last)
+                ring = s.coarse if use_coarse else s.fine
+                vals = (_sparse_range(ring, length, cap, head, first=first, last=last)
+                        if ring.__class__ is dict
+                        else _ring_range(ring, cap, head, first, last))  # type: ignore[arg-type]
                 series[key] = [None if math.isnan(v) else v for v in vals]
             out.append(HistorySlice(group.name, step, ts[first:last], series))
         return out
@@ -613,6 +654,24 @@ def _ring_range(ring: array, capacity: int, head: int, first: int, last: int) ->
     if a < b:
         return ring[a:b].tolist()
     return ring[a:].tolist() + ring[:b].tolist()
+
+
+def _sparse_range(sparse: Sparse, length: int, capacity: int, head: int, *, first: int,
+                  last: int) -> list[float]:
+    """:func:`_ring_range` of a sparse series in a group ring of ``length`` slots."""
+    if length < capacity:
+        slots: Iterable[int] = range(first, last)
+    else:
+        slots = ((head + i) % capacity for i in range(first, last))
+    return list(map(sparse.get, slots, repeat(NAN)))
+
+
+def _densify(sparse: Sparse, length: int) -> array:
+    """The ring of ``length`` slots holding a sparse series' values, NaN elsewhere."""
+    ring = array("f", [NAN]) * length
+    for slot, value in sparse.items():
+        ring[slot] = value
+    return ring
 
 
 def _first_time(times: array, capacity: int, head: int) -> float | None:

@@ -337,3 +337,71 @@ def test_staged_rows_fill_growing_rings_and_wrap() -> None:
     assert sl.series[("m.a", "")] == [8.0, 9.0, 10.0, 11.0, 12.0]
     assert sl.series[("m.b", "x")] == [-8.0, -9.0, -10.0, -11.0, -12.0]
     assert sl.series[("m.b", "y")] == [16.0, 18.0, 20.0, 22.0, 24.0]
+
+
+# --- sparse series (short-lived instances) against rings from their first value -------
+
+
+def _always_rings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every series a ring from its first value on (what the history did before sparse
+    series): the reference the sparse ones must read back the same as."""
+    monkeypatch.setattr(history_module, "sparse_limit", lambda capacity: 0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(st.sets(st.sampled_from(("a", "b", "c", "d")), max_size=4),
+             min_size=1, max_size=70),
+    st.booleans(),
+)
+def test_sparse_series_read_back_as_rings_do(presence: list[set[str]], planned: bool) -> None:
+    """Instances come and go over more ticks than the ring holds (it wraps, series turn
+    from sparse to rings at 8 values, absent ones are evicted, minutes are averaged):
+    every read, fine and coarse, equals that of a history keeping rings throughout."""
+    histories = []
+    for sparse in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            if not sparse:
+                _always_rings(mp)
+            h = History(retention_s=20, coarse_step_s=5, coarse_retention_s=40)
+            h.add_group("g", 1.0, metrics=None if planned else frozenset({"m.x"}))
+            for t, present in enumerate(presence):
+                h.append("g", float(t), {"m.x": {i: t * 10.0 + ord(i) for i in sorted(present)}})
+            histories.append((
+                h.query(["m.x"], 20), h.query(["m.x"], 40),
+                h.query_range(["m.x"], 3.0, 15.0, tier_s=10),
+            ))
+    assert histories[0] == histories[1]
+
+
+def test_a_short_lived_instance_costs_its_values_not_a_ring() -> None:
+    """One new process per sample for an hour at 2 s: each costs the values it had, not
+    an hour of NaN padding (1,800 slots), and its values read back where they were."""
+    h = History(retention_s=3600, coarse_retention_s=0)
+    h.add_group("proc", 2.0, coarse=False, metrics=frozenset({"proc.cpu"}))
+    steady = {str(i): 1.0 for i in range(50)}
+    for t in range(1800):
+        h.append("proc", 2.0 * t, {"proc.cpu": {**steady, f"short{t}": float(t)}})
+    series = h.series_count
+    assert series == 50 + 1800
+    # 50 rings of 1,800 floats, the time ring, and ~1,800 one-value sparse series
+    rings = 50 * 4 * 1800 + 8 * 1800
+    assert h.nbytes() < rings + 1800 * 400, h.nbytes()
+    [piece] = h.query(["proc.cpu"], 3600, instances={"proc.cpu": {"short700", "3"}})
+    values = piece.series[("proc.cpu", "short700")]
+    assert values[700] == 700.0 and sum(v is not None for v in values) == 1
+    assert all(v == 1.0 for v in piece.series[("proc.cpu", "3")])
+
+
+def test_a_sparse_series_becomes_a_ring_once_it_has_values_enough() -> None:
+    h = History(retention_s=240)  # 240 slots at 1 s: sparse up to 10 values
+    h.add_group("g", 1.0, metrics=frozenset({"m.x"}))
+    for t in range(30):
+        h.append("g", float(t), {"m.x": {"long": float(t), **({"brief": 5.0} if t < 3 else {})}})
+    fine = {key: s.fine for key, s in h._groups["g"].series.items()}
+    assert history_module.sparse_limit(240) == 10
+    assert isinstance(fine[("m.x", "brief")], dict) and len(fine[("m.x", "brief")]) == 3
+    assert not isinstance(fine[("m.x", "long")], dict)
+    [piece] = h.query(["m.x"], 240)
+    assert piece.series[("m.x", "long")] == [float(t) for t in range(30)]
+    assert piece.series[("m.x", "brief")] == [5.0] * 3 + [None] * 27
