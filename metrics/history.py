@@ -303,7 +303,7 @@ class History:
                         continue
                 fine = series.fine
                 if fine.__class__ is dict:
-                    fine[idx] = value  # type: ignore[index]
+                    fine[idx] = float(value)  # type: ignore[index,arg-type]  # as a ring would
                     if len(fine) >= limit:
                         series.fine = _densify(fine, len(group.times))  # type: ignore[arg-type]
                 elif growing:
@@ -448,7 +448,7 @@ class History:
             if fine.__class__ is dict:
                 slots = (range(start, end) if start >= 0
                          else chain(range(length + start, length), range(end)))
-                points = list(map(fine.get, slots, repeat(NAN)))  # type: ignore[union-attr]
+                points = array("f", map(fine.get, slots, repeat(NAN)))  # type: ignore[union-attr]
             else:
                 points = fine[start:end] if start >= 0 else fine[start:] + fine[:end]  # type: ignore[index,operator]
             total = sum(points)
@@ -658,12 +658,13 @@ def _ring_range(ring: array, capacity: int, head: int, first: int, last: int) ->
 
 def _sparse_range(sparse: Sparse, length: int, capacity: int, head: int, *, first: int,
                   last: int) -> list[float]:
-    """:func:`_ring_range` of a sparse series in a group ring of ``length`` slots."""
+    """:func:`_ring_range` of a sparse series in a group ring of ``length`` slots (its
+    values rounded to 32 bits, as a ring holds them)."""
     if length < capacity:
         slots: Iterable[int] = range(first, last)
     else:
         slots = ((head + i) % capacity for i in range(first, last))
-    return list(map(sparse.get, slots, repeat(NAN)))
+    return array("f", map(sparse.get, slots, repeat(NAN))).tolist()
 
 
 def _densify(sparse: Sparse, length: int) -> array:
