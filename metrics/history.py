@@ -24,11 +24,11 @@ plus about 200 bytes of bookkeeping. The total number of series is capped by
 and series whose instance has been absent for a whole fine window are evicted.
 
 Short-lived instances. A series starts *sparse*: its values by ring slot in a dict
-(~100 bytes a value), and becomes a ring once it holds :func:`sparse_limit` values (a
-twenty-fourth of the ring: ~56 at 2 s for an hour) or a plan writes it every tick. A
-process that lived a few seconds would otherwise cost a whole ring of NaN padding for an
-hour: one new short-lived process per 2 s sample made the process history 39 MiB, now
-~1 MiB (tests/test_history.py; `benchmarks/bench_metrics.py` prints it).
+(~200 bytes a value), and becomes a ring once it holds :func:`sparse_limit` values (a
+sixty-fourth of the ring: 28 at 2 s for an hour, about the ring's own size then) or a
+plan writes it every tick. A process that lived a few seconds would otherwise cost a
+whole ring of NaN padding for an hour: one new short-lived process per 2 s sample made
+the process history 39 MiB (`benchmarks/bench_metrics.py` prints it with this).
 
 Missing values (no rate yet, instance absent at that tick) are NaN inside the rings and
 None when returned.
@@ -76,9 +76,10 @@ Sparse = dict[int, float]
 
 
 def sparse_limit(capacity: int) -> int:
-    """Values a sparse series holds before it becomes a ring: a twenty-fourth of the
-    ring's slots, where the dict (~100 bytes a value) passes half of the ring's bytes."""
-    return max(8, capacity // 24)
+    """Values a sparse series holds before it becomes a ring: a sixty-fourth of the
+    ring's slots, where the dict (~200 bytes a value: its entry, the slot's int and the
+    float, measured with tracemalloc) costs about what the ring's 4 bytes a slot do."""
+    return max(8, capacity // 64)
 
 
 @dataclass(slots=True)

@@ -396,14 +396,14 @@ def test_a_short_lived_instance_costs_its_values_not_a_ring() -> None:
 
 
 def test_a_sparse_series_becomes_a_ring_once_it_has_values_enough() -> None:
-    h = History(retention_s=240)  # 240 slots at 1 s: sparse up to 10 values
+    h = History(retention_s=640)  # 640 slots at 1 s: sparse up to 10 values
     h.add_group("g", 1.0, metrics=frozenset({"m.x"}))
     for t in range(30):
         h.append("g", float(t), {"m.x": {"long": float(t), **({"brief": 5.0} if t < 3 else {})}})
     fine = {key: s.fine for key, s in h._groups["g"].series.items()}
-    assert history_module.sparse_limit(240) == 10
+    assert history_module.sparse_limit(640) == 10
     assert isinstance(fine[("m.x", "brief")], dict) and len(fine[("m.x", "brief")]) == 3
     assert not isinstance(fine[("m.x", "long")], dict)
-    [piece] = h.query(["m.x"], 240)
+    [piece] = h.query(["m.x"], 640)
     assert piece.series[("m.x", "long")] == [float(t) for t in range(30)]
     assert piece.series[("m.x", "brief")] == [5.0] * 3 + [None] * 27
