@@ -13,6 +13,7 @@ Root and bcc needed: skipped with the reason elsewhere, failing under CI=true.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import socket
@@ -295,13 +296,19 @@ def test_offcpu_histogram_places_known_sleeps(manager: BpfManager) -> None:
     finally:
         looper.finish()
     # 20 ms = 20000 us, in the 16384-32767 bucket; min_us drops the short waits. Off-CPU
-    # time runs to the switch-in, so a wakeup that waits 13 ms for a CPU on a loaded
-    # machine lands one bucket up (CI: 24 of 25 in the bucket): every sleep is counted
-    # at 16 ms or more, most of them in the 20 ms bucket.
+    # time runs from the switch-out that blocks to the switch-in, so on a loaded machine
+    # a sleep can land a bucket off either way: up, when its wakeup waits 13 ms for a CPU
+    # (CI: 24 of 25 in the bucket, one above); down, when the task was preempted on its
+    # way into the sleep (state already S, but a preemption is not blocking: a CI run
+    # beside three benchmark daemons counted 24 at 16 ms or more). Every sleep is counted
+    # at 8 ms or more, nearly all at 16 ms or more, most in the 20 ms bucket.
+    shown = json.dumps(raw)
+    at_least_8ms = sum(raw[b] for b in BUCKET_NAMES[BUCKET_NAMES.index("8192-16383"):])
     at_least_16ms = sum(raw[b] for b in BUCKET_NAMES[BUCKET_NAMES.index("16384-32767"):])
-    assert n <= at_least_16ms <= n + 2, raw
-    assert raw["16384-32767"] >= n // 2, raw
-    assert sum(raw[b] for b in BUCKET_NAMES[:10]) == 0
+    assert n <= at_least_8ms <= n + 2, shown
+    assert at_least_16ms >= n - 2, shown
+    assert raw["16384-32767"] >= n // 2, shown
+    assert sum(raw[b] for b in BUCKET_NAMES[:10]) == 0, shown
 
 
 # -- TCP ------------------------------------------------------------------------------------
