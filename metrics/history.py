@@ -449,7 +449,7 @@ class History:
             if fine.__class__ is dict:
                 slots = (range(start, end) if start >= 0
                          else chain(range(length + start, length), range(end)))
-                points = array("f", map(fine.get, slots, repeat(NAN)))  # type: ignore[union-attr]
+                points = _sparse_values(fine, slots)  # type: ignore[arg-type]
             else:
                 points = fine[start:end] if start >= 0 else fine[start:] + fine[:end]  # type: ignore[index,operator]
             total = sum(points)
@@ -659,13 +659,18 @@ def _ring_range(ring: array, capacity: int, head: int, first: int, last: int) ->
 
 def _sparse_range(sparse: Sparse, length: int, capacity: int, head: int, *, first: int,
                   last: int) -> list[float]:
-    """:func:`_ring_range` of a sparse series in a group ring of ``length`` slots (its
-    values rounded to 32 bits, as a ring holds them)."""
+    """:func:`_ring_range` of a sparse series in a group ring of ``length`` slots."""
     if length < capacity:
         slots: Iterable[int] = range(first, last)
     else:
         slots = ((head + i) % capacity for i in range(first, last))
-    return array("f", map(sparse.get, slots, repeat(NAN))).tolist()
+    return _sparse_values(sparse, slots).tolist()
+
+
+def _sparse_values(sparse: Sparse, slots: Iterable[int]) -> array:
+    """A sparse series' values at ring ``slots``, NaN where it has none, rounded to 32
+    bits as a ring holds them."""
+    return array("f", map(sparse.get, slots, repeat(NAN)))
 
 
 def _densify(sparse: Sparse, length: int) -> array:

@@ -31,7 +31,7 @@ from hostscope.bpfmods.runtime import own_program_ids
 from hostscope.metrics.model import MetricRegistry
 from hostscope.metrics.sampler import Sampler
 
-from .support import IN_CI
+from .support import missing
 
 pytestmark = pytest.mark.root
 
@@ -71,10 +71,8 @@ def require_bpf() -> HostProbe:
     if reason is None and os.geteuid() != 0:
         reason = "not root"
     if reason is not None:
-        if IN_CI:
-            pytest.fail(f"BPF tests must run in CI, but {reason} "
-                        "(did bpfmods/install-deps.sh fail?)")
-        pytest.skip(f"BPF modules cannot run here: {reason}")
+        missing(f"BPF modules cannot run here: {reason} (bpfmods/install-deps.sh installs "
+                "what they need)")
     return host
 
 
@@ -82,9 +80,7 @@ def system_prog_ids() -> set[int]:
     """IDs of every BPF program loaded on the system, from bpftool (the independent view)."""
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     if not os.path.exists(bpftool):
-        if IN_CI:
-            pytest.fail("bpftool missing in CI (bpfmods/install-deps.sh installs it)")
-        pytest.skip("bpftool not installed")
+        missing("bpftool is not installed (bpfmods/install-deps.sh installs it)")
     out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True,
                          text=True, check=True).stdout
     return {int(p["id"]) for p in json.loads(out or "[]")}

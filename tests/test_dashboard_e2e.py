@@ -33,7 +33,7 @@ import pytest
 
 from hostscope.bpfmods.histogram import BUCKET_NAMES, percentiles
 
-from .support import auth_headers, serve_env
+from .support import auth_headers, missing, serve_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND = ROOT / "frontend"
@@ -148,9 +148,7 @@ def test_dashboard_bpf_end_to_end(daemon: str) -> None:
     """Heat map, switch, holds and tables against real BPF programs."""
     why = _bpf_unready(daemon)
     if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, so the BPF dashboard tests must run, but {why}")
-        pytest.skip(why)
+        missing(why)
     node = shutil.which("node") or "node"
     cmd = [node, "--test", "--test-concurrency=1", "e2e/bpf.test.mjs"]
     assert _passed(cmd, _e2e_env(daemon)) >= 5  # the cgroup-filter test included
@@ -173,9 +171,7 @@ def test_dashboard_profiles_end_to_end(daemon: str) -> None:
     range, downloads and a hostile process name shown as text."""
     why = _profiles_unready(daemon)
     if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, so the flame graph tests must run, but {why}")
-        pytest.skip(why)
+        missing(why)
     node = shutil.which("node") or "node"
     cmd = [node, "--test", "--test-concurrency=1", "e2e/profiles.test.mjs"]
     assert _passed(cmd, _e2e_env(daemon)) >= 2

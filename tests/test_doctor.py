@@ -13,6 +13,8 @@ from hostscope.bpfmods.doctor import Check, doctor_main, format_report, run_chec
 from hostscope.bpfmods.host import HostProbe
 from hostscope.metrics.sources import Roots
 
+from .support import IN_CI
+
 FIXTURE = Path(__file__).parent / "fixtures" / "bpf" / "live"
 REQUIRED = {"privileges", "bcc", "kernel_headers", "tracefs"}
 
@@ -118,7 +120,7 @@ def test_doctor_main_json_agrees_with_exit_status(capsys: pytest.CaptureFixture[
     assert status == (0 if required_ok else 1)
     assert report["kernel"] == os.uname().release
     assert {c["id"] for c in report["checks"]} >= REQUIRED | {"btf", "kprobes", "perf_events"}
-    if os.environ.get("CI") == "true" and os.geteuid() == 0:
+    if IN_CI and os.geteuid() == 0:
         assert status == 0, "CI installs the BPF toolchain: doctor must be ready"
 
 
@@ -131,5 +133,5 @@ def test_doctor_text_report_and_perf_probe(capsys: pytest.CaptureFixture[str]) -
     if os.geteuid() == 0:
         got = checks_by_id(run_checks())
         assert got["perf_events"].ok, got["perf_events"].detail
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             assert got["perf_tool"].ok and got["profiling.cpu"].ok

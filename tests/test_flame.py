@@ -4,7 +4,6 @@ fixtures recorded from real captures (tests/fixtures/profiles/)."""
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -22,6 +21,7 @@ from .profile_support import (
     load_fixture,
     profile_data,
 )
+from .support import missing
 
 P, U, K = "process", "user", "kernel"
 MAIN = [("app", P), ("main", U)]
@@ -39,9 +39,8 @@ def sample() -> flame.Profile:
 def validator() -> Any:
     jsonschema = pytest.importorskip("jsonschema")
     if not SPEEDSCOPE_SCHEMA.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SPEEDSCOPE_SCHEMA} missing: ./dev test runs npm ci in frontend/")
-        pytest.skip("speedscope's schema is not installed (cd frontend && npm ci)")
+        missing("speedscope's schema is not installed (cd frontend && npm ci; ./dev test "
+                "runs it)")
     schema = json.loads(SPEEDSCOPE_SCHEMA.read_text())
     schema.setdefault("$ref", "#/definitions/FileFormat.File")
     return jsonschema.Draft7Validator(schema)

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from hostscope.daemon import caps
-from tests.support import IN_CI, auth_headers, serve_env
+from tests.support import auth_headers, missing, serve_env
 from tests.test_bpf_manager import assert_unloaded, require_bpf
 from tests.test_daemon_shutdown import read_rest
 from tests.test_privsep_helper import children_of, gone, prog_ids_of, status_of
@@ -76,9 +76,7 @@ async def test_serve_as_the_units_credentials_runs_bpf_with_a_capability_free_da
     require_bpf()
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        if IN_CI:
-            pytest.fail("setpriv (util-linux) missing in CI")
-        pytest.skip("setpriv not installed")
+        missing("setpriv (util-linux) is not installed")
     five = ",".join("+" + c.removeprefix("CAP_").lower() for c in sorted(caps.HELPER_CAPS))
     script = Path(sys.executable).parent / "hostscope"
     proc = await asyncio.create_subprocess_exec(

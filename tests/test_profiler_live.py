@@ -32,7 +32,8 @@ from hostscope.bpfmods.settings import SettingsContext
 from hostscope.bpfmods.symbols import Symbolizer, parse_perf_map
 from hostscope.metrics.sources import Roots
 
-from .test_bpf_manager import IN_CI, require_bpf
+from .support import missing
+from .test_bpf_manager import require_bpf
 
 pytestmark = pytest.mark.root
 
@@ -106,9 +107,8 @@ HOSTILE = "<b>\"x'&"
 def require_perf_tool() -> str:
     perf = shutil.which("perf")
     if perf is None:
-        if IN_CI:
-            pytest.fail("perf missing in CI (bpfmods/install-deps.sh installs linux-perf)")
-        pytest.skip("perf is not installed (Debian package linux-perf)")
+        missing("perf is not installed (Debian package linux-perf; bpfmods/install-deps.sh "
+                "installs it)")
     return perf
 
 
@@ -121,9 +121,7 @@ def host() -> HostProbe:
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gcc = shutil.which("gcc")
     if gcc is None:
-        if IN_CI:
-            pytest.fail("gcc missing in CI")
-        pytest.skip("gcc is not installed")
+        missing("gcc is not installed")
     tmp = tmp_path_factory.mktemp("progs")
     out = {}
     for name, src in (("busyloop", BUSY_C), ("sleeper", SLEEPER_C)):
@@ -482,9 +480,7 @@ def test_bpf_false_profiles_with_perf_and_loads_no_bpf_program(
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
-        if IN_CI:
-            pytest.fail("node missing in CI (the frontend build needs it)")
-        pytest.skip("node is not installed")
+        missing("node is not installed (the frontend build needs it too)")
     return node
 
 
@@ -509,12 +505,10 @@ def test_node_perf_basic_prof_frames_named(profiler: Profiler, tmp_path: Path) -
 
 def _java_tools() -> tuple[str, str, str]:
     tools = {name: shutil.which(name) for name in ("java", "javac", "jcmd")}
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        if IN_CI:
-            pytest.fail(f"{', '.join(missing)} missing in CI "
-                        "(./dev test installs openjdk-17-jdk-headless)")
-        pytest.skip(f"{', '.join(missing)} not installed (Debian: openjdk-17-jdk-headless)")
+    absent = [name for name, path in tools.items() if path is None]
+    if absent:
+        missing(f"{', '.join(absent)} not installed (Debian: openjdk-17-jdk-headless, "
+                "which ./dev test installs)")
     return tools["java"], tools["javac"], tools["jcmd"]  # type: ignore[return-value]
 
 

@@ -28,7 +28,7 @@ from hostscope.daemon.app import create_app
 from hostscope.daemon.keys import PRIVILEGED, PROFILES
 
 from .profile_support import FOLDED_LINE, HOSTILE, SPEEDSCOPE_SCHEMA, check_tree, find
-from .support import IN_CI, auth_config, auth_headers
+from .support import auth_config, auth_headers, missing
 
 pytestmark = pytest.mark.root
 
@@ -53,20 +53,13 @@ int main(int argc, char **argv) {
 """
 
 
-def unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"profile tests must run in CI, but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def busy_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
-        unavailable("real captures need root (perf events, BPF)")
+        missing("real captures need root (perf events, BPF)")
     gcc = shutil.which("gcc")
     if gcc is None:
-        unavailable("gcc is not installed (the busy-loop program is compiled per run)")
-    assert gcc is not None
+        missing("gcc is not installed (the busy-loop program is compiled per run)")
     tmp = tmp_path_factory.mktemp("busy")
     (tmp / "busy.c").write_text(BUSY_C)
     subprocess.run([gcc, "-O1", "-fno-omit-frame-pointer", "-o", str(tmp / "busy"),
@@ -144,7 +137,7 @@ async def server(tmp_path: Path, busy_binary: Path) -> AsyncIterator[Server]:
             pytest.skip("this build has no capture side (bpfmods/profiler.py)")
         _, listing, _ = await srv.call("GET", "/api/v1/profiles")
         if not listing["kinds"]["cpu"]["available"]:
-            unavailable(f"cpu profiling unavailable: {listing['kinds']['cpu']['reason']}")
+            missing(f"cpu profiling unavailable: {listing['kinds']['cpu']['reason']}")
         yield srv
     finally:
         await session.close()
@@ -203,7 +196,7 @@ async def test_busy_loop_capture_and_every_output(server: Server,
     assert status == 200
     jsonschema = pytest.importorskip("jsonschema")
     if not SPEEDSCOPE_SCHEMA.exists():
-        unavailable("speedscope's schema is not installed (cd frontend && npm ci)")
+        missing("speedscope's schema is not installed (cd frontend && npm ci)")
     schema = json.loads(SPEEDSCOPE_SCHEMA.read_text())
     schema.setdefault("$ref", "#/definitions/FileFormat.File")
     jsonschema.Draft7Validator(schema).validate(doc)
@@ -257,7 +250,7 @@ async def test_shutdown_stops_a_capture(tmp_path: Path, busy_binary: Path) -> No
     try:
         _, listing, _ = await srv.call("GET", "/api/v1/profiles")
         if not listing["kinds"]["cpu"]["available"]:
-            unavailable(f"cpu profiling unavailable: {listing['kinds']['cpu']['reason']}")
+            missing(f"cpu profiling unavailable: {listing['kinds']['cpu']['reason']}")
         summary = await srv.start({"kind": "cpu", "duration": 60})
         capture = srv.app[PROFILES].get(summary["id"])
         # Wait until it samples: a BPF compile in progress cannot be interrupted.
@@ -279,7 +272,7 @@ def cgroup2_root() -> Path:
     for path in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
         if (path / "cgroup.controllers").exists():
             return path
-    unavailable("no cgroup v2 hierarchy mounted")
+    missing("no cgroup v2 hierarchy mounted")
     raise AssertionError("unreachable")
 
 
