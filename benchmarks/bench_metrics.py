@@ -22,12 +22,14 @@ or netlink dump is included). It prints:
   per-second collectors read (no parsing at all), and the ratio of the per-second
   total to it; and the same files read through descriptors kept open (``pread`` at
   offset 0), as the collectors read them since issue #2's third round;
-* history memory per series after an hour at 1 Hz.
+* history memory per series after an hour at 1 Hz: the worst case (values that never
+  repeat) and, from the in-situ run, real values (its collections replayed for an
+  hour; at least 128 of them, one compressed block).
 
 This machine is shared and noisy: each run is repeated ``--rounds`` times in fresh
 processes and the best round is shown (contention only ever adds time); compare ratios
 measured side by side, such as total/floor, rather than absolute figures between runs.
-``--in-situ SECONDS`` (default 60) then runs the same set on a real 1 Hz schedule, the
+``--in-situ SECONDS`` (default 150) then runs the same set on a real 1 Hz schedule, the
 way the daemon runs it, with the floor files read once a second between ticks: at that
 pace caches are cold at every tick, and both figures are 2-3x the back-to-back ones.
 
@@ -140,8 +142,10 @@ def build(package: str) -> Any:
 class Probe:
     """One sampler under measurement: its collectors timed, its ticks recorded."""
 
-    def __init__(self, sampler: Any) -> None:
+    def __init__(self, sampler: Any, *, record: bool = False) -> None:
         self.sampler = sampler
+        #: group -> its cooked collections, in order (when recording)
+        self.recorded: dict[str, list[Any]] | None = {} if record else None
         self.spent: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.tick_cpu: list[float] = []
@@ -172,6 +176,9 @@ class Probe:
         self.sampler.publish(tick)
         cost = cpu_now() - start
         self.tick_cpu.append(cost)
+        if self.recorded is not None:
+            for group, sample in tick.groups.items():
+                self.recorded.setdefault(group, []).append(sample.cooked)
         if set(tick.groups) <= self.per_second:
             self.only_per_second.append(cost)
 
@@ -198,6 +205,23 @@ class Probe:
             "kept_floor_us": statistics.fmean(kept_cpu) * 1e6 if kept_cpu else None,
         }
 
+    def replayed_history(self, history_cls: Any) -> dict[str, Any] | None:
+        """(series, bytes) of a history holding an hour of the recorded collections,
+        replayed in a loop: what an hour of this host's real values costs. None unless
+        a block's worth (128 s) was recorded: a shorter loop would repeat within a
+        block, which deflate would turn into flattering figures."""
+        if not self.recorded or len(self.recorded.get("cpu", ())) < 128:
+            return None
+        history = history_cls()
+        t0 = 1_700_000_000.0
+        for group, collections in self.recorded.items():
+            every = self.every[group]
+            history.add_group(group, every)
+            for i in range(int(3600 / every)):
+                history.append(group, t0 + i * every, collections[i % len(collections)])
+        return {"ticks": len(self.recorded["cpu"]), "series": history.series_count,
+                "bytes": history.nbytes()}
+
 
 def measure(ticks: int, spaced_s: float = 0.0,
             packages: tuple[str, ...] = ("hostscope.metrics",)) -> list[dict[str, Any]]:
@@ -211,7 +235,7 @@ def measure(ticks: int, spaced_s: float = 0.0,
     load; once a period, between ticks, the floor files are read (opened each time,
     and through kept descriptors, in slots of their own), so the floors are measured
     as cold as the ticks."""
-    probes = [Probe(build(package)) for package in packages]
+    probes = [Probe(build(package), record=spaced_s > 0) for package in packages]
     floor_cpu: list[float] = []
     kept_cpu: list[float] = []
     kept_floor = KeptFloor()
@@ -232,11 +256,17 @@ def measure(ticks: int, spaced_s: float = 0.0,
         time.sleep(max(0.0, slot + spaced_s - time.monotonic()))
         kept_cpu.append(kept_floor(1))
         slot += spaced_s
-    return [probe.result(floor_cpu, kept_cpu) for probe in probes]
+    results = [probe.result(floor_cpu, kept_cpu) for probe in probes]
+    for probe, package, result in zip(probes, packages, results, strict=True):
+        history_cls = importlib.import_module(f"{package}.history").History
+        result["replayed_history"] = probe.replayed_history(history_cls)
+    return results
 
 
 def bench_history_memory() -> tuple[int, int, float]:
-    """(series, bytes held after one hour at 1 Hz, bytes per series)."""
+    """(series, bytes held after one hour at 1 Hz, bytes per series) for the system set's
+    series when no value ever repeats (random values): the history's worst case. What
+    real values cost is measured in situ (``replayed_history``)."""
     from hostscope.metrics.defaults import build_sampler
     from hostscope.metrics.history import History
     from hostscope.metrics.sources import Roots
@@ -249,8 +279,14 @@ def bench_history_memory() -> tuple[int, int, float]:
     history = History()
     history.add_group("system", 1.0)
     t0 = 1_700_000_000.0
+    rng = random.Random(1)
+    numeric = {metric: [inst for inst, v in instances.items()
+                        if v is not None and not isinstance(v, str)]
+               for metric, instances in cooked.items()}
     for i in range(3600):
-        history.append("system", t0 + i, cooked)
+        history.append("system", t0 + i, {
+            metric: {inst: rng.random() for inst in insts} for metric, insts in numeric.items()
+        })
     series = history.series_count
     return series, history.nbytes(), history.nbytes() / max(1, series)
 
@@ -380,7 +416,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="fresh-process repetitions")
     parser.add_argument("--compare", metavar="REV",
                         help="also measure the metrics code of this git revision")
-    parser.add_argument("--in-situ", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--in-situ", type=float, default=150.0, metavar="SECONDS",
                         help="also run the set on a real 1 Hz schedule for this long, as the "
                         "daemon does (0: skip)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -432,14 +468,26 @@ def main() -> None:
             report(situ, situ_floor, ticks, 1,
                    title="in situ, one tick a second (floor read once a second too)",
                    kept_floor=situ[0][1]["kept_floor_us"] / 1e6)
+            for label, result in situ:
+                replayed = result.get("replayed_history")
+                name = f"{label}: " if label else ""
+                if replayed is None:
+                    print(f"history of real values: {name}needs --in-situ 128 or more "
+                          "(a whole block of real collections)")
+                    continue
+                print(f"history of real values, {name}the {replayed['ticks']} collections "
+                      f"above replayed for 1 h: {replayed['series']} series, "
+                      f"{replayed['bytes'] / 1e6:.2f} MB "
+                      f"({replayed['bytes'] / max(1, replayed['series']):.0f} bytes/series)")
     sockets = tcp_sockets()
     if sockets is not None:
         print(f"  (tcpconn walks the TCP hash: {sockets} TCP sockets here now; each adds "
               "~0.6 µs per walk)")
     print(f"  (/proc/net/tcp+tcp6, which hostscope avoids: {read_tcp_files(200) * 1e6:.0f} µs)")
     n, nbytes, per_series = bench_history_memory()
-    print(f"history: {n} series x 1 h at 1 Hz = {nbytes / 1e6:.2f} MB"
-          f" ({per_series:.0f} bytes/series fine tier; +5,760 coarse tier after 24 h)")
+    print(f"history, worst case (no value repeats): {n} series x 1 h at 1 Hz = "
+          f"{nbytes / 1e6:.2f} MB ({per_series:.0f} bytes/series fine tier; up to 6.3 KB "
+          "more for the coarse tier after 24 h)")
     for new in (1, 3):
         n, nbytes, rings = bench_process_churn(new)
         print(f"process history, 100 processes + {new} short-lived new one(s) per 2 s sample, "
