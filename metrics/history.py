@@ -21,8 +21,8 @@ and stop at capacity, so memory is proportional to what has been seen, and bound
     bytes per series <= 4.4 * (retention_s / interval_s + coarse_retention_s / 60)
                      =  4.4 * (3,600 + 1,440) = 22,176 bytes at the defaults (1 s, 1 h, 24 h)
 
-when no value ever repeats (every block stored raw, plus ~41 bytes a block and the two
-open blocks), and under 3 KB for a series whose values never change. Measured on real
+when no value ever repeats (every block stored raw, plus ~41 bytes a block and the fine
+tier's open block), and about 2 KB for a series whose values never change. Measured on real
 collections of the development VM: 0.58 bytes a value (idle disks and interfaces, error
 counters and pressure at zero deflate to a few bytes a block). The total number of
 series is capped by ``max_series``; series beyond it are not recorded (and counted in
@@ -463,7 +463,7 @@ class History:
                 mean = sum(values) / len(values) if values else NAN
             else:
                 mean = total / len(points) if points else NAN
-            series.coarse.put(slot, mean)  # type: ignore[union-attr]  # a coarse group
+            series.coarse.put_sealed(slot, mean)  # type: ignore[union-attr]  # a coarse group
         if full:
             group.coarse_head = (head + 1) % cap
 

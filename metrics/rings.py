@@ -125,6 +125,15 @@ class BlockRing:
             self.roll(k)
         self.open[slot - k * BLOCK] = value
 
+    def put_sealed(self, slot: int, value: float) -> None:
+        """Write one slot and seal its block at once: for a ring written rarely (the
+        coarse tier, once a minute), which would otherwise keep an open block of 576
+        bytes between writes for the ~5 us a write costs this way."""
+        self.put(slot, value)
+        self.sealed[self.open_k] = pack(self.open.tobytes())
+        self.open = array("f")
+        self.open_k = -1
+
     def get(self, first: int, last: int) -> array:
         """Slots ``first`` to ``last`` (exclusive), in slot order."""
         out = array("f")
