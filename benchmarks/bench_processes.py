@@ -217,8 +217,11 @@ def fill_history(samples: int) -> None:
     print(f"  History.nbytes() {history.nbytes() / 2**20:7.1f} MiB, "
           f"process RSS grew {grown / 1024:7.1f} MiB, append {append_ms:.2f} ms/sample")
     per_metric = nseries / max(1, nproc)
-    print(f"  = {per_metric:.1f} series per process; each series costs "
-          f"{4 * steps / 1024:.1f} KiB per retention")
+    print(f"  = {per_metric:.1f} series per process, "
+          f"{history.nbytes() / max(1, nseries) / 1024:.2f} KiB each per retention: one "
+          "sample's values repeated, as idle processes' are (blocks of equal values take 4 "
+          f"bytes); values that never repeat would take up to 4.4 bytes each, "
+          f"{4.4 * steps * nseries / 2**20:.0f} MiB")
     sampler.close()
     del samples
 
