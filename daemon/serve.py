@@ -119,7 +119,7 @@ async def run_server(config: Config, *, auth: Auth | None = None,
         return 1
     scheme = "https" if ssl_context is not None else "http"
     log.info("listening", extra={"url": " ".join(_url(a, scheme) for a in runner.addresses)})
-    loop.call_later(memory.TRIM_AFTER_S, memory.release_free_memory)
+    memory.schedule_trims(loop)
     generated = auth.generated
     if generated is not None:
         # Like a notebook server: the token of this run, ready to open (it sets a cookie

@@ -5,14 +5,17 @@ environment as it found it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import platform
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +205,19 @@ async def test_serve_over_tls_imports_the_web_stack_with_openssl(tmp_path: Path)
         proc.terminate()
         await read_rest(proc, lines)
         assert await proc.wait() == 0, "".join(lines)
+
+
+def test_trims_repeat_while_the_loop_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst's garbage is returned by a later trim, not only by the one after startup."""
+    from hostscope.daemon import memory
+
+    calls: list[float] = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(time.monotonic()))
+
+    async def run() -> None:
+        memory.schedule_trims(asyncio.get_running_loop(), first_s=0.01, every_s=0.02)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(run())
+    assert len(calls) >= 4, calls
+    assert all(b - a >= 0.015 for a, b in itertools.pairwise(calls)), calls
