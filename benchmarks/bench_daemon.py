@@ -7,7 +7,10 @@ Phases (each a fresh daemon, measured after a warm-up):
 
 0. no client: the cost of sampling alone (every default collector, history);
 a. one websocket client subscribed to the default dashboard set: daemon CPU (% of one
-   core, from /proc/PID/stat utime+stime over the window) and RSS (VmRSS, VmHWM);
+   core, from /proc/PID/stat utime+stime over the window) and RSS (VmRSS, VmHWM); run
+   as root, the daemon holds no capabilities and its privileged helper (two more
+   processes, docs/privilege.md) reads other users' processes' I/O counters every
+   process sample: their CPU and RSS are printed beside the daemon's;
 b. N concurrent clients (default 100), same subscription: daemon CPU and the latency from
    a frame's sample timestamp ``t`` to its arrival at the client (wall clocks of the same
    host; includes collection, encoding, compression and the client's own parsing);
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -63,6 +67,37 @@ def cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def descendants(pid: int) -> list[int]:
+    """The daemon's child processes and theirs: the privileged helper's spawner and the
+    helper, when the daemon runs as root (docs/privilege.md)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def helpers_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        # a helper that exited (restarted) is lost to the figure
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -185,24 +220,30 @@ async def measure(daemon: Daemon, names: list[str], nclients: int, duration: flo
         s.frames.clear()
         s.wire_bytes = 0
     pid = daemon.proc.pid
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    helpers = descendants(pid)
+    cpu0, h0, t0 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
     await asyncio.sleep(duration)
-    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    cpu1, h1, t1 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
     for s in stats:
         s.counting = False
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    result = {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, **memory_kb(pid)}
+    result = {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+              "helper_cpu_pct": (h1 - h0) / (t1 - t0) * 100,
+              "helper_rss_kb": sum(memory_kb(p).get("VmRSS", 0) for p in helpers),
+              **memory_kb(pid)}
     return result, stats
 
 
 async def idle(daemon: Daemon, duration: float, warmup: float) -> dict:
     await asyncio.sleep(warmup)
     pid = daemon.proc.pid
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    helpers = descendants(pid)
+    cpu0, h0, t0 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
     await asyncio.sleep(duration)
-    cpu1, t1 = cpu_seconds(pid), time.monotonic()
-    return {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, **memory_kb(pid)}
+    cpu1, h1, t1 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
+    return {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+            "helper_cpu_pct": (h1 - h0) / (t1 - t0) * 100, **memory_kb(pid)}
 
 
 def resolve(daemon: Daemon) -> list[str]:
@@ -223,11 +264,12 @@ def deflated_sizes(frames: list[bytes]) -> list[int]:
 
 def history_size(daemon: Daemon) -> str:
     """What the history holds now, and its bound at full retention (see metrics/history.py:
-    at most 4 bytes per fine sample for an hour plus 4 per minute for a day, per series)."""
+    at most 4.4 bytes per fine sample for an hour plus 4.4 per minute for a day, per series,
+    when no value repeats; real values take a fraction of it)."""
     host = daemon.get("/api/v1/host")
     history = host.get("history") or {}
     series = history.get("series", 0)
-    bound = series * (4 * 3600 / host["interval_s"] + 4 * 1440)
+    bound = series * (4.4 * 3600 / host["interval_s"] + 4.4 * 1440)
     return (f"history {series} series, {history.get('bytes', 0) / 1024:.0f} KiB now, "
             f"<= {bound / 2**20:.1f} MiB after 1 h")
 
@@ -261,6 +303,7 @@ async def compare(args: argparse.Namespace) -> None:
             finally:
                 daemon.stop()
             row.setdefault("cpu1", []).append(one["cpu_pct"])
+            row.setdefault("helper1", []).append(one["helper_cpu_pct"])
             row.setdefault("rss1", []).append(one["VmRSS"] / 1024)
             if stats[0].frames:
                 row.setdefault("wire", []).append(stats[0].wire_bytes / len(stats[0].frames))
@@ -280,7 +323,8 @@ async def compare(args: argparse.Namespace) -> None:
             row.setdefault("p99", []).append(percentile(latencies, 0.99) * 1000)
             row.setdefault("share", []).append(
                 len(latencies) / (args.clients * args.duration / args.interval) * 100)
-    labels = {"cpu1": "1 client CPU %", "rss1": "1 client RSS MB", "json": "frame JSON B",
+    labels = {"cpu1": "1 client CPU %", "helper1": "1 client helper CPU %",
+              "rss1": "1 client RSS MB", "json": "frame JSON B",
               "wire": "frame on wire B", "cpuN": f"{args.clients} clients CPU %",
               "rssN": f"{args.clients} clients RSS MB", "p50": "latency p50 ms",
               "p99": "latency p99 ms", "share": "frames received %"}
@@ -323,7 +367,8 @@ async def main() -> None:
         if missing:
             print(f"  (absent on this build/host: {', '.join(missing)})")
         base = await idle(daemon, args.duration, args.warmup)
-        print(f"[0] no client:   CPU {base['cpu_pct']:.2f} % of one core, "
+        print(f"[0] no client:   CPU {base['cpu_pct']:.2f} % of one core "
+              f"(+ {base['helper_cpu_pct']:.2f} % in the privileged helper), "
               f"RSS {base['VmRSS'] / 1024:.1f} MB (peak {base['VmHWM'] / 1024:.1f} MB)")
         print(f"    collection cost (last tick): {collector_costs(daemon)}")
     finally:
@@ -333,8 +378,11 @@ async def main() -> None:
     try:
         one, stats = await measure(daemon, names, 1, args.duration, args.warmup)
         series = len(json.loads(stats[0].frames[0])["v"]) if stats[0].frames else 0
-        print(f"[a] 1 client:    CPU {one['cpu_pct']:.2f} % of one core, "
-              f"RSS {one['VmRSS'] / 1024:.1f} MB (peak {one['VmHWM'] / 1024:.1f} MB); "
+        print(f"[a] 1 client:    CPU {one['cpu_pct']:.2f} % of one core "
+              f"(+ {one['helper_cpu_pct']:.2f} % in the privileged helper: other users' "
+              "processes' I/O counters), "
+              f"RSS {one['VmRSS'] / 1024:.1f} MB (peak {one['VmHWM'] / 1024:.1f} MB; "
+              f"helper processes {one['helper_rss_kb'] / 1024:.1f} MB); "
               f"{series} columns; latency p50 "
               f"{statistics.median(stats[0].latencies) * 1000:.1f} ms")
         print(f"    {history_size(daemon)}")
@@ -355,7 +403,8 @@ async def main() -> None:
             many, stats = await measure(daemon, names, args.clients, args.duration, args.warmup)
             latencies = [x for s in stats for x in s.latencies]
             expected = args.clients * args.duration / args.interval
-            print(f"[b] {args.clients} clients: CPU {many['cpu_pct']:.2f} % of one core, "
+            print(f"[b] {args.clients} clients: CPU {many['cpu_pct']:.2f} % of one core "
+                  f"(+ {many['helper_cpu_pct']:.2f} % helper), "
                   f"RSS {many['VmRSS'] / 1024:.1f} MB; latency p50 "
                   f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 "
                   f"{percentile(latencies, 0.99) * 1000:.1f} ms, max "
