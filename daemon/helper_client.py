@@ -45,6 +45,7 @@ from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 from hostscope.metrics.collector import Collector, Derivation, Raw
 from hostscope.metrics.model import MetricDesc
 from hostscope.metrics.sources import Roots
+from hostscope.metrics.watchdog import OneShot
 
 from . import caps, rpc
 from .config import Config
@@ -179,7 +180,9 @@ class _Call:
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # One wake of the caller when the answer comes (a threading.Event took three:
+        # see hostscope.metrics.watchdog); the process collector waits here every sample.
+        self.done = OneShot()
         self.result: Any = None
         self.error: Mapping[str, Any] | None = None
 
