@@ -45,7 +45,6 @@ from hostscope.bpfmods.symbol_limits import SymbolCacheLimits
 from hostscope.metrics.collector import Collector, Derivation, Raw
 from hostscope.metrics.model import MetricDesc
 from hostscope.metrics.sources import Roots
-from hostscope.metrics.watchdog import OneShot
 
 from . import caps, rpc
 from .config import Config
@@ -180,9 +179,7 @@ class _Call:
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        # One wake of the caller when the answer comes (a threading.Event took three:
-        # see hostscope.metrics.watchdog); the process collector waits here every sample.
-        self.done = OneShot()
+        self.done = threading.Event()
         self.result: Any = None
         self.error: Mapping[str, Any] | None = None
 

@@ -20,8 +20,6 @@ timeout and never stops sampling.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -49,20 +47,6 @@ def default_timeout(sampler: Sampler) -> float:
     return max(2 * sampler.interval_s, MIN_DEFAULT_TIMEOUT_S)
 
 
-def _settle(waiter: asyncio.Future[Tick], future: concurrent.futures.Future[Tick],
-            current: list[concurrent.futures.Future[Tick]]) -> None:
-    """Copy a finished collection into the loop's future, if it is the newest one asked
-    for: a thread whose tick was taken over returns the same (unfinished) tick when its
-    stuck call does, and must not deliver it."""
-    if waiter.done() or future is not current[-1]:
-        return
-    exc = future.exception()
-    if exc is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(future.result())
-
-
 class Ticker:
     """Runs the sampler at its interval until cancelled."""
 
@@ -87,30 +71,15 @@ class Ticker:
         self.last_tick_mono: float | None = None
 
     async def _collect(self) -> Tick:
-        """One tick from the worker, never waiting on a hung collector past the timeout.
-
-        The worker hands the tick back through ``call_soon_threadsafe`` from a callback
-        registered before the job is queued: one wake of the loop, and none of the
-        worker's beyond the one that starts it (see :mod:`hostscope.metrics.watchdog`).
-        """
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Tick] = loop.create_future()
-        current: list[concurrent.futures.Future[Tick]] = []
-
-        def deliver(future: concurrent.futures.Future[Tick]) -> None:
-            # On the worker thread; settled on the loop, where ``current`` is set before
-            # any callback can run. A loop closed meanwhile (shutdown) wants nothing.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, waiter, future, current)
-
-        current.append(self.worker.submit(on_done=deliver))
+        """One tick from the worker, never waiting on a hung collector past the timeout."""
+        future = asyncio.wrap_future(self.worker.submit())
         while True:
-            done, _ = await asyncio.wait({waiter}, timeout=self.worker.wait_s())
+            done, _ = await asyncio.wait({future}, timeout=self.worker.wait_s())
             if done:
-                return waiter.result()
-            fresh = self.worker.take_over(on_done=deliver)
+                return future.result()
+            fresh = self.worker.take_over()
             if fresh is not None:
-                current.append(fresh)
+                future = asyncio.wrap_future(fresh)
 
     async def run(self) -> None:
         interval = self.sampler.interval_s

@@ -12,22 +12,10 @@ not keep the process from exiting.
 
 The normal path costs what any worker thread costs (one hand-off per tick, which the
 daemon paid anyway); there is no per-collector thread or timer.
-
-Hand-offs are where a 1 Hz daemon spends much of its CPU: on the development VM a thread
-woken after an idle second costs ~0.2 ms of CPU before it does anything (cold caches and
-the hypervisor; ``time.sleep(1)`` in a loop measured 150-210 us a wake), so each tick
-should wake each thread once. Two things here keep it so. A caller registers what it
-wants done on completion *before* the job is queued (``on_done``): attaching it after,
-as ``asyncio.wrap_future`` does, raced the worker for the future's condition lock, and
-``strace`` showed the worker woken three times a tick. And :class:`OneShot`, a
-pre-acquired lock, is what a thread waiting for one answer waits on: a
-``threading.Event`` wakes its waiter, which then blocks again on the setter's condition
-lock until the setter lets go.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import queue
 import threading
@@ -42,29 +30,6 @@ T = TypeVar("T")
 _names = itertools.count(1)
 
 
-class OneShot:
-    """A signal set once by one thread and waited for by another, in one futex wake.
-
-    A lock acquired at creation: :meth:`set` releases it, :meth:`wait` acquires it. It
-    replaces ``threading.Event`` where one thread waits for one answer (see the module
-    docstring for why). Setting twice is harmless; only one thread may wait.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        with contextlib.suppress(RuntimeError):  # set already
-            self._lock.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether the signal was set within ``timeout`` seconds (None: wait for it)."""
-        return self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
-
-
 class _Thread:
     """One daemon thread running submitted calls in order; retired by a None."""
 
@@ -75,13 +40,8 @@ class _Thread:
                                        name=f"hostscope-sampler-{next(_names)}")
         self.thread.start()
 
-    def submit(self, fn: Callable[[], T],
-               on_done: Callable[[Future[T]], object] | None = None) -> Future[T]:
-        """Queue ``fn``; ``on_done(future)`` runs on the worker thread when it finishes
-        (registered before the job can start: see the module docstring)."""
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
         self._jobs.put((fn, future))
         return future
 
@@ -117,29 +77,24 @@ class CollectWorker:
         self.abandoned = 0
         self._thread: _Thread | None = None
 
-    def submit(self, *, force_all: bool = False,
-               on_done: Callable[[Future[Tick]], object] | None = None) -> Future[Tick]:
-        """Start collecting one tick on the worker thread; ``on_done(future)`` runs
-        there when it is collected (how the daemon's loop learns of it, in one wake)."""
-        return self._worker().submit(lambda: self.sampler.collect(force_all=force_all),
-                                     on_done)
+    def submit(self, *, force_all: bool = False) -> Future[Tick]:
+        """Start collecting one tick on the worker thread."""
+        return self._worker().submit(lambda: self.sampler.collect(force_all=force_all))
 
     def wait_s(self) -> float:
         """How long to wait for the tick before checking for an overdue collector."""
         return max(0.001, self.sampler.overdue_in(self.timeout_s))
 
-    def take_over(self, on_done: Callable[[Future[Tick]], object] | None = None
-                  ) -> Future[Tick] | None:
+    def take_over(self) -> Future[Tick] | None:
         """If the running collector call is overdue: abandon it and continue the tick
-        on a fresh thread (returns that future, ``on_done`` as for :meth:`submit`);
-        else None (keep waiting)."""
+        on a fresh thread (returns that future); else None (keep waiting)."""
         if self.sampler.abandon(self.timeout_s) is None:
             return None
         if self._thread is not None:
             self._thread.retire()  # it exits when the stuck call returns
         self._thread = None
         self.abandoned += 1
-        return self._worker().submit(self.sampler.resume, on_done)
+        return self._worker().submit(self.sampler.resume)
 
     def collect(self, *, force_all: bool = False) -> Tick:
         """One tick, never waiting on a hung collector for more than ``timeout_s``."""

@@ -5,7 +5,6 @@ daemon, and it recovers when the collector does."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import statistics
@@ -31,7 +30,7 @@ from hostscope.metrics.model import (
     instant,
 )
 from hostscope.metrics.sampler import STALE_ERROR, STALE_TIMEOUT, Sampler, SystemClock
-from hostscope.metrics.watchdog import CollectWorker, OneShot
+from hostscope.metrics.watchdog import CollectWorker
 from tests.support import auth_config, auth_headers
 from tests.test_daemon_stream import Daemon, connect, recv, run_daemon, subscribe
 
@@ -200,65 +199,6 @@ def test_the_normal_path_runs_on_one_thread_and_abandons_nothing() -> None:
     assert len(threads) == 1 and worker.abandoned == 0
     assert sampler.status["steady"].collections == 20 and not sampler.stale()
     assert sampler.abandon(0.5) is None  # nothing running: nothing to abandon
-
-
-class Gate(Blocking):
-    """A second blocking collector, run after the first."""
-
-    name = "gate"
-
-    def descriptors(self) -> list[MetricDesc]:
-        return [instant("test.gate.value", NONE, "the call number")]
-
-    def collect(self) -> Raw:
-        raw = super().collect()
-        return {"test.gate.value": raw["test.blocking.value"]}
-
-
-async def test_a_taken_over_tick_is_delivered_by_the_fresh_thread_only() -> None:
-    """The thread stuck in a collector returns the same, unfinished tick when its call
-    does: the ticker must keep waiting for the thread that took the tick over."""
-    stuck, gate = Blocking(), Gate()
-    sampler = Sampler([stuck, gate], registry=MetricRegistry(), interval_s=0.05,
-                      history=History())
-    ticks: list[set[str]] = []
-    ticker = Ticker(sampler, lambda tick: ticks.append(set(tick.groups)),
-                    clock=SystemClock(), timeout_s=0.3)
-    stuck.hang = gate.hang = True
-    task = asyncio.create_task(ticker.run())
-    try:
-        deadline = time.monotonic() + 5
-        while ticker.worker.abandoned == 0:  # the stuck call is taken over...
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        while gate.calls == 0:  # ...and the fresh thread waits in the next collector
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        stuck.release.set()  # the abandoned thread returns the tick now
-        await asyncio.sleep(0.3)
-        assert ticks == []  # not delivered half-collected
-        gate.hang = False
-        gate.release.set()
-        while not ticks:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        assert "gate" in ticks[0]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        ticker.close()
-
-
-def test_a_one_shot_signal_wakes_its_waiter_once_set() -> None:
-    signal = OneShot()
-    assert signal.wait(0.01) is False
-    threading.Timer(0.05, signal.set).start()
-    started = time.monotonic()
-    assert signal.wait(5) is True
-    assert time.monotonic() - started < 4
-    signal.set()  # setting twice is harmless
-    signal.set()
 
 
 def test_a_timeout_during_the_pipeline_is_not_a_collector_timeout() -> None:
