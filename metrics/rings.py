@@ -6,8 +6,8 @@ of the daemon's growth over its first hour (issue #3 measured 35 MB after a minu
 after an hour). Most of those values repeat: idle disks and interfaces, error and drop
 counters, pressure at zero, levels that move once a minute. Measured on the development
 VM over 330 s of real collections, 128-value blocks compressed by zlib at level 1 (raw
-deflate) took 0.58 bytes a value with their object overhead instead of 4; a block whose
-values are all equal takes 4 bytes. Growing arrays also left allocator holes as other
+deflate) took 0.58 bytes a value even as a bytes object each, instead of 4; a block
+whose values are all equal takes 4 bytes. Growing arrays also left allocator holes as other
 allocations landed between their reallocations; blocks are small fixed-size objects that
 never grow.
 
@@ -19,9 +19,10 @@ move through a ring in slot order, so each block is packed once per cycle and un
 at most once. Reads unpack the sealed blocks they cover.
 
 Cost. Packing is ~4 us a block (zlib level 1 over 512 bytes), once per 128 writes of a
-series; unpacking ~1 us. The worst case, values that never repeat, stores a block raw:
-4 bytes a value plus ~41 bytes a block (a bytes object and its list slot), 4.3 bytes a
-value, about what the arrays took.
+series; unpacking ~1 us. Sealed blocks sit end to end in one bytes object per ring, so
+a block costs its bytes and a 4-byte offset. The worst case, values that never repeat,
+stores every block raw: 4 bytes a value plus the offsets and the 576-byte open block,
+about what a plain array took.
 """
 
 from __future__ import annotations
@@ -31,16 +32,13 @@ import zlib
 from array import array
 
 #: Values per block: large enough for deflate to find the repeats (64 took 1.0 byte a
-#: value on the measurement above, 256 0.36 but twice the open block and the unpacking
-#: per read), small enough that a sealed block is a small-object allocation (<= 512 B).
+#: value on the measurement above, 256 0.36, with a bytes object per block), small
+#: enough that the open block (512 bytes) and what a read unpacks stay small.
 BLOCK = 128
 NAN = float("nan")
 _NAN4 = array("f", [NAN]).tobytes()
-_ZERO4 = array("f", [0.0]).tobytes()
-#: Constant blocks of these values share one bytes object.
-_SHARED = {_NAN4: _NAN4, _ZERO4: _ZERO4}
-#: What a ring holds beyond its blocks' bytes: the ring object and its list.
-_RING_BYTES = 56 + 56
+#: What a ring object itself takes.
+_RING_BYTES = 72
 
 
 def pack(values: bytes) -> bytes:
@@ -50,7 +48,7 @@ def pack(values: bytes) -> bytes:
     is stored raw instead)."""
     first = values[:4]
     if values == first * (len(values) >> 2):
-        return _SHARED.get(first, first)
+        return first
     packed = zlib.compress(values, 1, -15)
     if len(packed) >= len(values) or len(packed) == 4:
         return bytes(values)
@@ -73,14 +71,20 @@ class BlockRing:
     The ring does not know how many slots hold values: its owner (a history group)
     keeps the write position, writes slots in order, and reads only slots it wrote.
     Slots never written read as NaN.
+
+    Sealed blocks are kept end to end in one ``bytes`` (``_data``), block ``k`` ending
+    at ``_ends[k]``: a block deflates to ~40 bytes here, and as objects of their own
+    each would cost ~41 bytes more (a bytes header and a list slot). Sealing a block
+    rebuilds ``_data`` (a copy of a few KB, once per 128 writes). The open block's
+    place in ``_data`` is empty.
     """
 
-    __slots__ = ("capacity", "open", "open_k", "sealed")
+    __slots__ = ("_data", "_ends", "capacity", "open", "open_k")
 
-    def __init__(self, capacity: int, sealed: list[bytes | None] | None = None) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        #: Block -> its sealed bytes; None for the open block.
-        self.sealed: list[bytes | None] = sealed if sealed is not None else []
+        self._data = b""
+        self._ends = array("I")
         #: The open block's values, and its index (-1: none open).
         self.open = array("f")
         self.open_k = -1
@@ -88,34 +92,63 @@ class BlockRing:
     @classmethod
     def empty(cls, length: int, capacity: int) -> BlockRing:
         """A ring whose first ``length`` slots hold no value (NaN)."""
-        return cls(capacity, [_NAN4] * -(-length // BLOCK))
+        ring = cls(capacity)
+        ring._extend(-(-length // BLOCK))
+        return ring
 
     @classmethod
     def from_values(cls, values: array, capacity: int) -> BlockRing:
         """A ring holding ``values`` (float32) in its first slots, every block sealed."""
         ring = cls(capacity)
+        blobs = []
         for start in range(0, len(values), BLOCK):
             chunk = values[start : start + BLOCK]
             size = min(BLOCK, capacity - start)
             if len(chunk) < size:
                 chunk.extend(array("f", [NAN]) * (size - len(chunk)))
-            ring.sealed.append(pack(chunk.tobytes()))
+            blobs.append(pack(chunk.tobytes()))
+        ring._data = b"".join(blobs)
+        end = 0
+        for blob in blobs:
+            end += len(blob)
+            ring._ends.append(end)
         return ring
+
+    @property
+    def blocks(self) -> int:
+        """Blocks written so far (sealed or open)."""
+        return len(self._ends)
 
     def block_size(self, k: int) -> int:
         return min(BLOCK, self.capacity - k * BLOCK)
 
+    def _blob(self, k: int) -> bytes:
+        ends = self._ends
+        return self._data[ends[k - 1] if k else 0 : ends[k]]
+
+    def _replace(self, k: int, blob: bytes) -> None:
+        ends = self._ends
+        start, end = (ends[k - 1] if k else 0), ends[k]
+        self._data = b"".join((self._data[:start], blob, self._data[end:]))
+        delta = len(blob) - (end - start)
+        if delta:
+            for j in range(k, len(ends)):
+                ends[j] += delta
+
+    def _extend(self, blocks: int) -> None:
+        """Append ``blocks`` blocks of no value (NaN, 4 bytes each)."""
+        if blocks > 0:
+            end = self._ends[-1] if self._ends else 0
+            self._data += _NAN4 * blocks
+            self._ends.extend(range(end + 4, end + 4 * blocks + 1, 4))
+
     def roll(self, k: int) -> None:
         """Seal the open block and open block ``k``."""
-        sealed = self.sealed
         if self.open_k >= 0:
-            sealed[self.open_k] = pack(self.open.tobytes())
-        if k >= len(sealed):
-            sealed.extend([_NAN4] * (k + 1 - len(sealed)))
-        blob = sealed[k]
-        assert blob is not None
-        self.open = unpack(blob, self.block_size(k))
-        sealed[k] = None
+            self._replace(self.open_k, pack(self.open.tobytes()))
+        self._extend(k + 1 - len(self._ends))
+        self.open = unpack(self._blob(k), self.block_size(k))
+        self._replace(k, b"")
         self.open_k = k
 
     def put(self, slot: int, value: float) -> None:
@@ -130,7 +163,7 @@ class BlockRing:
         coarse tier, once a minute), which would otherwise keep an open block of 576
         bytes between writes for the ~5 us a write costs this way."""
         self.put(slot, value)
-        self.sealed[self.open_k] = pack(self.open.tobytes())
+        self._replace(self.open_k, pack(self.open.tobytes()))
         self.open = array("f")
         self.open_k = -1
 
@@ -144,18 +177,15 @@ class BlockRing:
             if k == self.open_k:
                 block = self.open
             else:
-                blob = self.sealed[k] if k < len(self.sealed) else _NAN4
-                block = unpack(blob, self.block_size(k))  # type: ignore[arg-type]
+                blob = self._blob(k) if k < len(self._ends) else _NAN4
+                block = unpack(blob, self.block_size(k))
             out += block[first - base : end - base]
             first = end
             k += 1
         return out
 
     def nbytes(self) -> int:
-        """Bytes the ring holds: its blocks (shared constant blocks not counted), the
-        open block, the list of blocks and the ring itself."""
-        total = _RING_BYTES + 8 * len(self.sealed) + sys.getsizeof(self.open)
-        for blob in self.sealed:
-            if blob is not None and blob not in _SHARED:
-                total += sys.getsizeof(blob)
-        return total
+        """Bytes the ring holds: its sealed blocks, their offsets, the open block and
+        the ring itself."""
+        return (_RING_BYTES + sys.getsizeof(self._data) + sys.getsizeof(self._ends)
+                + sys.getsizeof(self.open))
