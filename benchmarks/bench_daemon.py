@@ -46,6 +46,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from hostscope.metrics.rings import MAX_BYTES_PER_VALUE
+
 #: The dashboard's default metric set (prefixes); only those that exist are subscribed.
 DEFAULT_SET = [
     "kernel.all.cpu.util", "kernel.percpu.cpu.util", "kernel.all.load", "kernel.all.runnable",
@@ -98,6 +100,18 @@ def helpers_cpu_seconds(pids: list[int]) -> float:
         with contextlib.suppress(OSError):
             total += cpu_seconds(pid)
     return total
+
+
+async def cpu_window(pid: int, duration: float) -> dict[str, float]:
+    """CPU of the daemon and of its helper processes over ``duration`` seconds, in % of
+    one core."""
+    helpers = descendants(pid)
+    cpu0, h0, t0 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
+    await asyncio.sleep(duration)
+    cpu1, h1, t1 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
+    return {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+            "helper_cpu_pct": (h1 - h0) / (t1 - t0) * 100,
+            "helper_rss_kb": sum(memory_kb(p).get("VmRSS", 0) for p in helpers)}
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -219,31 +233,17 @@ async def measure(daemon: Daemon, names: list[str], nclients: int, duration: flo
         s.raw_sizes.clear()
         s.frames.clear()
         s.wire_bytes = 0
-    pid = daemon.proc.pid
-    helpers = descendants(pid)
-    cpu0, h0, t0 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
-    await asyncio.sleep(duration)
-    cpu1, h1, t1 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
+    cpu = await cpu_window(daemon.proc.pid, duration)
     for s in stats:
         s.counting = False
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    result = {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
-              "helper_cpu_pct": (h1 - h0) / (t1 - t0) * 100,
-              "helper_rss_kb": sum(memory_kb(p).get("VmRSS", 0) for p in helpers),
-              **memory_kb(pid)}
-    return result, stats
+    return {**cpu, **memory_kb(daemon.proc.pid)}, stats
 
 
 async def idle(daemon: Daemon, duration: float, warmup: float) -> dict:
     await asyncio.sleep(warmup)
-    pid = daemon.proc.pid
-    helpers = descendants(pid)
-    cpu0, h0, t0 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
-    await asyncio.sleep(duration)
-    cpu1, h1, t1 = cpu_seconds(pid), helpers_cpu_seconds(helpers), time.monotonic()
-    return {"cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
-            "helper_cpu_pct": (h1 - h0) / (t1 - t0) * 100, **memory_kb(pid)}
+    return {**await cpu_window(daemon.proc.pid, duration), **memory_kb(daemon.proc.pid)}
 
 
 def resolve(daemon: Daemon) -> list[str]:
@@ -269,7 +269,7 @@ def history_size(daemon: Daemon) -> str:
     host = daemon.get("/api/v1/host")
     history = host.get("history") or {}
     series = history.get("series", 0)
-    bound = series * (4.4 * 3600 / host["interval_s"] + 4.4 * 1440)
+    bound = series * MAX_BYTES_PER_VALUE * (3600 / host["interval_s"] + 1440)
     return (f"history {series} series, {history.get('bytes', 0) / 1024:.0f} KiB now, "
             f"<= {bound / 2**20:.1f} MiB after 1 h")
 

@@ -35,6 +35,7 @@ from types import FrameType
 from hostscope.metrics.collectors.process import ProcessCollector
 from hostscope.metrics.history import History
 from hostscope.metrics.model import MetricRegistry
+from hostscope.metrics.rings import MAX_BYTES_PER_VALUE
 from hostscope.metrics.sampler import Sampler
 from hostscope.metrics.sources import Roots
 
@@ -220,8 +221,8 @@ def fill_history(samples: int) -> None:
     print(f"  = {per_metric:.1f} series per process, "
           f"{history.nbytes() / max(1, nseries) / 1024:.2f} KiB each per retention: one "
           "sample's values repeated, as idle processes' are (blocks of equal values take 4 "
-          f"bytes); values that never repeat would take up to 4.4 bytes each, "
-          f"{4.4 * steps * nseries / 2**20:.0f} MiB")
+          f"bytes); values that never repeat would take up to {MAX_BYTES_PER_VALUE} bytes "
+          f"each, {MAX_BYTES_PER_VALUE * steps * nseries / 2**20:.0f} MiB")
     sampler.close()
     del samples
 
