@@ -33,6 +33,11 @@ class BpfModuleCollector(Collector):
     def derivations(self) -> list[Derivation]:
         return self.module.derivations()
 
+    def may_block(self) -> bool:
+        """Only while the module is on (or starting): reading its maps then goes
+        through the manager's lock, behind a map read of a wedged module."""
+        return self.manager.may_be_on(self.module.name)
+
     def collect(self) -> Raw:
         return self.manager.read_metrics(self.module.name)
 

@@ -444,6 +444,16 @@ class BpfManager:
 
     # -- data ----------------------------------------------------------------------------
 
+    def may_be_on(self, name: str) -> bool:
+        """Whether module ``name`` is on or starting, read without the lock.
+
+        For :meth:`BpfModuleCollector.may_block`: a module that is off answers
+        :meth:`read_metrics` at once (the lock is only ever held for state changes), so
+        a collection of it never waits on a BPF map. A module switched on just after
+        this answer is read in the next collection, which then says it may block.
+        """
+        return self._get(name).state in ("on", "starting")
+
     def read_metrics(self, name: str) -> Raw:
         """Raw values of module ``name`` (counters cumulative); {} when it is not on."""
         inst = self._get(name)

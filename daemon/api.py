@@ -269,6 +269,7 @@ async def host_handler(request: web.Request) -> web.Response:
         "sampling": {
             "ticks": ticker.ticks,
             "skipped": ticker.skipped,
+            "on_loop": ticker.inline_ticks,
             "last_duration_ms": round(ticker.last_duration_s * 1000, 3),
         },
     }

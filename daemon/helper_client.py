@@ -605,6 +605,12 @@ class HelperOps:
     def profile_cancel(self, capture_id: str) -> None:
         self._profile_call("profile_cancel", capture_id=capture_id)
 
+    def holds_any(self) -> bool:
+        """Whether any module is held, read without the lock. A hold taken between
+        this answer and the tick's collection (a window of a millisecond or so) is read
+        in that collection: one RPC from the event loop, bounded by its timeout."""
+        return bool(self._holds)
+
     def held_modules(self) -> list[str]:
         with self._lock:
             return sorted(self._holds)
@@ -673,6 +679,11 @@ class RemoteBpfCollector(Collector):
 
     def derivations(self) -> list[Derivation]:
         return self.module.derivations()
+
+    def may_block(self) -> bool:
+        """The first module's collector asks the helper (an RPC) while any module is
+        held; the others read that answer, in memory."""
+        return self.first and self.ops.holds_any()
 
     def collect(self) -> Raw:
         return self.ops.read_bpf(self.module.name, refresh=self.first)

@@ -72,6 +72,21 @@ class Collector(ABC):
         """
         return None
 
+    def may_block(self) -> bool:
+        """Whether the next :meth:`collect` could wait on something outside this process.
+
+        The daemon runs a tick whose due collectors all answer False on its event loop
+        (no thread hand-off: on the development VM each thread wake-up costs ~0.2 ms of
+        CPU, more than most collectors' work) and any other tick on a worker thread that
+        a hung collector cannot stall (:mod:`hostscope.metrics.watchdog`). So answer
+        False only if the next call reads nothing that another task's lock or a remote
+        party can hold up: procfs counter files (``/proc/stat``, ``/proc/meminfo``) and
+        memory qualify; a statfs (a dead NFS server), a process's ``cmdline`` (its
+        mmap lock), a netlink dump, an RPC, or a sysfs attribute behind the RTNL do not.
+        The default is True.
+        """
+        return True
+
     @abstractmethod
     def collect(self) -> Raw:
         """Read the source once and return raw values.

@@ -2,7 +2,8 @@
 
 Data flows sampler -> hub -> clients. The sampler is synchronous on purpose: the daemon
 runs :meth:`Sampler.collect` in a worker thread (reading /proc for a thousand processes
-must not block the event loop) and hands the resulting :class:`Tick` to
+must not block the event loop), or on the loop itself when :meth:`Sampler.may_block`
+says that no due collector can wait on anything, and hands the resulting :class:`Tick` to
 :meth:`Sampler.publish` on the loop, which updates the latest values and the history.
 The CLI calls both directly. One sampler serves every client, so the cost of sampling
 never grows with the number of viewers.
@@ -302,6 +303,27 @@ class Sampler:
 
     def group_interval_s(self, group: str) -> float:
         return self._every[group] * self.interval_s
+
+    def may_block(self) -> bool:
+        """Whether the next :meth:`collect` may wait on something outside this process:
+        whether any collector due then says it may (:meth:`Collector.may_block`; one
+        that fails to answer counts as yes). A hung collector is asked too, since its
+        call may return, and the collector run again, before that collection.
+
+        The daemon runs a collection that cannot block on its event loop, with no
+        thread hand-off, and any other on a worker thread (:mod:`hostscope.daemon.ticker`).
+        """
+        seq = self.seq
+        every = self._every
+        for collector in self.collectors:
+            if seq % every[collector.name]:
+                continue
+            try:
+                if collector.may_block():
+                    return True
+            except Exception:  # noqa: BLE001 - a broken answer must not stop sampling
+                return True
+        return False
 
     def collect(self, *, force_all: bool = False) -> Tick:
         """Run the collectors due this tick. Blocking; safe to run in a worker thread."""

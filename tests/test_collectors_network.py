@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hostscope.metrics.collector import Raw
 from hostscope.metrics.collectors.network import (
     LINK_REFRESH_FACTOR,
     NETLINK_SOCK_DIAG,
@@ -249,6 +250,51 @@ def test_interface_attributes_refresh_every_n_samples(tmp_path: Path) -> None:
     raw = collector.collect()  # 3 samples after the first read
     assert raw["network.interface.up"]["eth0"] == 0
     assert "eth0" not in raw["network.interface.speed"]  # re-read: operstate changed
+
+
+def test_sysfs_is_read_only_in_collections_that_may_block_announces(tmp_path: Path) -> None:
+    """The daemon runs a collection whose collectors all say they cannot block on its
+    event loop, so sysfs (``speed`` waits for the RTNL) is read only in the collections
+    ``may_block`` announced: every ``attr_refresh_every``-th, and the one after a new
+    interface appeared, which gets its attributes then."""
+    roots = copy_fixture(tmp_path, "network", "crafted")
+    collector = NetworkCollector(roots, attr_refresh_every=3)
+    real_read_attrs = collector._read_attrs
+    announced: list[bool] = []
+    reads: list[int] = []
+
+    def read_attrs(*args: object) -> object:
+        reads.append(len(announced))
+        return real_read_attrs(*args)  # type: ignore[arg-type]
+
+    collector._read_attrs = read_attrs  # type: ignore[method-assign]
+
+    def collect() -> Raw:
+        announced.append(collector.may_block())
+        return collector.collect()
+
+    assert "eth0" in collect()["network.interface.speed"]
+    assert [collect() for _ in range(2)] and announced == [True, False, False]
+    # A new interface between refreshes: counters at once, attributes a collection later
+    dev = roots.proc / "net/dev"
+    dev.write_text(dev.read_text() + "  eth9: " + " ".join(["7"] * 16) + "\n")
+    shutil.copytree(roots.sys / "class/net/eth0", roots.sys / "class/net/eth9")
+    assert collector.may_block()  # the regular refresh (3rd after the first) is due
+    raw = collect()
+    assert raw["network.interface.up"]["eth9"] == 1
+    assert collect() and announced[-1] is False
+    before = len(reads)
+    dev.write_text(dev.read_text() + "  eth8: " + " ".join(["7"] * 16) + "\n")
+    shutil.copytree(roots.sys / "class/net/eth0", roots.sys / "class/net/eth8")
+    raw = collect()
+    assert not announced[-1] and len(reads) == before
+    assert raw["network.interface.in.bytes"]["eth8"] == 7
+    assert "eth8" not in raw["network.interface.up"]
+    assert collector.may_block()
+    raw = collect()
+    assert raw["network.interface.up"]["eth8"] == 1 and "eth8" in raw["network.interface.speed"]
+    # every sysfs read happened in a collection announced as one that may block
+    assert all(announced[i - 1] for i in reads)
 
 
 def test_mtu_and_speed_are_re_read_less_often_and_returned_dicts_never_change(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 
 import pytest
@@ -106,3 +107,66 @@ async def test_a_failing_tick_handler_does_not_stop_sampling() -> None:
     ticker = Ticker(sampler, handler, clock=SystemClock())
     await run_for(ticker, 0.2)
     assert len(calls) >= 5 and ticker.ticks == len(calls)
+
+
+class Where(Collector):
+    """Records the thread of each collection; says it may block as the test sets."""
+
+    def __init__(self, name: str, *, blocks: bool, interval_s: float | None = None) -> None:
+        self.name = name
+        self.blocks = blocks
+        self.interval_s = interval_s
+        self.threads: list[int] = []
+
+    def descriptors(self) -> list[MetricDesc]:
+        return [instant(f"test.{self.name}.calls", NONE, "number of collections so far")]
+
+    def may_block(self) -> bool:
+        return self.blocks
+
+    def collect(self) -> Raw:
+        self.threads.append(threading.get_ident())
+        return {f"test.{self.name}.calls": {"": len(self.threads)}}
+
+
+async def test_ticks_that_cannot_block_run_on_the_loop_the_others_on_the_worker() -> None:
+    """A tick whose due collectors all say they cannot block is collected on the event
+    loop's thread (no hand-off); a tick with one that may block goes to the worker
+    thread, whole, so the watchdog still covers it."""
+    interval = 0.02
+    fast = Where("fast", blocks=False)
+    slow = Where("slow", blocks=True, interval_s=3 * interval)  # every third tick
+    sampler = Sampler([fast, slow], registry=MetricRegistry(), interval_s=interval)
+    ticker = Ticker(sampler, lambda tick: None, clock=SystemClock())
+    loop_thread = threading.get_ident()
+    await run_for(ticker, 0.5)
+    assert len(fast.threads) >= 12 and len(slow.threads) >= 4
+    on_loop = [t == loop_thread for t in fast.threads]
+    # ticks 0, 3, 6, ... on the worker (both collectors there), the others on the loop
+    assert on_loop == [i % 3 != 0 for i in range(len(fast.threads))]
+    assert loop_thread not in slow.threads
+    assert ticker.inline_ticks == on_loop.count(True)
+    ticker.close()
+
+
+def test_sampler_may_block_asks_only_the_collectors_due_next() -> None:
+    fast = Where("fast", blocks=False)
+    slow = Where("slow", blocks=True, interval_s=2.0)
+    sampler = Sampler([fast, slow], registry=MetricRegistry(), interval_s=1.0)
+    answers = []
+    for _ in range(4):
+        answers.append(sampler.may_block())
+        sampler.sample()
+    assert answers == [True, False, True, False]
+    fast.blocks = True
+    assert sampler.may_block()
+
+
+def test_a_collector_that_cannot_answer_counts_as_blocking() -> None:
+    class Broken(Where):
+        def may_block(self) -> bool:
+            raise RuntimeError("no idea")
+
+    sampler = Sampler([Where("fast", blocks=False), Broken("broken", blocks=False)],
+                      registry=MetricRegistry())
+    assert sampler.may_block()

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from hostscope.metrics.collector import Collector, Cooked, CookedView, Derivation, Raw, ratio
+from hostscope.metrics.defaults import build_sampler
 from hostscope.metrics.history import History
 from hostscope.metrics.model import COUNT, NONE, MetricDesc, MetricRegistry, counter, instant
 from hostscope.metrics.sampler import Sampler
+from hostscope.metrics.sources import Roots
 from tests.support import FakeClock
 
 
@@ -228,3 +230,33 @@ def test_latest_is_replaced_per_group_and_kept_while_a_collector_fails() -> None
     sampler.sample()  # a fails: its last values stay, marked stale in status
     assert sampler.latest["a.level"] == {"": 2.0} and sampler.status["a"].stale
     assert "never.registered" not in sampler.latest
+
+
+def test_which_default_collectors_may_block_and_the_ticks_the_daemon_runs_on_its_loop() -> None:
+    """The per-second procfs collectors cannot block; processes, cgroups, statfs,
+    netlink and host inventory may (and the network collector in the collections that
+    read sysfs). So with the default cadences the daemon collects four ticks in ten on
+    its event loop: odd seconds that no 5 s collector shares."""
+    sampler = build_sampler(Roots())
+    answers = {c.name: c.may_block() for c in sampler.collectors}
+    assert answers == {"cpu": False, "memory": False, "psi": False, "disk": False,
+                       "filesys": True, "network": True, "tcpconn": True, "host": True,
+                       "process": True, "cgroup": True, "hostscope": False}
+    blocking = []
+    for _ in range(20):
+        blocking.append(sampler.may_block())
+        sampler.sample()
+    assert [i for i, b in enumerate(blocking) if not b] == [1, 3, 7, 9, 11, 13, 17, 19]
+
+
+def test_a_collector_that_says_nothing_may_block() -> None:
+    class Quiet(Collector):
+        name = "quiet"
+
+        def descriptors(self) -> list[MetricDesc]:
+            return []
+
+        def collect(self) -> Raw:
+            return {}
+
+    assert Quiet().may_block() is True

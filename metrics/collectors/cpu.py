@@ -245,6 +245,10 @@ class CpuCollector(Collector):
         }
         return out
 
+    def may_block(self) -> bool:
+        """``/proc/stat`` and ``/proc/loadavg``: counters, no lock another task holds."""
+        return False
+
     def collect(self) -> Raw:
         stat = parse_stat(self._stat.read().decode("utf-8", "replace"), self.hz)
         load = parse_loadavg(self._loadavg.read().decode("utf-8", "replace"))

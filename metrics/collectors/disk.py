@@ -342,6 +342,13 @@ class DiskCollector(Collector):
             }
         return out
 
+    def may_block(self) -> bool:
+        """``/proc/diskstats``, plus sysfs for a device seen for the first time (its
+        ``/sys/block`` node, ``partition`` and a device-mapper ``dm/name``, which takes
+        device-mapper's name lock for reading only while a rename or removal holds it):
+        nothing that waits on another task's I/O or on a remote party."""
+        return False
+
     def collect(self) -> Raw:
         rows = parse_diskstats(self._diskstats.read().decode("utf-8", "replace"))
         devices = self._classify(rows)

@@ -354,6 +354,10 @@ class MemoryCollector(Collector):
         than the two subtractions)."""
         return {"mem.util.used": _used(cooked), "mem.util.swapused": _swapused(cooked)}  # type: ignore[dict-item]
 
+    def may_block(self) -> bool:
+        """``/proc/meminfo`` and ``/proc/vmstat``: counters, no lock another task holds."""
+        return False
+
     def collect(self) -> Raw:
         raw: Raw = {
             name: {SINGULAR: value}

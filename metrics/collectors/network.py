@@ -34,9 +34,11 @@ The counters are u64 (``rtnl_link_stats64``). An interface that disappears simpl
 being reported; the rate layer drops its state. Interface names cannot contain ``:`` or
 whitespace (``dev_valid_name``), so the name ends at the first colon.
 
-``/sys/class/net/IFACE``: ``operstate``, ``mtu`` and ``speed`` are read when an
-interface first appears and then every ``attr_refresh_every`` samples (default 5), not
-every sample: each sysfs read costs about 10 us and a container host has hundreds of
+``/sys/class/net/IFACE``: ``operstate``, ``mtu`` and ``speed`` are read every
+``attr_refresh_every`` samples (default 5) and for a new interface in the sample after
+it appeared, and only in those samples, which ``may_block`` announces (``speed`` can
+wait for the RTNL; the daemon runs the other samples on its event loop), not every
+sample: each sysfs read costs about 10 us and a container host has hundreds of
 veth interfaces, while link state changes are rare and show at once in the traffic
 rates anyway. ``up`` can therefore lag a link change by up to 5 samples. ``speed``
 (Mbit/s in sysfs, published in bytes/s like the traffic rates so the two share an axis)
@@ -456,6 +458,17 @@ class NetworkCollector(Collector):
                              type=ValueType.U64))
         return descs
 
+    def may_block(self) -> bool:
+        """True for the collections that read interface attributes from sysfs (every
+        ``attr_refresh_every``-th, and the one after a new interface appeared).
+
+        ``speed`` is read under the RTNL: the kernel retries the read until it gets
+        the lock, which a slow netlink operation (a namespace full of interfaces going
+        away) or a wedged driver can hold for seconds. The ``/proc/net`` files, read
+        every time, never wait.
+        """
+        return self._collections + 1 >= self._refresh_due
+
     def collect(self) -> Raw:
         self._collections += 1
         ifaces = parse_net_dev(self._dev.read().decode("utf-8", "replace"))
@@ -500,7 +513,16 @@ class NetworkCollector(Collector):
         every = self.attr_refresh_every
         known = self._attrs
         changed = known.keys() != ifaces.keys()
-        if changed or now >= self._refresh_due:
+        if now < self._refresh_due:
+            if changed:
+                # Between refreshes sysfs is not read (see may_block): an interface that
+                # went away drops out now, a new one gets its attributes at the next
+                # collection, which may_block announces.
+                self._attrs = {name: a for name, a in known.items() if name in ifaces}
+                if not ifaces.keys() <= known.keys():
+                    self._refresh_due = now + 1
+                self._close_gone()
+        else:
             attrs: dict[str, _IfaceAttrs] = {}
             for name in ifaces:
                 cached = known.get(name)
@@ -512,9 +534,7 @@ class NetworkCollector(Collector):
                 attrs[name] = cached
             self._attrs = attrs
             self._refresh_due = min((c.up_at for c in attrs.values()), default=now) + every
-            for gone in self._state_files.keys() - attrs.keys():
-                for kept in self._state_files.pop(gone):
-                    kept.close()
+            self._close_gone()
         if changed:
             up: dict[str, int | float | str] = {}
             mtu: dict[str, int | float | str] = {}
@@ -530,6 +550,12 @@ class NetworkCollector(Collector):
         raw["network.interface.up"] = up
         raw["network.interface.mtu"] = mtu
         raw["network.interface.speed"] = speed
+
+    def _close_gone(self) -> None:
+        """Close the kept sysfs files of interfaces no longer in :attr:`_attrs`."""
+        for gone in self._state_files.keys() - self._attrs.keys():
+            for kept in self._state_files.pop(gone):
+                kept.close()
 
     def _read_attrs(self, name: str, cached: _IfaceAttrs | None, now: int) -> _IfaceAttrs | None:
         path = Path(self._sys_net, name)

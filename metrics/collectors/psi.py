@@ -175,6 +175,10 @@ class PsiCollector(Collector):
                 )
         return descs
 
+    def may_block(self) -> bool:
+        """``/proc/pressure/*``: the kernel's averages and totals, read without waiting."""
+        return False
+
     def collect(self) -> Raw:
         if self._probe is None:
             self.probe.available  # noqa: B018 - probing builds the plan (collect came first)

@@ -52,6 +52,10 @@ class SelfCollector(Collector):
                     **_KW),  # type: ignore[arg-type]
         ]
 
+    def may_block(self) -> bool:
+        """The sampler's own status objects, in memory."""
+        return False
+
     def collect(self) -> Raw:
         statuses = [s for s in self._status.values() if s.name != self.name]
         return {
