@@ -74,6 +74,8 @@ class HelperService:
                                 symbol_cache=symbol_cache)
         #: (pid, start) -> kept descriptor of /proc/PID/io (see proc_io).
         self._io_fds: dict[tuple[int, int], int] = {}
+        #: Processes whose io was denied even here (see proc_io): not tried again.
+        self._io_denied: set[tuple[int, int]] = set()
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._io_fd_budget = 16384 if soft == resource.RLIM_INFINITY else min(soft // 2, 16384)
 
@@ -123,7 +125,10 @@ class HelperService:
         identity (after checking its start time in ``stat``) and kept open, so a call
         costs one ``pread`` per process; a kept descriptor cannot be fooled by PID
         reuse (reading it fails once its process is gone). Descriptors of processes no
-        longer asked for are closed.
+        longer asked for are closed. A process whose ``io`` is denied even here (one
+        that is not dumpable, such as a container's init, needs ``CAP_SYS_PTRACE``,
+        which the helper does not keep) is remembered and not tried again while it is
+        asked for: it used to cost six system calls at every call.
         """
         from hostscope.metrics.collectors.process import parse_io
 
@@ -132,8 +137,12 @@ class HelperService:
         wanted = {(pid, start) for pid, start in processes}
         for key in [k for k in kept if k not in wanted]:
             os.close(kept.pop(key))
+        denied = self._io_denied
+        denied &= wanted
         out: list[list[int]] = []
         for key in wanted:
+            if key in denied:
+                continue
             pid, start = key
             data = self._read_io(key, f"{proc}/{pid}")
             if data is None:
@@ -166,9 +175,11 @@ class HelperService:
         except SourceUnavailable:
             return None
         except OSError as exc:
-            translate(exc, Path(f"{base}/io"))  # gone or denied: no value (others raise)
             if kept.pop(key, None) is not None:
                 os.close(fd)  # type: ignore[arg-type]
+            # gone or denied: no value (others raise)
+            if translate(exc, Path(f"{base}/io")).reason == "denied":
+                self._io_denied.add(key)
             return None
 
     # -- profiles (the profiler is created on first use, in this process) ------------

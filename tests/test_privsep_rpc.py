@@ -8,6 +8,7 @@ on a socketpair; the process boundary itself is covered by tests/test_privsep_he
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -187,6 +188,43 @@ def test_proc_io_reads_a_live_process_and_skips_a_reused_pid(peer: Peer) -> None
     # The counters only grow: at least what we read just before.
     assert read_bytes >= int(io[io.index("read_bytes:") + 1])
     assert write_bytes >= int(io[io.index("write_bytes:") + 1])
+
+
+def test_proc_io_denied_even_to_the_helper_is_not_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process whose io the helper may not read either (not dumpable: it would need
+    CAP_SYS_PTRACE) is remembered while the daemon keeps asking, instead of costing an
+    open of stat and io at every call; one that went away and came back is tried again."""
+    proc = tmp_path / "proc"
+    for pid in (7, 8):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(
+            f"{pid} (x) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 500 1000 10\n")
+        (proc / str(pid) / "io").write_text(
+            "rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 4096\nwrite_bytes: 8192\n"
+            "cancelled_write_bytes: 0\n")
+    service = HelperService(Roots(proc=proc, sys=tmp_path / "sys", etc=tmp_path / "etc"),
+                            bpf=False)
+    opened: list[str] = []
+    real_open = os.open
+
+    def fake_open(path: str, flags: int, *args: int) -> int:
+        opened.append(str(path))
+        if str(path).endswith("/7/io"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    both = [[7, 500], [8, 500]]
+    assert service.proc_io(both) == [[8, 500, 4096, 8192]]
+    assert any(p.endswith("/7/io") for p in opened)
+    opened.clear()
+    assert service.proc_io(both) == [[8, 500, 4096, 8192]]
+    assert opened == []  # 8 through its kept descriptor, 7 not at all
+    service.proc_io([[8, 500]])  # 7 no longer asked for: forgotten
+    service.proc_io(both)
+    assert any(p.endswith("/7/io") for p in opened)
 
 
 def test_truncated_stream_ends_the_server() -> None:
