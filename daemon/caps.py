@@ -20,7 +20,6 @@ Nothing happens at import: the C library is looked up on first use.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -85,9 +84,12 @@ class _Data(ctypes.Structure):
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL:
-    """The C library, loaded on first use (never at import)."""
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def libc() -> ctypes.CDLL:
+    """The C library, on first use (never at import): the running program's symbols,
+    which include the C library's, so its file is not searched for (``ctypes.util``'s
+    ``find_library`` imports shutil, tempfile, bz2 and lzma for that, ~0.3 MB resident
+    in the daemon for good). glibc and musl alike."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> int:
@@ -99,7 +101,7 @@ def _check(result: int, what: str) -> int:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """``prctl(2)``; raises :class:`CapsError` on failure."""
-    lib = _lib()
+    lib = libc()
     args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
     return _check(lib.prctl(ctypes.c_int(option), *args), f"prctl({option})")
 
@@ -129,7 +131,7 @@ def get() -> CapSets:
     """This thread's capability sets (``capget``)."""
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
-    _check(_lib().capget(ctypes.byref(header), data), "capget")
+    _check(libc().capget(ctypes.byref(header), data), "capget")
     return CapSets(
         effective=data[0].effective | data[1].effective << 32,
         permitted=data[0].permitted | data[1].permitted << 32,
@@ -145,7 +147,7 @@ def set_sets(sets: CapSets) -> None:
         data[i].effective = sets.effective >> shift & 0xFFFFFFFF
         data[i].permitted = sets.permitted >> shift & 0xFFFFFFFF
         data[i].inheritable = sets.inheritable >> shift & 0xFFFFFFFF
-    _check(_lib().capset(ctypes.byref(header), data), "capset")
+    _check(libc().capset(ctypes.byref(header), data), "capset")
 
 
 def last_cap(proc: Path = Path("/proc")) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import importlib.util
 import logging
 import os
@@ -50,11 +49,10 @@ TRIM_EVERY_S = 300.0
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    from .caps import libc as c_library
+
     try:
-        libc = ctypes.CDLL(name)
+        libc = c_library()
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError):  # not glibc (musl has neither function)
@@ -144,6 +142,12 @@ def lean_imports(*, tls: bool) -> Iterator[None]:
     * frozenlist (aiohttp's signal and middleware lists) ships its list as a C++
       extension, which maps libstdc++ into the process (~1.1 MB of its pages resident);
       its pure-Python twin behaves the same and is touched at startup and shutdown only.
+    * ``aiohttp.web_fileresponse`` makes its own ``MimeTypes()`` table (Python's built-in
+      types plus aiohttp's own), which as a side effect makes :mod:`mimetypes` read the
+      system's tables (``/etc/mime.types``: ~2,000 types, ~0.4 MB of dicts) into a
+      module-wide table that the daemon never consults. It is marked initialised for
+      the import, and unmarked afterwards if nothing loaded it meanwhile, so a later
+      ``mimetypes.guess_type`` still reads the system's tables.
 
     The environment and ``sys.modules`` are restored afterwards, so nothing else (the
     privileged helper, perf, a TLS client made later) sees the change. Without effect on
@@ -152,15 +156,21 @@ def lean_imports(*, tls: bool) -> Iterator[None]:
     Measured (`benchmarks/bench_daemon.py --compare`, one client, VmRSS): the CA store and
     libstdc++ 44.2 -> 40.6 MB; OpenSSL, see docs/daemon.md.
     """
+    import mimetypes
+
     saved = {key: os.environ.get(key) for key in LEAN_IMPORT_ENV}
     hidden = () if tls or not _can_hide_openssl() else OPENSSL_MODULES
     before = set(sys.modules)
     os.environ.update(LEAN_IMPORT_ENV)
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # the import system's "absent"
+    mime_table_unread = not mimetypes.inited
+    mimetypes.inited = True
     try:
         yield
     finally:
+        if mime_table_unread and mimetypes._db is None:  # nobody called mimetypes.init()
+            mimetypes.inited = False
         for name in hidden:
             if sys.modules.get(name, False) is None:
                 del sys.modules[name]

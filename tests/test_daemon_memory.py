@@ -103,6 +103,8 @@ import json, sys
 from hostscope.daemon.memory import lean_imports
 with lean_imports(tls=False):
     import aiohttp.web, hmac, hashlib
+import mimetypes
+system_mime_table = mimetypes._db is not None
 def openssl_mapped():
     maps = open("/proc/self/maps").read()
     return "libcrypto" in maps or "libssl" in maps
@@ -114,7 +116,10 @@ got = {
     "forgotten": [m for m in ("urllib.request", "http.client") if m in sys.modules],
 }
 import prometheus_client, ssl, urllib.request
-got.update(https_handler=hasattr(urllib.request, "HTTPSHandler"),
+got.update(system_mime_table=system_mime_table,
+           svg=aiohttp.web_fileresponse.CONTENT_TYPES.guess_type("a.svg")[0],
+           later_guess=mimetypes.guess_type("a.tar.zst")[0],  # needs the system's table
+           https_handler=hasattr(urllib.request, "HTTPSHandler"),
            later_cas=ssl.create_default_context().cert_store_stats()["x509_ca"] >= 0,
            openssl_after=openssl_mapped())
 print(json.dumps(got))
@@ -131,6 +136,11 @@ def test_plain_lean_import_keeps_openssl_out_and_everything_importable() -> None
     assert got["hidden_left"] == [] and got["forgotten"] == []
     assert got["https_handler"] is True and got["later_cas"] is True
     assert got["openssl_after"] is True  # loaded by whoever needs it, later
+    # aiohttp's own content types work without the system-wide table, which a later
+    # mimetypes call still loads
+    assert got["system_mime_table"] is False and got["svg"] == "image/svg+xml"
+    if os.path.exists("/etc/mime.types") and ".zst" in Path("/etc/mime.types").read_text():
+        assert got["later_guess"] is not None
 
 
 def test_lean_import_hides_nothing_once_openssl_is_loaded() -> None:
