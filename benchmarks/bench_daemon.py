@@ -6,7 +6,10 @@
 Phases (each a fresh daemon, measured after a warm-up):
 
 0. no client: the cost of sampling alone (every default collector, history);
-a. one websocket client subscribed to the default dashboard set: daemon CPU (% of one
+a. one client doing what the default dashboard does: a websocket subscribed to the
+   series of its default panels (read from daemon/panels.json, the file the dashboard
+   imports) and, for its process table, ``GET /api/v1/processes?sort=cpu&limit=25``
+   every 2 s (``--stream-only``: no polls). Daemon CPU (% of one
    core, from /proc/PID/stat utime+stime over the window) and RSS (VmRSS, VmHWM); run
    as root, the daemon holds no capabilities and its privileged helper (two more
    processes, docs/privilege.md) reads other users' processes' I/O counters every
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -48,12 +52,33 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from hostscope.metrics.rings import MAX_BYTES_PER_VALUE
 
-#: The dashboard's default metric set (prefixes); only those that exist are subscribed.
-DEFAULT_SET = [
-    "kernel.all.cpu.util", "kernel.percpu.cpu.util", "kernel.all.load", "kernel.all.runnable",
-    "kernel.all.pswitch", "mem.util", "mem.vmstat", "disk.dev", "network.interface",
-    "network.tcp.retranssegs", "network.tcpconn", "kernel.all.pressure",
-]
+#: The dashboard's panel definitions (the same file it imports and the daemon serves).
+PANELS_FILE = Path(importlib.util.find_spec("hostscope.daemon").origin or "").with_name(
+    "panels.json")
+#: How often the dashboard's process table polls /api/v1/processes (ProcessTable.vue:
+#: every max(2 s, the interval)), and what it asks for by default.
+PROCESS_TABLE_S = 2.0
+PROCESS_TABLE_QUERY = "/api/v1/processes?sort=cpu&limit=25"
+
+
+def dashboard_set() -> tuple[list[str], bool]:
+    """The default dashboard's metric set: the series metrics of its default panels, in
+    order (what it subscribes to), and whether one of them is the process table, which
+    polls ``/api/v1/processes`` besides its ``proc.cpu.util`` sparklines."""
+    panels = json.loads(PANELS_FILE.read_text())
+    by_id = {panel["id"]: panel for panel in panels["panels"]}
+    names: list[str] = []
+    table = False
+    for panel_id in panels["default"]:
+        panel = by_id[panel_id]
+        table = table or panel.get("kind") == "processes"
+        for series in panel.get("series", []):
+            if series["metric"] not in names:
+                names.append(series["metric"])
+    return names, table
+
+
+DEFAULT_SET, PROCESS_TABLE = dashboard_set()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The daemon under test accepts this operator token (HOSTSCOPE_TOKEN, docs/security.md).
 TOKEN = secrets.token_urlsafe(32)
@@ -217,8 +242,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def process_table(daemon: Daemon, stop: asyncio.Event, interval: float) -> int:
+    """Poll the top processes as the dashboard's process table does, until ``stop``;
+    the number of answers."""
+    polls = 0
+    while not stop.is_set():
+        answer = await asyncio.to_thread(daemon.get, PROCESS_TABLE_QUERY)
+        polls += bool(answer.get("processes"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(PROCESS_TABLE_S, interval))
+    return polls
+
+
 async def measure(daemon: Daemon, names: list[str], nclients: int, duration: float,
-                  warmup: float) -> tuple[dict, list[ClientStats]]:
+                  warmup: float, *, table: bool = False, interval: float = 1.0,
+                  ) -> tuple[dict, list[ClientStats]]:
+    """``table``: the first client also polls the process table, as the dashboard does."""
     stop = asyncio.Event()
     stats = [ClientStats() for _ in range(nclients)]
     readies = [asyncio.Event() for _ in range(nclients)]
@@ -227,6 +266,7 @@ async def measure(daemon: Daemon, names: list[str], nclients: int, duration: flo
         for i, (s, r) in enumerate(zip(stats, readies, strict=True))
     ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    poller = asyncio.create_task(process_table(daemon, stop, interval)) if table else None
     await asyncio.sleep(warmup)
     for s in stats:
         s.latencies.clear()
@@ -238,6 +278,8 @@ async def measure(daemon: Daemon, names: list[str], nclients: int, duration: flo
         s.counting = False
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if poller is not None and not await poller:
+        raise SystemExit("the process table's polls returned no processes")
     return {**cpu, **memory_kb(daemon.proc.pid)}, stats
 
 
@@ -293,13 +335,15 @@ async def compare(args: argparse.Namespace) -> None:
         names = resolve(daemon)
     finally:
         daemon.stop()
+    table = PROCESS_TABLE and not args.stream_only
     rows: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
     for _ in range(args.rounds):
         for build, command in builds.items():
             row = rows[build]
             daemon = Daemon(args.interval, command)
             try:
-                one, stats = await measure(daemon, names, 1, args.duration, args.warmup)
+                one, stats = await measure(daemon, names, 1, args.duration, args.warmup,
+                                           table=table, interval=args.interval)
             finally:
                 daemon.stop()
             row.setdefault("cpu1", []).append(one["cpu_pct"])
@@ -323,7 +367,8 @@ async def compare(args: argparse.Namespace) -> None:
             row.setdefault("p99", []).append(percentile(latencies, 0.99) * 1000)
             row.setdefault("share", []).append(
                 len(latencies) / (args.clients * args.duration / args.interval) * 100)
-    labels = {"cpu1": "1 client CPU %", "helper1": "1 client helper CPU %",
+    labels = {"cpu1": "1 client CPU %" + (" (+ table)" if table else ""),
+              "helper1": "1 client helper CPU %",
               "rss1": "1 client RSS MB", "json": "frame JSON B",
               "wire": "frame on wire B", "cpuN": f"{args.clients} clients CPU %",
               "rssN": f"{args.clients} clients RSS MB", "p50": "latency p50 ms",
@@ -352,7 +397,10 @@ async def main() -> None:
                         help="a baseline build's hostscope command (e.g. another checkout's "
                         ".venv/bin/hostscope): phases a and b for it and this build in turns")
     parser.add_argument("--rounds", type=int, default=3, help="rounds with --compare")
+    parser.add_argument("--stream-only", action="store_true",
+                        help="the one client only streams: no process-table polls")
     args = parser.parse_args()
+    table = PROCESS_TABLE and not args.stream_only
     if args.compare:
         await compare(args)
         return
@@ -376,14 +424,17 @@ async def main() -> None:
 
     daemon = Daemon(args.interval)
     try:
-        one, stats = await measure(daemon, names, 1, args.duration, args.warmup)
+        one, stats = await measure(daemon, names, 1, args.duration, args.warmup,
+                                   table=table, interval=args.interval)
         series = len(json.loads(stats[0].frames[0])["v"]) if stats[0].frames else 0
         print(f"[a] 1 client:    CPU {one['cpu_pct']:.2f} % of one core "
               f"(+ {one['helper_cpu_pct']:.2f} % in the privileged helper: other users' "
               "processes' I/O counters), "
               f"RSS {one['VmRSS'] / 1024:.1f} MB (peak {one['VmHWM'] / 1024:.1f} MB; "
               f"helper processes {one['helper_rss_kb'] / 1024:.1f} MB); "
-              f"{series} columns; latency p50 "
+              f"{series} columns"
+              + (f", the process table polled every {PROCESS_TABLE_S:g} s" if table else "")
+              + "; latency p50 "
               f"{statistics.median(stats[0].latencies) * 1000:.1f} ms")
         print(f"    {history_size(daemon)}")
         frames = stats[0].frames
