@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -50,11 +49,9 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from hostscope.daemon.render import load_catalogue
 from hostscope.metrics.rings import MAX_BYTES_PER_VALUE
 
-#: The dashboard's panel definitions (the same file it imports and the daemon serves).
-PANELS_FILE = Path(importlib.util.find_spec("hostscope.daemon").origin or "").with_name(
-    "panels.json")
 #: How often the dashboard's process table polls /api/v1/processes (ProcessTable.vue:
 #: every max(2 s, the interval)), and what it asks for by default.
 PROCESS_TABLE_S = 2.0
@@ -65,17 +62,10 @@ def dashboard_set() -> tuple[list[str], bool]:
     """The default dashboard's metric set: the series metrics of its default panels, in
     order (what it subscribes to), and whether one of them is the process table, which
     polls ``/api/v1/processes`` besides its ``proc.cpu.util`` sparklines."""
-    panels = json.loads(PANELS_FILE.read_text())
-    by_id = {panel["id"]: panel for panel in panels["panels"]}
-    names: list[str] = []
-    table = False
-    for panel_id in panels["default"]:
-        panel = by_id[panel_id]
-        table = table or panel.get("kind") == "processes"
-        for series in panel.get("series", []):
-            if series["metric"] not in names:
-                names.append(series["metric"])
-    return names, table
+    catalogue = load_catalogue()  # daemon/panels.json, the file the dashboard imports
+    panels = [catalogue.panels[panel_id] for panel_id in catalogue.default]
+    names = list(dict.fromkeys(s.metric for panel in panels for s in panel.series))
+    return names, any(panel.kind == "processes" for panel in panels)
 
 
 DEFAULT_SET, PROCESS_TABLE = dashboard_set()
@@ -335,7 +325,7 @@ async def compare(args: argparse.Namespace) -> None:
         names = resolve(daemon)
     finally:
         daemon.stop()
-    table = PROCESS_TABLE and not args.stream_only
+    table = args.table
     rows: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
     for _ in range(args.rounds):
         for build, command in builds.items():
@@ -400,7 +390,7 @@ async def main() -> None:
     parser.add_argument("--stream-only", action="store_true",
                         help="the one client only streams: no process-table polls")
     args = parser.parse_args()
-    table = PROCESS_TABLE and not args.stream_only
+    table = args.table = PROCESS_TABLE and not args.stream_only
     if args.compare:
         await compare(args)
         return

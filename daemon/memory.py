@@ -33,6 +33,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from . import caps
+
 if TYPE_CHECKING:  # asyncio is imported under lean_imports, not before
     import asyncio
 
@@ -49,10 +51,8 @@ TRIM_EVERY_S = 300.0
 
 
 def _glibc() -> ctypes.CDLL | None:
-    from .caps import libc as c_library
-
     try:
-        libc = c_library()
+        libc = caps.libc()
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError):  # not glibc (musl has neither function)

@@ -72,6 +72,8 @@ class Panel:
 class Catalogue:
     panels: dict[str, Panel]
     palette: tuple[str, ...]
+    #: The ids of the panels the dashboard shows by default, in order.
+    default: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -99,7 +101,7 @@ def load_catalogue(path: Path = PANELS_FILE) -> Catalogue:
         )
         for p in data["panels"]
     }
-    return Catalogue(panels, tuple(data["palette"]))
+    return Catalogue(panels, tuple(data["palette"]), tuple(data.get("default", ())))
 
 
 def base_units(units: Units) -> Units:

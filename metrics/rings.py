@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
+from itertools import accumulate
 
 #: Values per block: large enough for deflate to find the repeats (64 took 1.0 byte a
 #: value on the measurement above, 256 0.36, with a bytes object per block), small
@@ -109,10 +110,7 @@ class BlockRing:
                 chunk.extend(array("f", [NAN]) * (size - len(chunk)))
             blobs.append(pack(chunk.tobytes()))
         ring._data = b"".join(blobs)
-        end = 0
-        for blob in blobs:
-            end += len(blob)
-            ring._ends.append(end)
+        ring._ends.extend(accumulate(map(len, blobs)))
         return ring
 
     @property
