@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,6 +23,9 @@ from .errors import ApiError, BadParameter, TooManyNames
 from .keys import AUTH, CLOCK, CONFIG, HOST, HUB, PRIVILEGED, SAMPLER, STARTED, TICKER
 from .version import PROTOCOL, VERSION
 
+if TYPE_CHECKING:
+    from hostscope.metrics.sampler import Sampler
+
 MAX_NAMES = 200
 MAX_HISTORY_S = 86400.0
 DEFAULT_HISTORY_S = 300.0
@@ -30,6 +33,12 @@ DEFAULT_HISTORY_S = 300.0
 #: before the event loop runs again (~0.6 us each: ~30 ms).
 HISTORY_BATCH_CELLS = 50_000
 DEFAULT_PROCESSES = 25
+#: Longest per-row CPU history a process-table answer carries (``history=S``): the
+#: dashboard's sparklines ask for 60 s; ten minutes at the default 2 s process cadence
+#: is 300 points a row.
+MAX_PROCESS_HISTORY_S = 600
+#: The metric of a process row's ``cpu_history`` (its ``cpu`` over time).
+PROCESS_HISTORY_METRIC = "proc.cpu.util"
 #: Capabilities an embed token's /api/v1/host answer names: PanelCard.vue reads
 #: ``capabilities[panel.requires]``, and of the catalogue's ``requires`` only "psi" can
 #: apply to a panel an embed token opens (BPF panels need /api/v1/bpf, closed to it).
@@ -37,7 +46,8 @@ EMBED_CAPABILITIES = ("psi",)
 #: What an embed token gets of each process row (an allowlist, so a field added to the
 #: rows later is not shown to runbook pages by default): no ``args``, the command line,
 #: which can carry passwords, tokens and file names. ``cmd`` is the kernel's 15-character
-#: task name, what ``top`` shows; ``instance`` keys the row's CPU sparkline.
+#: task name, what ``top`` shows. ``cpu_history`` (``history=S``) is added after this
+#: filter: it is the panel's own metric, ``proc.cpu.util``, which the scope opens.
 EMBED_PROCESS_FIELDS = ("instance", "pid", "cmd", "container", "cpu", "rss", "io", "threads",
                         "state", "start_time")
 
@@ -307,6 +317,7 @@ async def processes_handler(request: web.Request) -> web.Response:
     if sort not in SORT_METRICS:
         raise BadParameter(f"'sort' must be one of {', '.join(SORT_METRICS)}, got {sort!r}")
     limit = int_param(request, "limit", DEFAULT_PROCESSES, 1, MAX_LIMIT)
+    seconds = int_param(request, "history", 0, 0, MAX_PROCESS_HISTORY_S)
     # Absent: every process; present but empty: processes in no container (the host).
     container = request.query.get("container")
     sampler = request.app[SAMPLER]
@@ -318,7 +329,37 @@ async def processes_handler(request: web.Request) -> web.Response:
     for row in rows:
         for key, value in row.items():
             row[key] = _clean(value)
-    return web.json_response({"timestamp": _ts(sampler.latest_timestamp), "processes": rows})
+    body: dict[str, Any] = {"timestamp": _ts(sampler.latest_timestamp), "processes": rows}
+    if seconds:
+        body["history"] = _cpu_history(sampler, rows, seconds)
+    return web.json_response(body)
+
+
+def _cpu_history(sampler: Sampler, rows: list[dict[str, Any]], seconds: int,
+                 ) -> dict[str, Any]:
+    """The rows' CPU over the last ``seconds`` from the history, each row's as its
+    ``cpu_history`` (aligned with the returned ``t``; None where it has no point, all
+    None for a process that started since), read for these rows only.
+
+    This is what the table's sparklines draw: before, the dashboard streamed
+    ``proc.cpu.util`` for every process to draw 25 rows, so each frame carried a column per
+    process on the host (a 1,000-process host: ~8 KB of JSON every 2 s against a 1 KB
+    frame budget) and every process start or exit re-sent the column layout (``meta``)."""
+    history, now = sampler.history, sampler.latest_timestamp
+    stamps: list[float] = []
+    step: float | None = None
+    columns: list[list[float | None]] = [[] for _ in rows]
+    if history is not None and now is not None and rows:
+        metric = PROCESS_HISTORY_METRIC
+        stamps, step = history.timeline([metric], now - seconds, now)
+        keys = [(metric, str(row["instance"])) for row in rows]
+        slices = history.query_range([metric], now - seconds, now,
+                                     instances={metric: {key[1] for key in keys}})
+        _, columns = align(slices, keys, stamps)
+    for row, column in zip(rows, columns, strict=True):
+        row["cpu_history"] = column  # the history's gaps are None already
+    return {"seconds": seconds, "step": step or sampler.interval_s,
+            "t": [_ts(t) for t in stamps]}
 
 
 async def healthz_handler(request: web.Request) -> web.Response:

@@ -190,8 +190,42 @@ async def test_processes_shape(server: Server) -> None:
         assert {"instance", "pid", "cmd", "args", "container", "cpu", "rss", "io", "threads",
                 "state"} <= set(row)
         assert row["instance"].startswith(f"{row['pid']}:")
+        assert "cpu_history" not in row  # only with history=S
     rss = [r["rss"] for r in rows if r["rss"] is not None]
     assert rss == sorted(rss, reverse=True)
+
+
+async def test_processes_carry_their_cpu_history(static_dir: Path) -> None:
+    """``history=S``: each row's ``proc.cpu.util`` over the last S seconds, aligned with
+    one time axis (what the dashboard's sparklines draw instead of streaming the metric
+    for every process): a busy child shows up in it, and its newest point is its ``cpu``."""
+    config = auth_config(interval=INTERVAL, process_interval=0.2, port=0,
+                         static_dir=str(static_dir))
+    runner, port = await start(config)
+    busy = subprocess.Popen(["python3", "-c", "while True: pass"])
+    try:
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            srv = Server(runner.app, f"http://127.0.0.1:{port}", session)
+            await srv.wait_ticks(25)  # a dozen process collections with the child running
+            resp = await srv.get("/api/v1/processes",
+                                 params={"sort": "cpu", "limit": "1000", "history": "3"})
+            assert resp.status == 200
+            body = await resp.json()
+    finally:
+        busy.kill()
+        busy.wait()
+        await runner.cleanup()
+    axis = body["history"]
+    assert axis["seconds"] == 3 and axis["step"] == pytest.approx(0.2)
+    t = axis["t"]
+    assert 5 <= len(t) <= 16 and t == sorted(t) and t[-1] <= body["timestamp"]
+    assert t[-1] - t[0] < 3
+    rows = body["processes"]
+    assert all(len(row["cpu_history"]) == len(t) for row in rows)
+    mine = next(row for row in rows if row["pid"] == busy.pid)
+    spinning = [v for v in mine["cpu_history"] if v is not None]
+    assert len(spinning) >= 3 and max(spinning) > 0.5, mine["cpu_history"]
+    assert mine["cpu_history"][-1] == pytest.approx(mine["cpu"], rel=1e-5)
 
 
 async def test_healthz(server: Server) -> None:
@@ -228,6 +262,9 @@ async def test_healthz(server: Server) -> None:
         ("/api/v1/processes", {"limit": "0"}, 400, "bad_parameter"),
         ("/api/v1/processes", {"limit": "1001"}, 400, "bad_parameter"),
         ("/api/v1/processes", {"limit": "ten"}, 400, "bad_parameter"),
+        ("/api/v1/processes", {"history": "-1"}, 400, "bad_parameter"),
+        ("/api/v1/processes", {"history": "601"}, 400, "bad_parameter"),
+        ("/api/v1/processes", {"history": "1m"}, 400, "bad_parameter"),
         ("/api/v1/nothing", {}, 404, "not_found"),
         ("/api/v2/metrics", {}, 404, "not_found"),
     ],

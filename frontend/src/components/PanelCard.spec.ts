@@ -48,6 +48,15 @@ describe('PanelCard states', () => {
     for (const p of PANELS) expect(mountCard(p.id, conn([])).text().toLowerCase()).not.toContain('coming soon')
   })
 
+  it('streams the metrics of charts only: the process table’s sparklines come with its rows', () => {
+    const c = conn(['proc.cpu.util', 'kernel.all.load', 'kernel.all.runnable', 'kernel.all.blocked'])
+    const need = vi.spyOn(c, 'need')
+    mountCard('proc.top', c)
+    expect(need).not.toHaveBeenCalled()
+    mountCard('cpu.load', c)
+    expect(need).toHaveBeenCalledWith(['kernel.all.load', 'kernel.all.runnable', 'kernel.all.blocked'])
+  })
+
   it('is connecting before the first data, and offers labelled controls', async () => {
     const w = mountCard('cpu.load', conn(['kernel.all.load', 'kernel.all.runnable', 'kernel.all.blocked']), true)
     expect(w.text()).toContain('Connecting…')
@@ -82,12 +91,12 @@ describe('WidgetCatalogue', () => {
 })
 
 describe('Sparkline', () => {
-  it('draws a line with gaps, bridging a slower collector’s single nulls', () => {
+  it('draws a line with a gap at every null', () => {
     const w = mount(Sparkline, { props: { values: [0, 0.5, null, null, 1], width: 40, height: 10 } })
     const d = w.find('path').attributes('d')!
     expect(d.match(/M/g)).toHaveLength(2)
     expect(d).toContain('L10.0 5.0')
-    const bridged = mount(Sparkline, { props: { values: [0, null, 1], width: 20, height: 10 } })
-    expect(bridged.find('path').attributes('d')!.match(/M/g)).toHaveLength(1)
+    const single = mount(Sparkline, { props: { values: [0, null, 1], width: 20, height: 10 } })
+    expect(single.find('path').attributes('d')).toBe('M0.0 9.0M20.0 1.0')
   })
 })

@@ -198,11 +198,15 @@ export interface ProcessRow {
   io: number | null
   threads: number | null
   state: string
+  /** `cpu` over the answer's `history.t` (only with `history=S`); null: no point then. */
+  cpu_history?: (number | null)[]
 }
 
 export interface ProcessesAnswer {
   timestamp: number
   processes: ProcessRow[]
+  /** With `history=S`: the time axis of every row's `cpu_history`. */
+  history?: { seconds: number; step: number; t: number[] }
 }
 
 export interface HistoryAnswer {
