@@ -329,37 +329,39 @@ async def processes_handler(request: web.Request) -> web.Response:
     for row in rows:
         for key, value in row.items():
             row[key] = _clean(value)
-    body: dict[str, Any] = {"timestamp": _ts(sampler.latest_timestamp), "processes": rows}
-    if seconds:
-        body["history"] = _cpu_history(sampler, rows, seconds)
-    return web.json_response(body)
+    timestamp = _ts(sampler.latest_timestamp)
+    if not seconds:
+        return web.json_response({"timestamp": timestamp, "processes": rows})
+    axis, columns = _cpu_history(sampler, rows, seconds)
+    # Built as text: each row's values are encoded by encode.numbers (rounded, see there).
+    rows_text = ",".join(
+        encode.with_member(row, "cpu_history", f"[{encode.numbers(column)}]")
+        for row, column in zip(rows, columns, strict=True)
+    )
+    head = encode.dumps({"timestamp": timestamp, "history": axis})
+    return web.Response(text=f'{head[:-1]},"processes":[{rows_text}]}}',
+                        content_type="application/json")
 
 
 def _cpu_history(sampler: Sampler, rows: list[dict[str, Any]], seconds: int,
-                 ) -> dict[str, Any]:
-    """The rows' CPU over the last ``seconds`` from the history, each row's as its
-    ``cpu_history`` (aligned with the returned ``t``; None where it has no point, all
-    None for a process that started since), read for these rows only.
+                 ) -> tuple[dict[str, Any], list[list[float | None]]]:
+    """(the time axis, each row's CPU on it) over the last ``seconds`` from the history:
+    a row's ``cpu_history`` (None where it has no point, all None for a process that
+    started since), read for these rows only.
 
     This is what the table's sparklines draw: before, the dashboard streamed
     ``proc.cpu.util`` for every process to draw 25 rows, so each frame carried a column per
     process on the host (a 1,000-process host: ~8 KB of JSON every 2 s against a 1 KB
     frame budget) and every process start or exit re-sent the column layout (``meta``)."""
     history, now = sampler.history, sampler.latest_timestamp
-    stamps: list[float] = []
-    step: float | None = None
-    columns: list[list[float | None]] = [[] for _ in rows]
-    if history is not None and now is not None and rows:
-        metric = PROCESS_HISTORY_METRIC
-        stamps, step = history.timeline([metric], now - seconds, now)
-        keys = [(metric, str(row["instance"])) for row in rows]
-        slices = history.query_range([metric], now - seconds, now,
-                                     instances={metric: {key[1] for key in keys}})
-        _, columns = align(slices, keys, stamps)
-    for row, column in zip(rows, columns, strict=True):
-        row["cpu_history"] = column  # the history's gaps are None already
-    return {"seconds": seconds, "step": step or sampler.interval_s,
-            "t": [_ts(t) for t in stamps]}
+    metric = PROCESS_HISTORY_METRIC
+    keys = [(metric, str(row["instance"])) for row in rows]
+    slices = ([] if history is None or now is None or not rows else history.query_range(
+        [metric], now - seconds, now, instances={metric: {key[1] for key in keys}}))
+    # One group holds the metric: its slice's timestamps are the axis (none held: empty).
+    stamps, columns = align(slices, keys)
+    step = slices[0].step_s if slices else sampler.interval_s
+    return {"seconds": seconds, "step": step, "t": [_ts(t) for t in stamps]}, columns
 
 
 async def healthz_handler(request: web.Request) -> web.Response:

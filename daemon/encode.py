@@ -12,7 +12,7 @@ NaN and infinities, which JSON cannot carry, become ``null`` like any missing va
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 _G6 = "%.6g".__mod__
 _T3 = "%.3f".__mod__
@@ -56,6 +56,14 @@ def string(text: str) -> str:
 def dumps(data: object) -> str:
     """Compact JSON for everything that is not a hot path (meta, errors, REST bodies)."""
     return _dumps(data)
+
+
+def with_member(data: Mapping[str, object], key: str, json_text: str) -> str:
+    """``data`` as compact JSON with one more member whose value is JSON text already
+    (a number array from :func:`numbers`, so history's float32 values go out rounded
+    instead of as 17-digit artefacts such as ``0.004999999888241291``)."""
+    text = _dumps(data)
+    return f"{text[:-1]}{',' if len(text) > 2 else ''}{_dumps(key)}:{json_text}}}"
 
 
 def samples_frame(

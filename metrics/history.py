@@ -196,11 +196,28 @@ def _ring_write(ring: array, capacity: int, head: int, value: float) -> None:
         ring[head] = value
 
 
-def _ring_ordered(ring: array, capacity: int, head: int) -> list[float]:
-    """Oldest-first contents of a ring."""
-    if len(ring) < capacity:
-        return ring.tolist()
-    return ring[head:].tolist() + ring[:head].tolist()
+def _times_range(times: array, capacity: int, head: int, low: float, high: float,
+                 ) -> tuple[int, int, list[float]]:
+    """(first, last, the timestamps between): the oldest-first positions of a ring of
+    increasing timestamps that are in ``(low, high]``, found by bisecting the ring's two
+    runs in place, and only those timestamps copied. A sparkline's minute out of an hour's
+    ring thus costs a few comparisons and 30 copies, not the whole ring unrolled."""
+    if len(times) < capacity or head == 0:
+        first, last = bisect.bisect_right(times, low), bisect.bisect_right(times, high)
+        return first, last, times[first:last].tolist()
+    older = capacity - head  # oldest-first positions 0..older-1 are times[head:]
+
+    def position(t: float) -> int:
+        if t < times[0]:  # within the older run (every newer timestamp is above t)
+            return bisect.bisect_right(times, t, head, capacity) - head
+        return older + bisect.bisect_right(times, t, 0, head)
+
+    first, last = position(low), position(high)
+    if last <= older:
+        return first, last, times[head + first:head + last].tolist()
+    if first >= older:
+        return first, last, times[first - older:last - older].tolist()
+    return first, last, times[head + first:].tolist() + times[:last - older].tolist()
 
 
 class History:
@@ -536,17 +553,26 @@ class History:
         timestamp minus ``back_s``), from the tier a read spanning ``tier_s`` uses,
         copying only that part of each ring."""
         wanted = set(metrics)
+        # Every metric's instances named (the process table's few rows): look those keys
+        # up instead of walking every series of every group.
+        named = ([(m, i) for m in wanted for i in instances[m]]
+                 if instances is not None and wanted <= instances.keys() else None)
         out: list[HistorySlice] = []
         for group in self._groups.values():
             self._unstage(group)
-            keys = [
-                k for k in group.series
-                if k[0] in wanted and (instances is None or k[0] not in instances
-                                       or k[1] in instances[k[0]])
-            ]
+            held = group.series
+            if named is not None:
+                keys = [k for k in named if k in held]
+            else:
+                keys = [
+                    k for k in held
+                    if k[0] in wanted and (instances is None or k[0] not in instances
+                                           or k[1] in instances[k[0]])
+                ]
             if not keys:
                 continue
-            use_coarse, step, ts, first, last = self._span(group, tier_s, start, end, back_s)
+            use_coarse, step, stamps, first, last = self._span(group, tier_s, start, end,
+                                                               back_s)
             cap, head = ((self.coarse_capacity, group.coarse_head) if use_coarse
                          else (group.capacity, group.head))
             series: dict[SeriesKey, list[float | None]] = {}
@@ -558,14 +584,15 @@ class History:
                         if ring.__class__ is dict
                         else _ring_range(ring, length, cap, head, first=first, last=last))  # type: ignore[arg-type]
                 series[key] = [None if math.isnan(v) else v for v in vals]
-            out.append(HistorySlice(group.name, step, ts[first:last], series))
+            out.append(HistorySlice(group.name, step, stamps, series))
         return out
 
     def _span(
         self, group: _Group, tier_s: float, start: float | None, end: float, back_s: float,
     ) -> tuple[bool, float, list[float], int, int]:
-        """(coarse tier?, its step, its timestamps oldest first, first and last index of
-        the range) of a read spanning ``tier_s`` at timestamps in ``(start, end]``."""
+        """(coarse tier?, its step, its timestamps in the range oldest first, first and
+        last oldest-first index of the range) of a read spanning ``tier_s`` at timestamps
+        in ``(start, end]``."""
         use_coarse = bool(
             group.coarse and tier_s > group.capacity * group.interval_s and group.coarse_times
         )
@@ -575,9 +602,14 @@ class History:
         else:
             cap, head, times = group.capacity, group.head, group.times
             step = group.interval_s
-        ts = _ring_ordered(times, cap, head)
-        low = start if start is not None else (ts[-1] if ts else 0.0) - back_s
-        return use_coarse, step, ts, bisect.bisect_right(ts, low), bisect.bisect_right(ts, end)
+        if start is not None:
+            low = start
+        else:
+            full = len(times) >= cap
+            newest = times[(head - 1) % cap] if full else (times[-1] if times else 0.0)
+            low = newest - back_s
+        first, last, stamps = _times_range(times, cap, head, low, end)
+        return use_coarse, step, stamps, first, last
 
     def timeline(
         self, metrics: Iterable[str], start: float, end: float, *, tier_s: float | None = None,
@@ -594,8 +626,8 @@ class History:
             if not any(k[0] in wanted for k in group.series):
                 continue
             self._unstage(group)
-            _, group_step, ts, first, last = self._span(group, span, start, end, span)
-            stamps.update(ts[first:last])
+            _, group_step, held, _, _ = self._span(group, span, start, end, span)
+            stamps.update(held)
             step = group_step if step is None else min(step, group_step)
         return sorted(stamps), step
 

@@ -356,6 +356,16 @@ def test_samples_frame_is_json() -> None:
     assert empty["v"] == [] and empty["backfill"] is False
 
 
+def test_a_member_added_as_json_text() -> None:
+    from array import array
+
+    float32 = array("f", [0.005])[0]  # 0.004999999888241291 as a double
+    text = encode.with_member({"pid": 1, "cmd": 'a "b"'}, "cpu_history",
+                              f"[{encode.numbers([float32, None])}]")
+    assert text == '{"pid":1,"cmd":"a \\"b\\"","cpu_history":[0.005,null]}'
+    assert json.loads(encode.with_member({}, "k", "[]")) == {"k": []}
+
+
 async def test_backfill_reads_window_by_window_as_it_is_consumed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

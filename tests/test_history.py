@@ -419,3 +419,46 @@ def test_a_sparse_series_becomes_a_ring_once_it_has_values_enough() -> None:
     [piece] = h.query(["m.x"], 640)
     assert piece.series[("m.x", "long")] == [float(t) for t in range(30)]
     assert piece.series[("m.x", "brief")] == [5.0] * 3 + [None] * 27
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 40),
+    written=st.integers(0, 100),
+    low=st.floats(-5, 105, allow_nan=False),
+    span=st.floats(0, 110, allow_nan=False),
+)
+def test_a_range_of_a_ring_of_times_is_found_without_unrolling_it(
+    capacity: int, written: int, low: float, span: float
+) -> None:
+    """Bisecting a ring's two runs in place finds what unrolling it and bisecting finds."""
+    from array import array
+    from bisect import bisect_right
+
+    times: array = array("d")
+    head = 0
+    for t in range(written):  # increasing timestamps written as History writes them
+        if len(times) < capacity:
+            times.append(float(t))
+        else:
+            times[head] = float(t)
+            head = (head + 1) % capacity
+    ordered = (times.tolist() if len(times) < capacity
+               else times[head:].tolist() + times[:head].tolist())
+    high = low + span
+    first, last = bisect_right(ordered, low), bisect_right(ordered, high)
+    assert history_module._times_range(times, capacity, head, low, high) == (
+        first, last, ordered[first:last])
+
+
+def test_a_read_naming_its_instances_reads_just_those() -> None:
+    h = History(retention_s=10)
+    h.add_group("proc", 1.0)
+    for t in range(15):  # wrapped: the ring holds 10
+        h.append("proc", 1000.0 + t, {"proc.cpu.util": {"1:5": t / 100, "2:6": t / 50},
+                                      "proc.memory.rss": {"1:5": 1e6}})
+    [piece] = h.query_range(["proc.cpu.util"], 1009.0, 1014.0,
+                            instances={"proc.cpu.util": {"2:6", "3:7"}})
+    assert piece.timestamps == [1010.0, 1011.0, 1012.0, 1013.0, 1014.0]
+    assert list(piece.series) == [("proc.cpu.util", "2:6")]
+    assert piece.series["proc.cpu.util", "2:6"] == pytest.approx([0.2, 0.22, 0.24, 0.26, 0.28])
