@@ -9,9 +9,11 @@ Phases (each a fresh daemon, measured after a warm-up):
 a. one client doing what the default dashboard does: a websocket subscribed to the
    series of its default chart panels (read from daemon/panels.json, the file the
    dashboard imports) and, for its process table, ``GET
-   /api/v1/processes?sort=cpu&limit=25&history=60`` (the rows with their sparklines'
-   minute of CPU) every 2 s on one kept-alive connection, as a browser's ``fetch`` does
-   (``--stream-only``: no polls). Daemon CPU (% of one
+   /api/v1/processes?sort=cpu&limit=25&history=S`` every 2 s on one kept-alive
+   connection, as a browser's ``fetch`` does (``--stream-only``: no polls); like the
+   dashboard (frontend/src/lib/sparkhistory.ts) it asks for the sparklines' whole
+   minute (S = 60) first and when rows it has not seen appear, and for 6 s otherwise.
+   Daemon CPU (% of one
    core, from /proc/PID/stat utime+stime over the window) and RSS (VmRSS, VmHWM); run
    as root, the daemon holds no capabilities and its privileged helper (two more
    processes, docs/privilege.md) reads other users' processes' I/O counters every
@@ -58,7 +60,10 @@ from hostscope.metrics.rings import MAX_BYTES_PER_VALUE
 #: How often the dashboard's process table polls /api/v1/processes (ProcessTable.vue:
 #: every max(2 s, the interval)), and what it asks for by default.
 PROCESS_TABLE_S = 2.0
-PROCESS_TABLE_QUERY = "/api/v1/processes?sort=cpu&limit=25&history=60"
+PROCESS_TABLE_QUERY = "/api/v1/processes?sort=cpu&limit=25&history={}"
+#: Seconds of CPU history the table asks for: its sparklines' minute, or the last three
+#: poll periods when it holds every row's minute already (lib/sparkhistory.ts).
+SPARK_S, SPARK_RECENT_S = 60, 6
 
 
 def dashboard_set() -> tuple[list[str], bool]:
@@ -244,16 +249,21 @@ async def process_table(daemon: Daemon, stop: asyncio.Event, interval: float) ->
     host, _, port = daemon.url.split("//", 1)[1].rstrip("/").rpartition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
 
-    def poll() -> dict:
-        conn.request("GET", PROCESS_TABLE_QUERY, headers=AUTH)
+    def poll(seconds: int) -> dict:
+        conn.request("GET", PROCESS_TABLE_QUERY.format(seconds), headers=AUTH)
         with conn.getresponse() as resp:
             return json.loads(resp.read())
 
     polls = 0
+    shown: set[str] = set()
+    seconds = SPARK_S
     try:
         while not stop.is_set():
-            answer = await asyncio.to_thread(poll)
-            polls += bool(answer.get("processes"))
+            answer = await asyncio.to_thread(poll, seconds)
+            rows = {row["instance"] for row in answer.get("processes", ())}
+            seconds = SPARK_RECENT_S if seconds == SPARK_S or rows <= shown else SPARK_S
+            shown = rows
+            polls += bool(rows)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(PROCESS_TABLE_S, interval))
     finally:

@@ -18,7 +18,10 @@ beforeEach(() => {
   urls.length = 0
   vi.stubGlobal('fetch', async (url: string) => {
     urls.push(url)
-    return new Response(JSON.stringify({ timestamp: 1, processes: answer }), { status: 200 })
+    // The daemon's time axis of the rows' cpu_history (2 s apart, ending at 100).
+    const n = Math.max(0, ...answer.map((r) => r.cpu_history?.length ?? 0))
+    const t = Array.from({ length: n }, (_, i) => 100 - 2 * (n - 1 - i))
+    return new Response(JSON.stringify({ timestamp: 100, processes: answer, history: { seconds: 60, step: 2, t } }), { status: 200 })
   })
 })
 afterEach(() => vi.unstubAllGlobals())
