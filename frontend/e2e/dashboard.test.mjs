@@ -32,6 +32,10 @@ describe('dashboard', { skip }, () => {
     assert.match(host, /live/)
     assert.deepEqual(browser.errors, [])
     await page.waitForTimeout(2500) // a process table poll and a few live frames
+    // The process table's sparklines come with its rows (history=S), drawn at once.
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('section[aria-label="Top processes"] svg.spark path')].some((p) => (p.getAttribute('d') ?? '').includes('L')),
+    )
     await shot(page, 'overview-light.png', true)
   })
 
