@@ -761,6 +761,11 @@ async def test_the_process_panel_opens_processes_without_command_lines(daemon: D
             k: row[k] for k in ("cpu", "rss", "io", "state")}  # sampled again meanwhile
         status, answer, _ = await daemon.call("GET", "/api/v1/processes?limit=1000", token)
         assert secret not in json.dumps(answer)
+        # The sparklines' history comes with the rows, still without command lines.
+        status, answer, _ = await daemon.call(
+            "GET", "/api/v1/processes?limit=1000&history=60", token)
+        assert status == 200 and secret not in json.dumps(answer)
+        assert all(set(r) == {*EMBED_PROCESS_FIELDS, "cpu_history"} for r in answer["processes"])
         # The panel's own metric is open to it (the sparklines); command lines are not.
         assert (await daemon.call("GET", "/api/v1/fetch?names=proc.cpu.util", token))[0] == 200
         for path in ("/api/v1/fetch?names=proc.psinfo.psargs", "/api/v1/fetch?names=proc"):
