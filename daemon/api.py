@@ -332,6 +332,16 @@ async def processes_handler(request: web.Request) -> web.Response:
     timestamp = _ts(sampler.latest_timestamp)
     if not seconds:
         return web.json_response({"timestamp": timestamp, "processes": rows})
+    # Read and encoded in one piece (unlike /api/v1/history), so bounded like one of its
+    # batches (~30 ms of the event loop): 25 rows x a minute is ~750 values.
+    step = max(request.app[CONFIG].process_interval, sampler.interval_s)
+    values = len(rows) * (int(seconds / step) + 1)
+    if values > HISTORY_BATCH_CELLS:
+        raise ApiError(
+            400, "too_many_values",
+            f"{len(rows)} rows with {seconds} s of history at {step:g} s is about {values} "
+            f"values, more than one process-table answer holds ({HISTORY_BATCH_CELLS}): "
+            "ask for fewer rows (limit) or seconds (history)")
     axis, columns = _cpu_history(sampler, rows, seconds)
     # Built as text: each row's values are encoded by encode.numbers (rounded, see there).
     rows_text = ",".join(

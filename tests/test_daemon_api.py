@@ -211,6 +211,14 @@ async def test_processes_carry_their_cpu_history(static_dir: Path) -> None:
                                  params={"sort": "cpu", "limit": "1000", "history": "3"})
             assert resp.status == 200
             body = await resp.json()
+            # Read and encoded in one piece, so bounded: every row x 600 s at 0.2 s is not.
+            too_many = await srv.get("/api/v1/processes",
+                                     params={"limit": "1000", "history": "600"})
+            assert await error_of(too_many) == (400, "too_many_values")
+            assert "fewer rows (limit) or seconds (history)" in (
+                await (await srv.get("/api/v1/processes",
+                                     params={"limit": "1000", "history": "600"})).json()
+            )["error"]["message"]
     finally:
         busy.kill()
         busy.wait()
