@@ -383,6 +383,12 @@ class Hub:
             del self._interned[layout.key]
             for key in [k for k, c in self._layout_cache.items() if c.layout is layout]:
                 del self._layout_cache[key]
+            # Its meta frames can never be sent again (a layout's id is not reused). A
+            # subscription to per-process metrics retires a layout whenever a process
+            # starts or exits; without this the cache filled to its bound (~4 MB of
+            # RSS under process churn) with frames of layouts gone.
+            for key in [k for k in self._meta_cache if k[0] == layout.id]:
+                self._meta_bytes -= len(self._meta_cache.pop(key))
 
     def _count_key(self, client: Client, key: SubKey | None) -> None:
         """Move ``client`` to subscription ``key``; forget layouts nobody subscribes to."""

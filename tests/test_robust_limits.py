@@ -524,6 +524,8 @@ def test_meta_cache_is_bounded_while_processes_come_and_go() -> None:
     assert len(hub._meta_cache) <= hub_module.META_CACHE_ENTRIES
     assert hub._meta_bytes == sum(map(len, hub._meta_cache.values()))
     assert hub._meta_bytes <= hub_module.META_CACHE_BYTES
+    # Only frames of layouts in use are kept: a retired layout's frames go with it.
+    assert {key[0] for key in hub._meta_cache} <= {watcher.layout.id}
 
 
 async def test_clients_leaving_before_the_upgrade_answer_are_not_errors(
