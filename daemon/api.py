@@ -37,8 +37,6 @@ DEFAULT_PROCESSES = 25
 #: dashboard's sparklines ask for 60 s; ten minutes at the default 2 s process cadence
 #: is 300 points a row.
 MAX_PROCESS_HISTORY_S = 600
-#: The metric of a process row's ``cpu_history`` (its ``cpu`` over time).
-PROCESS_HISTORY_METRIC = "proc.cpu.util"
 #: Capabilities an embed token's /api/v1/host answer names: PanelCard.vue reads
 #: ``capabilities[panel.requires]``, and of the catalogue's ``requires`` only "psi" can
 #: apply to a panel an embed token opens (BPF panels need /api/v1/bpf, closed to it).
@@ -364,7 +362,7 @@ def _cpu_history(sampler: Sampler, rows: list[dict[str, Any]], seconds: int,
     process on the host (a 1,000-process host: ~8 KB of JSON every 2 s against a 1 KB
     frame budget) and every process start or exit re-sent the column layout (``meta``)."""
     history, now = sampler.history, sampler.latest_timestamp
-    metric = PROCESS_HISTORY_METRIC
+    metric = SORT_METRICS["cpu"]  # the rows' ``cpu``, over time
     keys = [(metric, str(row["instance"])) for row in rows]
     slices = ([] if history is None or now is None or not rows else history.query_range(
         [metric], now - seconds, now, instances={metric: {key[1] for key in keys}}))

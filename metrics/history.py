@@ -602,12 +602,7 @@ class History:
         else:
             cap, head, times = group.capacity, group.head, group.times
             step = group.interval_s
-        if start is not None:
-            low = start
-        else:
-            full = len(times) >= cap
-            newest = times[(head - 1) % cap] if full else (times[-1] if times else 0.0)
-            low = newest - back_s
+        low = start if start is not None else (_last_time(times, cap, head) or 0.0) - back_s
         first, last, stamps = _times_range(times, cap, head, low, end)
         return use_coarse, step, stamps, first, last
 
@@ -729,3 +724,10 @@ def _first_time(times: array, capacity: int, head: int) -> float | None:
     if not times:
         return None
     return times[head] if len(times) >= capacity else times[0]
+
+
+def _last_time(times: array, capacity: int, head: int) -> float | None:
+    """Newest timestamp of a ring (None if empty)."""
+    if not times:
+        return None
+    return times[head - 1] if len(times) >= capacity else times[-1]
