@@ -50,6 +50,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import flat_reference  # beside this file (the script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,9 +75,14 @@ def cpu_now() -> float:
     return time.thread_time()
 
 
+def system_paths() -> list[Path]:
+    """The per-second files present on this machine."""
+    return [Path("/proc") / f for f in SYSTEM_FILES if (Path("/proc") / f).exists()]
+
+
 def read_floor(ticks: int) -> float:
     """CPU seconds per tick to open/read/close the per-second files."""
-    paths = [Path("/proc") / f for f in SYSTEM_FILES if (Path("/proc") / f).exists()]
+    paths = system_paths()
     start = cpu_now()
     for _ in range(ticks):
         for path in paths:
@@ -83,6 +91,28 @@ def read_floor(ticks: int) -> float:
                 pass
             os.close(fd)
     return (cpu_now() - start) / ticks
+
+
+class Reference:
+    """A reference path of ``flat_reference`` ticked like a sampler: CPU per tick."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self.name = path.name
+        for _ in range(10):
+            path.tick()  # as the probes: first reads and the layout learnt
+        self.cpu: list[float] = []
+
+    def tick(self) -> None:
+        start = cpu_now()
+        self.path.tick()
+        self.cpu.append(cpu_now() - start)
+
+    def mean_us(self) -> float:
+        return statistics.fmean(self.cpu) * 1e6 if self.cpu else 0.0
+
+    def close(self) -> None:
+        self.path.close()
 
 
 class KeptFloor:
@@ -239,24 +269,33 @@ def measure(ticks: int, spaced_s: float = 0.0,
     floor_cpu: list[float] = []
     kept_cpu: list[float] = []
     kept_floor = KeptFloor()
-    order = list(probes)
+    tmp = flat_reference.make_tmp()
+    try:
+        refs = [Reference(ref) for ref in flat_reference.references(system_paths(), tmp)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    order: list[Probe | Reference] = [*probes, *refs]
     slot = time.monotonic()
-    step = spaced_s / (len(probes) + 2)
+    step = spaced_s / (len(order) + 2)
     for _ in range(ticks):
         if not spaced_s:
-            for probe in probes:
+            for probe in order:
                 probe.tick()
             continue
         random.shuffle(order)
         for k, probe in enumerate(order):
             time.sleep(max(0.0, slot + (k + 1) * step - time.monotonic()))
             probe.tick()
-        time.sleep(max(0.0, slot + (len(probes) + 1) * step - time.monotonic()))
+        time.sleep(max(0.0, slot + (len(order) + 1) * step - time.monotonic()))
         floor_cpu.append(read_floor(1))
         time.sleep(max(0.0, slot + spaced_s - time.monotonic()))
         kept_cpu.append(kept_floor(1))
         slot += spaced_s
+    for ref in refs:
+        ref.close()
     results = [probe.result(floor_cpu, kept_cpu) for probe in probes]
+    for result in results:
+        result["references"] = {ref.name: ref.mean_us() for ref in refs}
     for probe, package, result in zip(probes, packages, results, strict=True):
         history_cls = importlib.import_module(f"{package}.history").History
         result["replayed_history"] = probe.replayed_history(history_cls)
@@ -359,6 +398,8 @@ def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "amortised_us": low([r["amortised_us"] for r in rounds]),
         "floor_us": low([r.get("floor_us") for r in rounds]),
         "kept_floor_us": low([r.get("kept_floor_us") for r in rounds]),
+        "references": {name: low([r["references"].get(name) for r in rounds])
+                       for name in first.get("references", {})},
     }
 
 
@@ -404,6 +445,13 @@ def report(results: list[tuple[str, dict[str, Any]]], floor: float, ticks: int,
     if kept_floor is not None:
         line("FLOOR, descriptors kept", [fmt(kept_floor * 1e6) for _ in results])
         print("    (the same files read by pread on descriptors kept open, as collected now)")
+    references = results[-1][1].get("references") or {}
+    for name, us in references.items():
+        line(f"{name.upper()} (reference)", [fmt(us) for _ in results])
+    if references:
+        print("    (the same files, kept open: tokenised, every number an integer, rates of all,")
+        print("     one history row; no per-metric dicts, derived metrics or views: the least")
+        print("     a design in that language does, benchmarks/flat_reference.py)")
     line("per-second set / floor",
          [f"{(r['per_second_us'] or 0) / floor_us:.1f}x" for _, r in results])
     line("amortised total / floor", [f"{r['amortised_us'] / floor_us:.1f}x" for _, r in results])
