@@ -271,6 +271,12 @@ class History:
         evicted, and a new plan made.
         """
         group = self._groups[group_name]
+        if not group.series and not any(values.values()):
+            # Nothing to record and no series to pad with a gap: a BPF module that is
+            # off (seven such groups in the daemon, every second), a collector with no
+            # instances yet. Its timestamps alone would cost each tick a trip through
+            # the plan and 8 bytes (plus the coarse tier's) for an hour, for nothing.
+            return
         if group.coarse:
             bucket = int(timestamp // self.coarse_step_s)
             if group.coarse_bucket is not None and bucket != group.coarse_bucket:

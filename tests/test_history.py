@@ -76,6 +76,31 @@ def test_missing_values_are_none_and_vanished_series_are_evicted() -> None:
     assert ("m.a", "p1") not in set(h.keys())
 
 
+def test_empty_collections_of_a_group_without_series_record_nothing() -> None:
+    """A BPF module that is off collects nothing every second: no timestamps are kept
+    for it. Once its series exist, an empty collection is a gap, as any absence is."""
+    h = History(retention_s=4)
+    h.add_group("g", 1.0)
+    before = h.nbytes()
+    for t in range(10):
+        h.append("g", float(t), {})
+        h.append("g", float(t) + 0.5, {"m.a": {}})
+    assert h.nbytes() == before
+    assert h.query(["m.a"], 60) == [] or all(not sl.timestamps for sl in h.query(["m.a"], 60))
+    h.append("g", 20.0, {"m.a": {"": 1.0}})
+    h.append("g", 21.0, {})
+    h.append("g", 22.0, {"m.a": {"": 3.0}})
+    [sl] = h.query(["m.a"], 60)
+    assert sl.timestamps == [20.0, 21.0, 22.0]
+    assert sl.series[("m.a", "")] == [1.0, None, 3.0]
+    for t in range(23, 30):
+        h.append("g", float(t), {})
+    assert h.series_count == 0  # absent for a whole window: evicted, as before
+    length = h.nbytes()
+    h.append("g", 30.0, {})
+    assert h.nbytes() == length  # and from then on nothing is recorded again
+
+
 def test_strings_are_not_stored() -> None:
     h = History(retention_s=4)
     h.add_group("g", 1.0)
