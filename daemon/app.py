@@ -109,7 +109,8 @@ def create_app(
     if sampler is None:
         sampler = Sampler(
             [*default_collectors(config.roots(), process_interval_s=config.process_interval,
-                                 io_reader=privileged.proc_io_reader()),
+                                 io_reader=privileged.proc_io_reader(),
+                                 tcpconn_interval_s=config.tcpconn_interval),
              *privileged.bpf_collectors()],
             registry=MetricRegistry(),
             interval_s=config.interval,

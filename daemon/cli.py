@@ -47,6 +47,7 @@ configuration file (--config FILE, TOML): keys mirror the flags with underscores
     interval = 1.0            # seconds between samples
     history = 3600            # seconds of full-resolution history in memory
     process_interval = 2.0
+    tcpconn_interval = 5.0    # TCP states: each walks the kernel's whole TCP hash
     log_level = "info"        # {", ".join(LOG_LEVELS)}
     log_format = "text"       # {", ".join(LOG_FORMATS)}
     allowed_hosts = ["myhost.example"]             # extra Host header names accepted

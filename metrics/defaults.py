@@ -19,12 +19,14 @@ from .sources import Roots
 
 
 def default_collectors(
-    roots: Roots, *, process_interval_s: float = 2.0, io_reader: IoReader | None = None
+    roots: Roots, *, process_interval_s: float = 2.0, io_reader: IoReader | None = None,
+    tcpconn_interval_s: float = 5.0,
 ) -> list[Collector]:
     """Every collector hostscope runs by default, reading under ``roots``.
 
     ``io_reader``: how to read the I/O counters of processes this one may not (the
-    privileged helper, when the daemon runs without capabilities)."""
+    privileged helper, when the daemon runs without capabilities).
+    ``tcpconn_interval_s``: the TCP states' cadence (the daemon's ``tcpconn_interval``)."""
     return [
         CpuCollector(roots),
         MemoryCollector(roots),
@@ -33,10 +35,10 @@ def default_collectors(
         FilesysCollector(roots),  # every 5 s; tmpfs and network filesystems off by default
         NetworkCollector(roots),
         # Per-state TCP counts make the kernel walk the whole TCP hash table (one netlink
-        # walk, 0.3-1.9 ms even when idle: docs/metrics.md), so they have their own 5 s
-        # cadence; the network collector's per-second sockstat and CurrEstab counts cover
-        # the gaps.
-        TcpConnCollector(roots),
+        # walk, 0.3-1.9 ms even when idle: docs/metrics.md), so they have their own
+        # cadence, 5 s by default; the network collector's per-second sockstat and
+        # CurrEstab counts cover the gaps.
+        TcpConnCollector(roots, interval_s=tcpconn_interval_s),
         HostCollector(roots),  # every 10 s: identity and inventory change rarely
         ProcessCollector(roots, interval_s=process_interval_s, io_reader=io_reader),
         CgroupCollector(roots, interval_s=2.0),

@@ -66,6 +66,8 @@ def test_every_field_is_a_known_key() -> None:
         ("interval = 0\n", "'interval' must be >= 0.01"),
         ("interval = nan\n", "'interval' must be a finite number"),
         ("history = 0\n", "'history' must be > 0"),
+        ("tcpconn_interval = 0\n", "'tcpconn_interval' must be > 0"),
+        ('tcpconn_interval = "5s"\n', "'tcpconn_interval' must be a number, got str"),
         ("bpf = 1\n", "'bpf' must be true or false, got int"),
         ("allow_remote = true\n", "allow_remote was removed"),
         ('tokens = "viewer x"\n', "'tokens' must be a list of non-empty strings"),
@@ -246,3 +248,22 @@ def test_integer_keys_have_integer_bounds_printed_as_written(tmp_path: Path) -> 
     path = write(tmp_path, "max_history_values = 10\n")
     with pytest.raises(ConfigError, match=r"must be >= 1000 and <= 1000000000, got 10$"):
         build_config(path)
+
+
+def test_collector_cadences_from_the_file_reach_the_sampler(tmp_path: Path) -> None:
+    """``tcpconn_interval`` (a host with many connections slows the TCP state walk down)
+    and ``process_interval`` set the cadence the daemon's sampler runs them at."""
+    from hostscope.daemon.app import create_app
+    from hostscope.daemon.keys import SAMPLER
+
+    path = write(tmp_path, "tcpconn_interval = 30\nprocess_interval = 4\nbpf = false\n")
+    config = build_config(path)
+    assert config.tcpconn_interval == 30.0
+    app = create_app(config)
+    sampler = app[SAMPLER]
+    try:
+        assert sampler.group_interval_s("tcpconn") == 30.0
+        assert sampler.group_interval_s("process") == 4.0
+        assert build_config().tcpconn_interval == 5.0  # the default
+    finally:
+        sampler.close()
