@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -245,6 +246,95 @@ def test_status_is_reread_only_when_schedstat_shows_a_switch(tmp_path: Path) -> 
     assert collector.collect()["proc.psinfo.vctxsw"]["101:6000"] == 100
     (roots.proc / "101" / "schedstat").write_text("999 9 160\n")
     assert collector.collect()["proc.psinfo.vctxsw"]["101:6000"] == 110
+    collector.close()
+
+
+def _bump_io(path: Path, read_bytes: int) -> None:
+    """New read_bytes in place (a descriptor kept open sees it), as the kernel would."""
+    text = path.read_text()
+    old = next(line for line in text.splitlines() if line.startswith("read_bytes:"))
+    with open(path, "r+") as f:
+        f.truncate(0)
+        f.write(text.replace(old, f"read_bytes: {read_bytes}"))
+
+
+@BOTH_MODES
+def test_io_of_a_process_that_did_not_run_is_not_read_again(
+        tmp_path: Path, max_open_fds: int) -> None:
+    """A single-threaded process whose schedstat and stat are unchanged ran no code, so
+    its I/O counters stand; a change of either, or more threads, means reading them."""
+    roots = copy_fixture(tmp_path, "process", "crafted")
+    collector = crafted(max_open_fds, roots)
+    for _ in range(3):  # status, then schedstat, then both known
+        collector.collect()
+    proc = roots.proc
+    before = collector.collect()["proc.io.read_bytes"]
+    # 100 (one thread) and 101 (four threads) get new counters while nothing else moves:
+    # only the multi-threaded one is read.
+    _bump_io(proc / "100" / "io", 777)
+    _bump_io(proc / "101" / "io", 888)
+    raw = collector.collect()["proc.io.read_bytes"]
+    assert raw["100:5000"] == before["100:5000"] != 777
+    assert raw["101:6000"] == 888
+    # It was scheduled in (a real kernel also moves its run time): read again.
+    (proc / "100" / "schedstat").write_text("123999 789 13\n")
+    assert collector.collect()["proc.io.read_bytes"]["100:5000"] == 777
+    _bump_io(proc / "100" / "io", 778)
+    assert collector.collect()["proc.io.read_bytes"]["100:5000"] == 777  # still again
+    set_stat_field(proc / "100" / "stat", 21, "2048")  # its RSS moved: stat changed
+    assert collector.collect()["proc.io.read_bytes"]["100:5000"] == 778
+    # A kernel without sched_info prints "0 0 0" for every task: it proves nothing.
+    (proc / "100" / "schedstat").write_text("0 0 0\n")
+    collector.collect()
+    collector.collect()
+    _bump_io(proc / "100" / "io", 779)
+    assert collector.collect()["proc.io.read_bytes"]["100:5000"] == 779
+    collector.close()
+
+
+class _DeniedIo(ProcessCollector):
+    """Processes 100 and 101 are another user's: their io is denied here (as it is to
+    the daemon without capabilities, whatever user runs the tests)."""
+
+    def _read_io(self, rec: Any) -> tuple[int, int] | None:
+        if rec.pid in ("100", "101"):
+            rec.io_denied = True
+            return None
+        return super()._read_io(rec)
+
+
+def test_io_from_the_reader_is_asked_only_for_processes_that_ran(tmp_path: Path) -> None:
+    """With privilege separation, the helper's batch holds only the processes that may
+    have new counters; the others keep the values it gave last."""
+    roots = copy_fixture(tmp_path, "process", "crafted")
+    asked: list[list[int]] = []
+    answers = {100: (5, 6), 101: (7, 8)}
+
+    def reader(processes: list[list[int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        asked.append(sorted(pid for pid, _ in processes))
+        return {(pid, start): answers[pid] for pid, start in processes if pid in answers}
+
+    collector = _DeniedIo(roots, hz=HZ, page_size=PAGE, max_open_fds=1000, io_reader=reader)
+    for _ in range(3):
+        collector.collect()
+    asked.clear()
+    answers[100] = (50, 60)
+    raw = collector.collect()
+    assert asked == [[101]]  # 100 did not run; 101 has four threads
+    assert raw["proc.io.read_bytes"]["100:5000"] == 5  # the reader's last answer stands
+    assert raw["proc.io.read_bytes"]["101:6000"] == 7
+    (roots.proc / "100" / "schedstat").write_text("124000 789 13\n")
+    asked.clear()
+    raw = collector.collect()
+    assert asked == [[100, 101]]
+    assert raw["proc.io.read_bytes"]["100:5000"] == 50
+    # An answer without the process (it could not be read): asked again next time.
+    del answers[100]
+    (roots.proc / "100" / "schedstat").write_text("124001 789 14\n")
+    assert "100:5000" not in collector.collect()["proc.io.read_bytes"]
+    asked.clear()
+    collector.collect()
+    assert asked == [[100, 101]]
     collector.close()
 
 
