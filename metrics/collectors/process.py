@@ -28,7 +28,9 @@ module is written around what the measurements (``benchmarks/bench_processes.py`
   every scheduler tick while on one, and the number of times it was scheduled in) and
   ``stat`` are byte-for-byte what they were at the last sample, and that had one thread
   then and now, ran no code since: the kernel counts ``read_bytes`` and ``write_bytes``
-  in the context of the task doing the I/O, so its counters are the last ones read. A
+  in the context of the task doing the I/O (and adds a child's totals to its parent's
+  when the parent reaps it, in the parent's ``wait``), so its counters are the last ones
+  read. A
   process with several threads is always read (``schedstat`` is its main thread's only,
   ``io`` sums them all). On the development VM 62 of 77 processes qualify at a time;
   with privilege separation that is most of the privileged helper's ``proc_io`` batch
