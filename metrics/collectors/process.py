@@ -30,11 +30,10 @@ module is written around what the measurements (``benchmarks/bench_processes.py`
   then and now, ran no code since: the kernel counts ``read_bytes`` and ``write_bytes``
   in the context of the task doing the I/O (and adds a child's totals to its parent's
   when the parent reaps it, in the parent's ``wait``), so its counters are the last ones
-  read. A
-  process with several threads is always read (``schedstat`` is its main thread's only,
-  ``io`` sums them all). On the development VM 62 of 77 processes qualify at a time;
-  with privilege separation that is most of the privileged helper's ``proc_io`` batch
-  gone, and with it most of its work.
+  read. A process with several threads is always read (``schedstat`` is its main
+  thread's only, ``io`` sums them all). On the development VM 62 of 77 processes qualify
+  at a time; with privilege separation that is most of the privileged helper's
+  ``proc_io`` batch gone, and with it most of its work.
 * **Read once per process identity:** ``cmdline`` (capped at ``cmdline_limit`` bytes) and
   the cgroup (container name); re-read only when ``comm`` changes (an ``exec``).
 * **No per-value Python objects beyond the output.** Each process keeps one tuple of its
