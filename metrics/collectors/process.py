@@ -244,7 +244,6 @@ class _Proc:
         "row",
         "sched_fd",
         "sched_raw",
-        "single",
         "start",
         "stat_fd",
         "stat_raw",
@@ -267,10 +266,9 @@ class _Proc:
         self.io_vals: tuple[int, int] | None = None
         self.ctx: tuple[int, int] | None = None
         self.ctx_tail = _NEVER
-        #: schedstat as read at the last sample (b"": not read), and whether the process
-        #: had one thread then: together they tell that nothing of it ran since.
+        #: schedstat as read at the last sample (b"": not read): with an unchanged stat,
+        #: it tells that nothing of a one-thread process ran since.
         self.sched_raw = b""
-        self.single = False
 
 
 class ProcessCollector(Collector):
@@ -448,14 +446,12 @@ class ProcessCollector(Collector):
                 sched = read_file(rec.sched_fd, pid, "schedstat", _SMALL_BUF)
                 if sched is not None:
                     sched_ok += 1
-            # Not scheduled in since the last sample, alone in its thread group then and
-            # now, and its stat unchanged: nothing of the process ran, so its I/O
-            # counters cannot have moved (module docs) and the last values stand, unread.
-            single = rec.row[3] == 1
-            still = (same_stat and single and rec.single and sched is not None
+            # Its stat unchanged (so one thread then as now, row[3]), and not scheduled in
+            # since the last sample: nothing of the process ran, so its I/O counters
+            # cannot have moved (module docs) and the last values stand, unread.
+            still = (same_stat and rec.row[3] == 1 and sched is not None
                      and sched == rec.sched_raw and sched != _NO_SCHED_INFO)
             rec.sched_raw = sched or b""
-            rec.single = single
 
             if not rec.io_denied:
                 vals = (rec.io_vals if still and rec.io_vals is not None
